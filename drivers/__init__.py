@@ -1,0 +1,1 @@
+"""Device drivers: one sub-package per protocol."""

@@ -1,0 +1,1 @@
+"""icu-edge daemon core."""

@@ -1,0 +1,1 @@
+"""Tools people run besides the daemon."""
