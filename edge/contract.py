@@ -1,0 +1,60 @@
+"""Topic names and payload encoding of the MQTT contract v1 (DESIGN.md, 'MQTT contract v1')."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from edge.model import Body, format_rfc3339_ms
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topics:
+    """Every topic the appliance publishes or subscribes to, under `R = {prefix}/{site}/{ward}`."""
+
+    prefix: str
+    site: str
+    ward: str
+    appliance: str
+
+    @property
+    def root(self) -> str:
+        """Return `R`."""
+        return f"{self.prefix}/{self.site}/{self.ward}"
+
+    def appliance_status(self) -> str:
+        """Return the retained birth/death topic."""
+        return f"{self.root}/appliance/{self.appliance}/status"
+
+    def twin(self, bed: str) -> str:
+        """Return the retained twin snapshot topic of a bed."""
+        return f"{self.root}/bed/{bed}/twin"
+
+    def vitals(self, bed: str) -> str:
+        """Return the observation batch topic of a bed."""
+        return f"{self.root}/bed/{bed}/vitals"
+
+    def events(self, bed: str) -> str:
+        """Return the ordered event topic of a bed."""
+        return f"{self.root}/bed/{bed}/events"
+
+    def device(self, bed: str, device: str) -> str:
+        """Return the retained device status topic."""
+        return f"{self.root}/bed/{bed}/device/{device}"
+
+
+def encode_message(
+    body: Body, *, appliance: str, bed: str | None, session: int, seq: int, ts: datetime
+) -> bytes:
+    """Stamp the envelope on a body and return the JSON bytes a subscriber receives."""
+    envelope = {
+        "schema": body.SCHEMA,
+        "appliance": appliance,
+        "bed": bed,
+        "session": session,
+        "seq": seq,
+        "ts": format_rfc3339_ms(ts),
+    }
+    document = envelope | body.model_dump(mode="json")
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,220 @@
+"""The domain model and every payload that crosses the MQTT boundary (contract v1).
+
+Each payload is a *body* (what the producer knows) plus the *envelope* (`schema`, `appliance`, `bed`,
+`session`, `seq`, `ts`) that the outbox stamps when the message enters it, so `seq` is consecutive per
+topic. The `...Message` classes are body + envelope: what a central station receives, and what the
+JSON Schemas are generated from.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+
+from drivers.base import AlarmPriority
+
+CONTRACT_VERSION = 1
+
+
+def format_rfc3339_ms(moment: datetime) -> str:
+    """Format an aware datetime as RFC 3339 UTC with milliseconds (`2026-11-25T20:23:32.123Z`)."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Timestamp = Annotated[AwareDatetime, PlainSerializer(format_rfc3339_ms, return_type=str, when_used="json")]
+"""A wall-clock instant; serialized as RFC 3339 UTC with milliseconds."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Observation(_Frozen):
+    """One measured value of one bed, with where and when it came from."""
+
+    key: str = Field(description="short key: hr, spo2, map, rr, etco2, ppeak, peep, vt, mv, fio2, ...")
+    value: float | None = Field(description="null when the device reported no usable value")
+    unit: str = Field(description="UCUM unit")
+    mdc: str | None = Field(default=None, description="IEEE 11073 MDC reference id, where one exists")
+    label: str = Field(description="human-readable parameter name")
+    device: str = Field(description="id of the device that measured it (from the config)")
+    device_code: str = Field(description="the device protocol's own code for the parameter")
+    valid: bool
+    device_time: Timestamp | None = Field(description="when the device says it measured (null: not told)")
+    received_at: Timestamp = Field(description="appliance wall clock when the value was received")
+
+
+class VentilatorSetting(_Frozen):
+    """One ventilator setting as the device reports it."""
+
+    key: str
+    value: float | str | None
+    unit: str
+    label: str
+    device: str
+    device_code: str
+    received_at: Timestamp
+
+
+class DeviceAlarm(_Frozen):
+    """An alarm the device itself reports as active."""
+
+    device: str
+    code: str = Field(description="the device protocol's alarm code")
+    priority: AlarmPriority
+    text: str
+    onset: Timestamp = Field(description="first time the appliance saw this alarm active")
+
+
+class DeviceState(_Frozen):
+    """Connectivity and health of one device link."""
+
+    device: str
+    driver: str
+    protocol: str
+    port: str
+    connected: bool
+    model: str | None = None
+    protocol_version: str | None = None
+    connected_since: Timestamp | None = None
+    last_frame_at: Timestamp | None = None
+    last_error: str | None = None
+    counters: dict[str, int] = Field(default_factory=dict)
+
+
+class TwinValue(_Frozen):
+    """The twin's latest value of one key, with its age at snapshot time."""
+
+    value: float | None
+    unit: str
+    mdc: str | None
+    label: str
+    device: str
+    valid: bool
+    device_time: Timestamp | None
+    received_at: Timestamp
+    age_s: float = Field(description="seconds since received_at, at snapshot time")
+    stale: bool = Field(description="older than the bed's staleness limit, or its device is disconnected")
+
+
+# ---- message bodies -----------------------------------------------------------------------------
+
+
+class TwinBody(_Frozen):
+    """Full twin snapshot of one bed."""
+
+    SCHEMA: ClassVar[str] = "icu-edge/twin/1"
+    values: dict[str, TwinValue]
+    settings: dict[str, VentilatorSetting]
+    devices: dict[str, DeviceState]
+    device_alarms: list[DeviceAlarm]
+
+
+class VitalsBody(_Frozen):
+    """A batch of observations as they arrived from one device."""
+
+    SCHEMA: ClassVar[str] = "icu-edge/vitals/1"
+    device: str
+    observations: list[Observation]
+    coalesced: int = Field(
+        default=0, description="observation batches merged into this one because a consumer fell behind"
+    )
+
+
+class DeviceStatusBody(_Frozen):
+    """Retained device status."""
+
+    SCHEMA: ClassVar[str] = "icu-edge/device/1"
+    status: DeviceState
+
+
+class EventKind(enum.StrEnum):
+    """Lifecycle and connectivity events on `R/bed/{bed}/events`."""
+
+    DEVICE_CONNECTED = "device_connected"
+    DEVICE_DISCONNECTED = "device_disconnected"
+    DEVICE_ALARM_RAISED = "device_alarm_raised"
+    DEVICE_ALARM_ENDED = "device_alarm_ended"
+    DEVICE_TEXT_MESSAGES = "device_text_messages"
+    OUTBOX_DROPPED = "outbox_dropped"
+
+
+class EventBody(_Frozen):
+    """One event, in order."""
+
+    SCHEMA: ClassVar[str] = "icu-edge/event/1"
+    kind: EventKind
+    device: str | None = None
+    detail: str
+    alarm: DeviceAlarm | None = None
+    at: Timestamp
+
+
+class ApplianceState(enum.StrEnum):
+    """Appliance status: `offline` is also the MQTT Will."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class ApplianceStatusBody(_Frozen):
+    """Birth / death of the edge node."""
+
+    SCHEMA: ClassVar[str] = "icu-edge/status/1"
+    state: ApplianceState
+    version: str
+    beds: list[str]
+    reason: str | None = Field(default=None, description="why offline: shutdown, or lost (the Will)")
+
+
+Body = TwinBody | VitalsBody | DeviceStatusBody | EventBody | ApplianceStatusBody
+
+
+class Envelope(_Frozen):
+    """Fields every payload carries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    SCHEMA: ClassVar[str]
+    schema_id: str = Field(alias="schema", description="payload schema, e.g. icu-edge/twin/1")
+    appliance: str
+    bed: str | None = Field(description="null on appliance-level topics")
+    session: int = Field(ge=1, description="increments on each daemon start")
+    seq: int = Field(ge=0, description="consecutive per topic within a session, from 0")
+    ts: Timestamp
+
+
+class TwinMessage(Envelope, TwinBody):
+    """`R/bed/{bed}/twin`, retained, QoS 1."""
+
+
+class VitalsMessage(Envelope, VitalsBody):
+    """`R/bed/{bed}/vitals`, QoS 1 through the outbox."""
+
+
+class DeviceStatusMessage(Envelope, DeviceStatusBody):
+    """`R/bed/{bed}/device/{device}`, retained, QoS 1."""
+
+
+class EventMessage(Envelope, EventBody):
+    """`R/bed/{bed}/events`, QoS 1."""
+
+
+class ApplianceStatusMessage(Envelope, ApplianceStatusBody):
+    """`R/appliance/{id}/status`, retained, QoS 1; the Will carries state offline."""
+
+
+MESSAGE_FOR_BODY: dict[type[BaseModel], type[Envelope]] = {
+    TwinBody: TwinMessage,
+    VitalsBody: VitalsMessage,
+    DeviceStatusBody: DeviceStatusMessage,
+    EventBody: EventMessage,
+    ApplianceStatusBody: ApplianceStatusMessage,
+}
+
+
+def utc_now() -> datetime:
+    """Return the wall clock as an aware UTC datetime."""
+    return datetime.now(tz=UTC)
