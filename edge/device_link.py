@@ -1,0 +1,200 @@
+"""One reader thread per device: moves bytes between a transport and a sans-I/O driver session.
+
+Serial reads block, so they live here and never on the event loop. The thread owns the transport and
+the session; everything it learns leaves as a `DeviceReport` through `deliver`, which must only enqueue
+(the daemon hands it to the loop with `call_soon_threadsafe`). A lost or unopenable port is retried
+with capped exponential backoff until `stop()`; the loss itself is reported as `LinkDown`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from drivers.base import DeviceSession, DriverEvent, LinkDown, SerialSettings
+from drivers.transport import Transport, TransportError, open_transport
+from edge.model import utc_now
+from edge.twin import DeviceIdentity
+
+LOGGER = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceReport:
+    """What one device link learned since its last report."""
+
+    identity: DeviceIdentity
+    events: tuple[DriverEvent, ...]
+    counters: dict[str, int]
+    last_frame_at: datetime | None
+    last_error: str | None
+    received_at: datetime
+    received_mono_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Capped exponential backoff between reconnect attempts."""
+
+    initial_s: float = 0.25
+    maximum_s: float = 2.0
+    factor: float = 2.0
+
+    def delays_s(self) -> Callable[[], float]:
+        """Return a function that yields the next delay each time it is called."""
+        current = [self.initial_s]
+
+        def next_delay_s() -> float:
+            delay = current[0]
+            current[0] = min(self.maximum_s, current[0] * self.factor)
+            return delay
+
+        return next_delay_s
+
+
+class DeviceLink:
+    """The reader thread of one device."""
+
+    def __init__(
+        self,
+        *,
+        identity: DeviceIdentity,
+        session: DeviceSession,
+        line: SerialSettings,
+        deliver: Callable[[DeviceReport], None],
+        backoff: Backoff = Backoff(),
+        read_timeout_s: float = 0.05,
+        report_interval_s: float = 1.0,
+        open_port: Callable[..., Transport] = open_transport,
+    ) -> None:
+        self.identity = identity
+        self._session = session
+        self._line = line
+        self._deliver = deliver
+        self._backoff = backoff
+        self._read_timeout_s = read_timeout_s
+        self._report_interval_s = report_interval_s
+        self._open_port = open_port
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"link-{identity.bed}-{identity.device}", daemon=True
+        )
+        self._frames_seen = 0
+        self._last_frame_at: datetime | None = None
+        self._last_error: str | None = None
+        self._last_report_mono_s = 0.0
+        self.last_progress_s = time.monotonic()
+        """Monotonic time of the last loop iteration (the watchdog reads it)."""
+
+    @property
+    def name(self) -> str:
+        """Return the watchdog component name of this link."""
+        return self._thread.name
+
+    def start(self) -> None:
+        """Start the reader thread."""
+        self._thread.start()
+
+    def stop(self, *, timeout_s: float = 2.0) -> None:
+        """Ask the thread to stop and wait for it."""
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+        if self._thread.is_alive():
+            LOGGER.error("device link %s did not stop within %.1f s", self.name, timeout_s)
+
+    def is_alive(self) -> bool:
+        """Return whether the reader thread runs."""
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        next_delay_s = self._backoff.delays_s()
+        while not self._stop.is_set():
+            self.last_progress_s = time.monotonic()
+            try:
+                transport = self._open_port(
+                    self.identity.port, line=self._line, read_timeout_s=self._read_timeout_s
+                )
+            except TransportError as exc:
+                self._note_error(str(exc))
+                self._report(force=True)
+                self._stop.wait(next_delay_s())
+                continue
+            LOGGER.info(
+                "opened %s",
+                self.identity.port,
+                extra={"bed": self.identity.bed, "device": self.identity.device},
+            )
+            next_delay_s = self._backoff.delays_s()
+            try:
+                self._serve(transport)
+            except TransportError as exc:
+                self._note_error(str(exc))
+            except Exception:
+                # A driver bug must not kill the link forever: log it with its traceback, count it,
+                # and start over with a fresh handshake.
+                LOGGER.exception(
+                    "driver failure on %s",
+                    self.identity.port,
+                    extra={"bed": self.identity.bed, "device": self.identity.device},
+                )
+                self._session.counters.extra["driver_failures"] = (
+                    self._session.counters.extra.get("driver_failures", 0) + 1
+                )
+                self._note_error("driver failure (see log)")
+            finally:
+                transport.close()
+            if not self._stop.is_set():
+                self._report(extra_events=(LinkDown(reason=self._last_error or "port closed"),), force=True)
+            self._stop.wait(next_delay_s())
+
+    def _serve(self, transport: Transport) -> None:
+        session = self._session
+        session.reset(now_s=time.monotonic())
+        self._report(force=True)
+        while not self._stop.is_set():
+            now_s = time.monotonic()
+            self.last_progress_s = now_s
+            outgoing = session.data_to_send()
+            if outgoing:
+                transport.write(outgoing)
+            data = transport.read(max_bytes=READ_CHUNK_BYTES)
+            now_s = time.monotonic()
+            if data:
+                session.receive(data, now_s=now_s)
+            if now_s >= session.next_deadline_s():
+                session.poll(now_s=now_s)
+            frames = session.counters.frames_in
+            if frames != self._frames_seen:
+                self._frames_seen = frames
+                self._last_frame_at = utc_now()
+                self._last_error = None
+            self._report()
+
+    def _note_error(self, message: str) -> None:
+        if message != self._last_error:
+            LOGGER.warning("%s", message, extra={"bed": self.identity.bed, "device": self.identity.device})
+        self._last_error = message
+
+    def _report(self, *, extra_events: tuple[DriverEvent, ...] = (), force: bool = False) -> None:
+        events = tuple(self._session.events()) + extra_events
+        now_s = time.monotonic()
+        if not events and not force and now_s - self._last_report_mono_s < self._report_interval_s:
+            return
+        self._last_report_mono_s = now_s
+        self._deliver(
+            DeviceReport(
+                identity=self.identity,
+                events=events,
+                counters=self._session.counters.snapshot(),
+                last_frame_at=self._last_frame_at,
+                last_error=self._last_error,
+                received_at=utc_now(),
+                received_mono_s=now_s,
+            )
+        )

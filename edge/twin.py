@@ -1,0 +1,278 @@
+"""The patient twin: one per bed, the latest value of every key with its age and validity.
+
+The twin changes only inside `TwinStore.apply`, which takes one driver event, applies it as a
+transaction and returns the committed `TwinDelta`; the publisher sees deltas and snapshots, never a
+half-applied change. One owner: the event loop thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from drivers.base import (
+    DeviceAlarmsReceived,
+    DriverEvent,
+    LinkDown,
+    LinkUp,
+    MeasurementsReceived,
+    SettingsReceived,
+    TextMessagesReceived,
+)
+from edge.model import (
+    DeviceAlarm,
+    DeviceState,
+    Observation,
+    TwinBody,
+    TwinValue,
+    VentilatorSetting,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceIdentity:
+    """What the config says about a device: fixed for the daemon's life."""
+
+    bed: str
+    device: str
+    driver: str
+    protocol: str
+    port: str
+
+
+@dataclass(slots=True, kw_only=True)
+class TwinDelta:
+    """What one committed transaction changed in one bed's twin."""
+
+    bed: str
+    device: str
+    observations: list[Observation] = field(default_factory=list)
+    alarms_raised: list[DeviceAlarm] = field(default_factory=list)
+    alarms_ended: list[DeviceAlarm] = field(default_factory=list)
+    device_state: DeviceState | None = None
+    """Set when the device's connectivity changed."""
+    text_messages: tuple[str, ...] | None = None
+    """Set when the device's text messages changed."""
+
+    @property
+    def changes_twin(self) -> bool:
+        """True when a twin snapshot would now differ."""
+        return bool(self.observations or self.alarms_raised or self.alarms_ended or self.device_state)
+
+
+@dataclass(slots=True)
+class _StoredValue:
+    observation: Observation
+    received_mono_s: float
+
+
+@dataclass(slots=True, kw_only=True)
+class _BedTwin:
+    bed: str
+    stale_after_s: float
+    values: dict[str, _StoredValue] = field(default_factory=dict)
+    settings: dict[str, VentilatorSetting] = field(default_factory=dict)
+    devices: dict[str, DeviceState] = field(default_factory=dict)
+    device_alarms: dict[tuple[str, str], DeviceAlarm] = field(default_factory=dict)
+    text_messages: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+class TwinStore:
+    """All beds' twins; applies driver events as transactions."""
+
+    def __init__(self, *, stale_after_s: dict[str, float], devices: list[DeviceIdentity]) -> None:
+        self._beds = {bed: _BedTwin(bed=bed, stale_after_s=s) for bed, s in stale_after_s.items()}
+        self._identity: dict[tuple[str, str], DeviceIdentity] = {}
+        for identity in devices:
+            self._identity[(identity.bed, identity.device)] = identity
+            self._beds[identity.bed].devices[identity.device] = DeviceState(
+                device=identity.device,
+                driver=identity.driver,
+                protocol=identity.protocol,
+                port=identity.port,
+                connected=False,
+            )
+
+    @property
+    def beds(self) -> list[str]:
+        """Return the bed ids in config order."""
+        return list(self._beds)
+
+    def device_state(self, *, bed: str, device: str) -> DeviceState:
+        """Return the current state of one device link."""
+        return self._beds[bed].devices[device]
+
+    def update_link_health(
+        self,
+        *,
+        bed: str,
+        device: str,
+        counters: dict[str, int],
+        last_frame_at: datetime | None,
+        last_error: str | None,
+    ) -> DeviceState:
+        """Record the link's counters and last frame time (no connectivity change) and return the state."""
+        twin = self._beds[bed]
+        state = twin.devices[device].model_copy(
+            update={"counters": counters, "last_frame_at": last_frame_at, "last_error": last_error}
+        )
+        twin.devices[device] = state
+        return state
+
+    def apply(
+        self, *, bed: str, device: str, event: DriverEvent, received_at: datetime, received_mono_s: float
+    ) -> TwinDelta:
+        """Apply one driver event to the bed's twin and return what changed."""
+        twin = self._beds[bed]
+        delta = TwinDelta(bed=bed, device=device)
+        match event:
+            case MeasurementsReceived():
+                self._apply_measurements(twin, delta, event, received_at, received_mono_s)
+            case SettingsReceived():
+                for setting in event.settings:
+                    twin.settings[setting.key] = VentilatorSetting(
+                        key=setting.key,
+                        value=setting.value,
+                        unit=setting.unit,
+                        label=setting.label,
+                        device=device,
+                        device_code=setting.device_code,
+                        received_at=received_at,
+                    )
+            case DeviceAlarmsReceived():
+                self._apply_alarms(twin, delta, device, event, received_at)
+            case TextMessagesReceived():
+                if twin.text_messages.get(device) != event.messages:
+                    twin.text_messages[device] = event.messages
+                    delta.text_messages = event.messages
+            case LinkUp():
+                delta.device_state = self._set_connected(
+                    twin,
+                    device,
+                    connected=True,
+                    at=received_at,
+                    model=event.model,
+                    protocol_version=event.protocol_version,
+                    error=None,
+                )
+            case LinkDown():
+                delta.device_state = self._set_connected(
+                    twin,
+                    device,
+                    connected=False,
+                    at=received_at,
+                    model=None,
+                    protocol_version=None,
+                    error=event.reason,
+                )
+                # A device that is gone no longer reports its alarms: they end with the link, and
+                # the loss itself is what the ward must see (as a disconnect event).
+                for key in [k for k in twin.device_alarms if k[0] == device]:
+                    delta.alarms_ended.append(twin.device_alarms.pop(key))
+        return delta
+
+    def _apply_measurements(
+        self,
+        twin: _BedTwin,
+        delta: TwinDelta,
+        event: MeasurementsReceived,
+        received_at: datetime,
+        received_mono_s: float,
+    ) -> None:
+        for measurement in event.measurements:
+            observation = Observation(
+                key=measurement.key,
+                value=measurement.value,
+                unit=measurement.unit,
+                mdc=measurement.mdc_code,
+                label=measurement.label,
+                device=delta.device,
+                device_code=measurement.device_code,
+                valid=measurement.valid and measurement.value is not None,
+                device_time=event.device_time,
+                received_at=received_at,
+            )
+            twin.values[measurement.key] = _StoredValue(observation, received_mono_s)
+            delta.observations.append(observation)
+
+    def _apply_alarms(
+        self,
+        twin: _BedTwin,
+        delta: TwinDelta,
+        device: str,
+        event: DeviceAlarmsReceived,
+        received_at: datetime,
+    ) -> None:
+        reported = {reading.code: reading for reading in event.alarms}
+        for key in [k for k in twin.device_alarms if k[0] == device and k[1] not in reported]:
+            delta.alarms_ended.append(twin.device_alarms.pop(key))
+        for code, reading in reported.items():
+            known = twin.device_alarms.get((device, code))
+            if known is not None and known.priority == reading.priority and known.text == reading.text:
+                continue
+            alarm = DeviceAlarm(
+                device=device,
+                code=code,
+                priority=reading.priority,
+                text=reading.text,
+                onset=known.onset if known is not None else received_at,
+            )
+            twin.device_alarms[(device, code)] = alarm
+            if known is None:
+                delta.alarms_raised.append(alarm)
+
+    def _set_connected(
+        self,
+        twin: _BedTwin,
+        device: str,
+        *,
+        connected: bool,
+        at: datetime,
+        model: str | None,
+        protocol_version: str | None,
+        error: str | None,
+    ) -> DeviceState | None:
+        previous = twin.devices[device]
+        if previous.connected == connected and not connected:
+            return None
+        update: dict[str, object] = {
+            "connected": connected,
+            "connected_since": at if connected else None,
+            "last_error": error,
+        }
+        if connected:
+            update["model"] = model or previous.model
+            update["protocol_version"] = protocol_version or previous.protocol_version
+        state = previous.model_copy(update=update)
+        twin.devices[device] = state
+        return state
+
+    def snapshot(self, *, bed: str, now_mono_s: float) -> TwinBody:
+        """Return the bed's full twin with ages computed at now_mono_s."""
+        twin = self._beds[bed]
+        values: dict[str, TwinValue] = {}
+        for key, stored in twin.values.items():
+            observation = stored.observation
+            age_s = max(0.0, now_mono_s - stored.received_mono_s)
+            device_connected = twin.devices[observation.device].connected
+            values[key] = TwinValue(
+                value=observation.value,
+                unit=observation.unit,
+                mdc=observation.mdc,
+                label=observation.label,
+                device=observation.device,
+                valid=observation.valid,
+                device_time=observation.device_time,
+                received_at=observation.received_at,
+                age_s=round(age_s, 3),
+                stale=age_s > twin.stale_after_s or not device_connected,
+            )
+        return TwinBody(
+            values=values,
+            settings=dict(twin.settings),
+            devices=dict(twin.devices),
+            device_alarms=list(twin.device_alarms.values()),
+        )
