@@ -1,0 +1,336 @@
+"""The ward view's state and rendering, fed real contract payloads without a broker."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rich.console import Console
+
+from drivers.base import AlarmPriority
+from edge.contract import Topics, encode_message
+from edge.model import (
+    ApplianceState,
+    ApplianceStatusBody,
+    Body,
+    DeviceAlarm,
+    DeviceState,
+    DeviceStatusBody,
+    EventBody,
+    EventKind,
+    Observation,
+    TwinBody,
+    TwinValue,
+    VentilatorSetting,
+    VitalsBody,
+)
+from tools.watch import WardState, main, parse_broker_url, render, render_plain
+
+T0 = datetime(2026, 11, 25, 20, 23, 32, tzinfo=UTC)
+TOPICS = Topics(prefix="icu/v1", site="st-mary", ward="icu-3", appliance="edge-01")
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def make_state(clock: FakeClock | None = None) -> WardState:
+    return WardState(clock=clock or FakeClock(), wall_clock=lambda: T0)
+
+
+def encode(body: Body, *, bed: str | None, seq: int, session: int = 1) -> bytes:
+    return encode_message(body, appliance="edge-01", bed=bed, session=session, seq=seq, ts=T0)
+
+
+def status_body(
+    state: ApplianceState = ApplianceState.ONLINE, reason: str | None = None
+) -> ApplianceStatusBody:
+    return ApplianceStatusBody(state=state, version="0.1.0", beds=["bed-1"], reason=reason)
+
+
+def twin_value(value: float | None, unit: str, *, valid: bool = True, stale: bool = False) -> TwinValue:
+    return TwinValue(
+        value=value,
+        unit=unit,
+        mdc=None,
+        label="label",
+        device="vent-1",
+        valid=valid,
+        device_time=None,
+        received_at=T0,
+        age_s=1.5,
+        stale=stale,
+    )
+
+
+def vent_state(*, connected: bool = True) -> DeviceState:
+    return DeviceState(
+        device="vent-1",
+        driver="medibus",
+        protocol="medibus",
+        port="/dev/ttyUSB0",
+        connected=connected,
+        model="Evita V500",
+        counters={"frames": 120, "checksum_errors": 2},
+    )
+
+
+def twin_body() -> TwinBody:
+    return TwinBody(
+        values={
+            "ppeak": twin_value(28.0, "mbar"),
+            "vt": twin_value(450.0, "mL", stale=True),
+            "fio2": twin_value(None, "%", valid=False),
+            "rr": twin_value(16.5, "/min"),
+        },
+        settings={
+            "peep": VentilatorSetting(
+                key="peep",
+                value=8.0,
+                unit="mbar",
+                label="PEEP",
+                device="vent-1",
+                device_code="0x52",
+                received_at=T0,
+            )
+        },
+        devices={"vent-1": vent_state()},
+        device_alarms=[
+            DeviceAlarm(
+                device="vent-1",
+                code="0x12",
+                priority=AlarmPriority.HIGH,
+                text="Airway pressure high",
+                onset=T0,
+            ),
+            DeviceAlarm(
+                device="vent-1", code="0x30", priority=AlarmPriority.LOW, text="Filter check", onset=T0
+            ),
+        ],
+    )
+
+
+def vitals_body() -> VitalsBody:
+    observation = Observation(
+        key="ppeak",
+        value=29.0,
+        unit="mbar",
+        label="Peak pressure",
+        device="vent-1",
+        device_code="0x7D",
+        valid=True,
+        device_time=None,
+        received_at=T0,
+    )
+    return VitalsBody(device="vent-1", observations=[observation, observation], coalesced=1)
+
+
+def test_plain_render_shows_status_twin_settings_alarms_devices_and_events() -> None:
+    clock = FakeClock()
+    state = make_state(clock)
+    state.apply(TOPICS.appliance_status(), encode(status_body(), bed=None, seq=0), retained=True)
+    state.apply(TOPICS.twin("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    state.apply(TOPICS.vitals("bed-1"), encode(vitals_body(), bed="bed-1", seq=0), retained=False)
+    event = EventBody(kind=EventKind.DEVICE_CONNECTED, device="vent-1", detail="Evita V500 answered", at=T0)
+    state.apply(TOPICS.events("bed-1"), encode(event, bed="bed-1", seq=0), retained=False)
+    clock.now_s += 2.0
+
+    text = render_plain(state)
+
+    assert "appliance st-mary/icu-3/edge-01: online session 1 version 0.1.0 beds bed-1" in text
+    assert "bed bed-1 (st-mary/icu-3) on edge-01: appliance online" in text
+    ppeak = next(line for line in text.splitlines() if line.strip().startswith("ppeak"))
+    assert "28" in ppeak
+    assert "mbar" in ppeak
+    assert "age 3.5 s" in ppeak  # 1.5 s at snapshot time + 2 s since it arrived
+    assert "16.5" in text
+    assert "STALE" in next(line for line in text.splitlines() if line.strip().startswith("vt "))
+    fio2 = next(line for line in text.splitlines() if line.strip().startswith("fio2"))
+    assert "--" in fio2
+    assert "INVALID" in fio2
+    assert "setting peep" in text
+    assert "alarm HIGH vent-1 0x12: Airway pressure high" in text
+    assert "alarm LOW vent-1 0x30: Filter check" in text
+    assert "device vent-1: connected yes model Evita V500 protocol medibus" in text
+    assert "checksum_errors=2 frames=120" in text
+    assert "vitals: 1 batches, 2 observations, 1 coalesced" in text
+    assert "device_connected vent-1: Evita V500 answered" in text
+    assert "contract violations 0 | lost 0 | reordered 0" in text
+
+
+def test_offline_will_is_shown() -> None:
+    state = make_state()
+    state.apply(TOPICS.appliance_status(), encode(status_body(), bed=None, seq=0), retained=True)
+    state.apply(TOPICS.twin("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    will = status_body(ApplianceState.OFFLINE, reason="lost")
+    state.apply(TOPICS.appliance_status(), encode(will, bed=None, seq=1), retained=True)
+
+    text = render_plain(state)
+
+    assert "appliance st-mary/icu-3/edge-01: OFFLINE (lost)" in text
+    assert "appliance OFFLINE" in text
+
+
+def test_device_topic_newer_than_twin_wins() -> None:
+    state = make_state()
+    state.apply(TOPICS.twin("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    later = encode_message(
+        DeviceStatusBody(status=vent_state(connected=False)),
+        appliance="edge-01",
+        bed="bed-1",
+        session=1,
+        seq=0,
+        ts=T0 + timedelta(seconds=1),
+    )
+    state.apply(TOPICS.device("bed-1", "vent-1"), later, retained=True)
+
+    assert "device vent-1: connected NO" in render_plain(state)
+
+
+def test_seq_gap_counts_lost_and_reordered() -> None:
+    state = make_state()
+    topic = TOPICS.vitals("bed-1")
+    for seq in (0, 1, 4, 5):  # 2 and 3 never came
+        state.apply(topic, encode(vitals_body(), bed="bed-1", seq=seq), retained=False)
+    assert state.lost == 2
+    assert state.reordered == 0
+
+    state.apply(topic, encode(vitals_body(), bed="bed-1", seq=3), retained=False)  # late
+    assert state.reordered == 1
+    text = render_plain(state)
+    assert "lost 2 | reordered 1" in text
+    assert "2 lost (seq 1 -> 4)" in text
+
+
+def test_new_session_restarts_seq_and_retained_replay_is_not_loss() -> None:
+    state = make_state()
+    topic = TOPICS.twin("bed-1")
+    state.apply(topic, encode(twin_body(), bed="bed-1", seq=41), retained=True)  # first seen: baseline
+    state.apply(topic, encode(twin_body(), bed="bed-1", seq=42), retained=False)
+    state.apply(topic, encode(twin_body(), bed="bed-1", seq=42), retained=True)  # resubscribe replay
+    state.apply(topic, encode(twin_body(), bed="bed-1", seq=0, session=2), retained=False)  # restart
+    state.apply(topic, encode(twin_body(), bed="bed-1", seq=1, session=2), retained=False)
+
+    assert (state.lost, state.reordered, state.violations) == (0, 0, 0)
+    assert state.beds[("st-mary", "icu-3", "bed-1")].twin is not None
+
+
+def test_topics_are_per_bed_for_seq() -> None:
+    state = make_state()
+    state.apply(TOPICS.vitals("bed-1"), encode(vitals_body(), bed="bed-1", seq=0), retained=False)
+    state.apply(TOPICS.vitals("bed-2"), encode(vitals_body(), bed="bed-2", seq=7), retained=False)
+    state.apply(TOPICS.vitals("bed-1"), encode(vitals_body(), bed="bed-1", seq=1), retained=False)
+    assert state.lost == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"{not json", "schema violation"),
+        (b"\xff\xfe", "schema violation"),
+        (b"[]", "schema violation"),
+    ],
+)
+def test_invalid_payload_is_counted_not_raised(payload: bytes, expected: str) -> None:
+    state = make_state()
+    state.apply(TOPICS.twin("bed-1"), payload, retained=True)
+    assert state.violations == 1
+    assert expected in render_plain(state)
+
+
+def test_schema_violation_is_counted_and_shown() -> None:
+    state = make_state()
+    document = json.loads(encode(twin_body(), bed="bed-1", seq=0))
+    del document["values"]["ppeak"]["unit"]
+    state.apply(TOPICS.twin("bed-1"), json.dumps(document).encode(), retained=True)
+    document = json.loads(encode(status_body(), bed=None, seq=0))
+    document["extra"] = 1
+    state.apply(TOPICS.appliance_status(), json.dumps(document).encode(), retained=True)
+
+    assert state.violations == 2
+    text = render_plain(state)
+    assert "contract violations 2" in text
+    assert "values.ppeak.unit: Field required" in text
+    assert "extra: Extra inputs are not permitted" in text
+
+
+def test_envelope_that_contradicts_the_topic_is_a_violation() -> None:
+    state = make_state()
+    state.apply(TOPICS.twin("bed-2"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    state.apply(TOPICS.vitals("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=False)
+    state.apply(
+        TOPICS.device("bed-1", "monitor-1"),
+        encode(DeviceStatusBody(status=vent_state()), bed="bed-1", seq=0),
+        retained=True,
+    )
+    assert state.violations == 3
+    assert ("st-mary", "icu-3", "bed-2") not in state.beds
+
+
+def test_other_topics_and_filters_are_ignored_and_empty_retained_clears() -> None:
+    state = WardState(site="st-mary", ward="icu-3")
+    state.apply("icu/v1/st-mary/icu-3/bed/bed-1/forecast", b"{}", retained=True)
+    state.apply("icu/v1/elsewhere/icu-3/bed/bed-1/twin", b"garbage", retained=True)
+    state.apply("other/prefix/x", b"garbage", retained=False)
+    assert state.violations == 0
+    assert state.ignored == 3
+
+    state.apply(TOPICS.twin("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    state.apply(TOPICS.twin("bed-1"), b"", retained=True)
+    assert state.beds[("st-mary", "icu-3", "bed-1")].twin is None
+    assert state.violations == 0
+
+
+def test_rich_render_has_values_and_colours() -> None:
+    state = make_state()
+    state.apply(TOPICS.appliance_status(), encode(status_body(), bed=None, seq=0), retained=True)
+    state.apply(TOPICS.twin("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    state.apply(TOPICS.twin("bed-1"), b"{}", retained=False)
+    console = Console(
+        file=io.StringIO(), record=True, width=160, color_system="standard", force_terminal=True
+    )
+    console.print(render(state))
+    text = console.export_text(clear=False)
+    assert "Airway pressure high" in text
+    assert "Evita V500" in text
+    assert "online" in text
+    assert "contract violation" in text
+    styled = console.export_text(styles=True)
+    assert "\x1b[1;31mHIGH" in styled  # high priority alarm in red
+    assert "\x1b[36mLOW" in styled  # low priority alarm in cyan
+    assert "\x1b[2mvt" in styled  # stale value dim
+    assert "\x1b[31mfio2" in styled  # invalid value red
+
+
+def test_broker_url_parsing() -> None:
+    assert parse_broker_url("mqtt://127.0.0.1:1884").port == 1884
+    assert parse_broker_url("mqtt://broker").port == 1883
+    assert parse_broker_url("mqtts://broker").tls
+    with pytest.raises(ValueError, match="mqtt://"):
+        parse_broker_url("http://broker")
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--bogus"]) == 2
+    assert main(["--broker", "tcp://x:1"]) == 2
+    assert main(["--seconds", "0"]) == 2
+    capsys.readouterr()
+
+
+def test_unreachable_broker_exits_69(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["--broker", f"mqtt://127.0.0.1:{port}", "--connect-timeout", "0.5", "--once"]) == 69
+    error = capsys.readouterr().err
+    assert "cannot reach broker" in error
+    assert len(error.strip().splitlines()) == 1

@@ -1,0 +1,918 @@
+"""The terminal ward view: subscribe to the MQTT contract v1 like a central station would, and show it.
+
+`icu-edge watch --broker mqtt://host:port` subscribes to `{prefix}/#`, validates every payload against
+the contract's pydantic models, and shows per appliance its birth/death status and per bed the twin,
+ventilator settings, device alarms, devices and recent events. Payloads that break the contract are
+counted and shown, never fatal; `seq` gaps per (topic, session) are counted as lost or reordered.
+
+The state (`WardState`) is a pure class fed `(topic, payload, retained)`; paho's callbacks only enqueue,
+and the main thread applies and renders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import secrets
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, TypeVar
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel, ValidationError
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from edge.model import (
+    ApplianceState,
+    ApplianceStatusMessage,
+    DeviceState,
+    DeviceStatusMessage,
+    EventMessage,
+    TwinMessage,
+    VitalsMessage,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+EX_OK: Final = 0
+EX_USAGE: Final = 2
+EX_UNAVAILABLE: Final = 69
+
+DEFAULT_BROKER: Final = "mqtt://127.0.0.1:1883"
+DEFAULT_PREFIX: Final = "icu/v1"
+DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
+REFRESH_PER_SECOND: Final = 4
+PLAIN_MIN_PERIOD_S: Final = 1.0
+EVENTS_SHOWN: Final = 5
+PROBLEMS_KEPT: Final = 8
+
+PRIORITY_STYLE: Final[dict[str, str]] = {"high": "bold red", "medium": "yellow", "low": "cyan"}
+
+_M = TypeVar("_M", bound=BaseModel)
+
+BedKey = tuple[str, str, str]
+"""(site, ward, bed)."""
+ApplianceKey = tuple[str, str, str]
+"""(site, ward, appliance id)."""
+
+
+# ---- state ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ApplianceView:
+    """What the ward view knows about one appliance."""
+
+    status: ApplianceStatusMessage
+
+
+@dataclass(slots=True)
+class BedView:
+    """What the ward view knows about one bed."""
+
+    appliance: str | None = None
+    twin: TwinMessage | None = None
+    twin_lag_s: float = 0.0
+    """How old the snapshot already was when it arrived (retained snapshots only)."""
+    twin_received_mono_s: float = 0.0
+    device_status: dict[str, DeviceStatusMessage] = field(default_factory=dict)
+    events: deque[EventMessage] = field(default_factory=lambda: deque(maxlen=EVENTS_SHOWN))
+    vitals_batches: int = 0
+    vitals_observations: int = 0
+    vitals_coalesced: int = 0
+    last_vitals: VitalsMessage | None = None
+
+    def devices(self) -> dict[str, DeviceState]:
+        """Return the newest known state of every device, from the twin or the device topic."""
+        chosen: dict[str, tuple[datetime, DeviceState]] = {}
+        if self.twin is not None:
+            for device_id, state in self.twin.devices.items():
+                chosen[device_id] = (self.twin.ts, state)
+        for device_id, message in self.device_status.items():
+            known = chosen.get(device_id)
+            if known is None or message.ts >= known[0]:
+                chosen[device_id] = (message.ts, message.status)
+        return {device_id: chosen[device_id][1] for device_id in sorted(chosen)}
+
+
+@dataclass(frozen=True, slots=True)
+class _TopicShape:
+    site: str
+    ward: str
+    kind: str  # appliance | twin | vitals | events | device | other
+    name: str  # appliance id or bed id
+    device: str | None = None
+
+
+class WardState:
+    """Everything the ward view shows, built only from `(topic, payload, retained)` deliveries."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        site: str | None = None,
+        ward: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """Create an empty ward; `site`/`ward` filter what is kept, clocks are injectable for tests."""
+        self.prefix = prefix.strip("/")
+        self.site = site
+        self.ward = ward
+        self._clock = clock
+        self._wall_clock = wall_clock if wall_clock is not None else _utc_now
+        self.appliances: dict[ApplianceKey, ApplianceView] = {}
+        self.beds: dict[BedKey, BedView] = {}
+        self.messages = 0
+        self.ignored = 0
+        self.violations = 0
+        self.lost = 0
+        self.reordered = 0
+        self.internal_errors = 0
+        self.violation_log: deque[str] = deque(maxlen=PROBLEMS_KEPT)
+        self.gap_log: deque[str] = deque(maxlen=PROBLEMS_KEPT)
+        self.connection = "connecting"
+        self._last_seq: dict[tuple[str, int], int] = {}
+
+    # -- input --------------------------------------------------------------------------------------
+
+    def set_connection(self, text: str) -> None:
+        """Record the broker connection state shown in the header."""
+        self.connection = text
+
+    def apply(self, topic: str, payload: bytes, *, retained: bool) -> None:
+        """Apply one delivered message; contract violations are counted, never raised."""
+        shape = self._parse_topic(topic)
+        if shape is None:
+            self.ignored += 1
+            return
+        self.messages += 1
+        if shape.kind == "other":
+            self.ignored += 1
+            return
+        if not payload:
+            self._clear_retained(shape)
+            return
+        if shape.kind == "appliance":
+            self._apply_status(topic, shape, payload, retained=retained)
+        elif shape.kind == "twin":
+            self._apply_twin(topic, shape, payload, retained=retained)
+        elif shape.kind == "vitals":
+            self._apply_vitals(topic, shape, payload, retained=retained)
+        elif shape.kind == "events":
+            self._apply_event(topic, shape, payload, retained=retained)
+        elif shape.kind == "device":
+            self._apply_device(topic, shape, payload, retained=retained)
+
+    def note_internal_error(self) -> None:
+        """Count a bug in the viewer itself (logged by the caller with its traceback)."""
+        self.internal_errors += 1
+
+    # -- queries ------------------------------------------------------------------------------------
+
+    def now_mono_s(self) -> float:
+        """Return the state's monotonic clock."""
+        return self._clock()
+
+    def twin_extra_age_s(self, bed: BedView) -> float:
+        """Return how much older than its `age_s` fields the bed's twin snapshot is now."""
+        return bed.twin_lag_s + max(0.0, self._clock() - bed.twin_received_mono_s)
+
+    def appliance_state(self, site: str, ward: str, appliance: str | None) -> str:
+        """Return `online`, `offline` or `unknown` for the appliance that owns a bed."""
+        if appliance is None:
+            return "unknown"
+        view = self.appliances.get((site, ward, appliance))
+        return "unknown" if view is None else str(view.status.state)
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _parse_topic(self, topic: str) -> _TopicShape | None:
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        if len(parts) < 3:
+            return None
+        site, ward = parts[0], parts[1]
+        if (self.site is not None and site != self.site) or (self.ward is not None and ward != self.ward):
+            return None
+        rest = parts[2:]
+        if len(rest) == 3 and rest[0] == "appliance" and rest[2] == "status":
+            return _TopicShape(site, ward, "appliance", rest[1])
+        if len(rest) == 3 and rest[0] == "bed" and rest[2] in ("twin", "vitals", "events"):
+            return _TopicShape(site, ward, rest[2], rest[1])
+        if len(rest) == 4 and rest[0] == "bed" and rest[2] == "device":
+            return _TopicShape(site, ward, "device", rest[1], rest[3])
+        return _TopicShape(site, ward, "other", "")
+
+    def _violation(self, topic: str, what: str) -> None:
+        self.violations += 1
+        self.violation_log.append(f"{topic}: {what}")
+
+    def _validate(self, model: type[_M], topic: str, payload: bytes) -> _M | None:
+        try:
+            return model.model_validate_json(payload)
+        except ValidationError as error:
+            first = error.errors()[0]
+            location = ".".join(str(part) for part in first["loc"]) or "(payload)"
+            more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+            self._violation(topic, f"schema violation: {location}: {first['msg']}{more}")
+            return None
+
+    def _check_envelope(
+        self,
+        topic: str,
+        message: ApplianceStatusMessage | TwinMessage | VitalsMessage | EventMessage | DeviceStatusMessage,
+        *,
+        schema: str,
+        bed: str | None,
+        appliance: str | None = None,
+    ) -> bool:
+        if message.schema_id != schema:
+            self._violation(topic, f"schema {message.schema_id!r} on a topic that carries {schema!r}")
+            return False
+        if message.bed != bed:
+            self._violation(topic, f"bed {message.bed!r} does not match the topic ({bed!r})")
+            return False
+        if appliance is not None and message.appliance != appliance:
+            self._violation(topic, f"appliance {message.appliance!r} does not match the topic")
+            return False
+        return True
+
+    def _track_seq(self, topic: str, *, session: int, seq: int, retained: bool) -> bool:
+        """Count gaps; return False for a retained replay of something already seen."""
+        key = (topic, session)
+        last = self._last_seq.get(key)
+        if last is None:
+            self._last_seq[key] = seq
+            return True
+        if seq == last + 1:
+            self._last_seq[key] = seq
+            return True
+        if seq > last + 1:
+            missing = seq - last - 1
+            self.lost += missing
+            self.gap_log.append(f"{topic} session {session}: {missing} lost (seq {last} -> {seq})")
+            self._last_seq[key] = seq
+            return True
+        if retained:
+            return False  # the broker replaying its retained copy (resubscribe): not news
+        self.reordered += 1
+        self.gap_log.append(f"{topic} session {session}: seq {seq} after {last} (reordered/duplicate)")
+        return False
+
+    def _bed(self, shape: _TopicShape) -> BedView:
+        key = (shape.site, shape.ward, shape.name)
+        view = self.beds.get(key)
+        if view is None:
+            view = self.beds[key] = BedView()
+        return view
+
+    def _clear_retained(self, shape: _TopicShape) -> None:
+        if shape.kind == "appliance":
+            self.appliances.pop((shape.site, shape.ward, shape.name), None)
+        elif shape.kind == "twin":
+            bed = self.beds.get((shape.site, shape.ward, shape.name))
+            if bed is not None:
+                bed.twin = None
+        elif shape.kind == "device" and shape.device is not None:
+            bed = self.beds.get((shape.site, shape.ward, shape.name))
+            if bed is not None:
+                bed.device_status.pop(shape.device, None)
+        else:
+            self.ignored += 1
+
+    def _apply_status(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
+        message = self._validate(ApplianceStatusMessage, topic, payload)
+        if message is None or not self._check_envelope(
+            topic, message, schema=ApplianceStatusMessage.SCHEMA, bed=None, appliance=shape.name
+        ):
+            return
+        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
+            return
+        key = (shape.site, shape.ward, shape.name)
+        known = self.appliances.get(key)
+        if known is not None and message.session < known.status.session:
+            return  # a late message from an older daemon run
+        self.appliances[key] = ApplianceView(status=message)
+        for bed in message.beds:
+            view = self._bed(_TopicShape(shape.site, shape.ward, "twin", bed))
+            view.appliance = message.appliance
+
+    def _apply_twin(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
+        message = self._validate(TwinMessage, topic, payload)
+        if message is None or not self._check_envelope(
+            topic, message, schema=TwinMessage.SCHEMA, bed=shape.name
+        ):
+            return
+        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
+            return
+        bed = self._bed(shape)
+        bed.appliance = message.appliance
+        bed.twin = message
+        bed.twin_received_mono_s = self._clock()
+        lag_s = (self._wall_clock() - message.ts).total_seconds() if retained else 0.0
+        bed.twin_lag_s = max(0.0, lag_s)
+
+    def _apply_vitals(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
+        message = self._validate(VitalsMessage, topic, payload)
+        if message is None or not self._check_envelope(
+            topic, message, schema=VitalsMessage.SCHEMA, bed=shape.name
+        ):
+            return
+        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
+            return
+        bed = self._bed(shape)
+        bed.appliance = message.appliance
+        bed.vitals_batches += 1
+        bed.vitals_observations += len(message.observations)
+        bed.vitals_coalesced += message.coalesced
+        bed.last_vitals = message
+
+    def _apply_event(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
+        message = self._validate(EventMessage, topic, payload)
+        if message is None or not self._check_envelope(
+            topic, message, schema=EventMessage.SCHEMA, bed=shape.name
+        ):
+            return
+        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
+            return
+        bed = self._bed(shape)
+        bed.appliance = message.appliance
+        bed.events.append(message)
+
+    def _apply_device(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
+        message = self._validate(DeviceStatusMessage, topic, payload)
+        if message is None or not self._check_envelope(
+            topic, message, schema=DeviceStatusMessage.SCHEMA, bed=shape.name
+        ):
+            return
+        if message.status.device != shape.device:
+            self._violation(topic, f"device {message.status.device!r} does not match the topic")
+            return
+        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
+            return
+        bed = self._bed(shape)
+        bed.appliance = message.appliance
+        bed.device_status[message.status.device] = message
+
+
+def _utc_now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+# ---- formatting -----------------------------------------------------------------------------------
+
+
+def _number(value: float | str | None) -> str:
+    if value is None:
+        return "--"
+    if isinstance(value, str):
+        return value
+    if value == int(value) and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _clock_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "--"
+    return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _counters(state: DeviceState) -> str:
+    return " ".join(f"{name}={count}" for name, count in sorted(state.counters.items())) or "-"
+
+
+def _summary(state: WardState) -> str:
+    return (
+        f"broker {state.connection} | messages {state.messages} | contract violations {state.violations}"
+        f" | lost {state.lost} | reordered {state.reordered}"
+        + (f" | viewer errors {state.internal_errors}" if state.internal_errors else "")
+    )
+
+
+def _bed_title(state: WardState, key: BedKey, bed: BedView) -> tuple[str, str]:
+    site, ward, bed_id = key
+    appliance_state = state.appliance_state(site, ward, bed.appliance)
+    return f"bed {bed_id} ({site}/{ward}) on {bed.appliance or '?'}", appliance_state
+
+
+# ---- rich rendering -------------------------------------------------------------------------------
+
+
+def render(state: WardState) -> RenderableType:
+    """Return the whole ward view as one rich renderable."""
+    parts: list[RenderableType] = [_render_header(state)]
+    for key in sorted(state.beds):
+        parts.append(_render_bed(state, key, state.beds[key]))
+    if state.violation_log or state.gap_log:
+        lines = [Text(f"contract violation: {line}", style="red") for line in state.violation_log]
+        lines += [Text(f"seq: {line}", style="yellow") for line in state.gap_log]
+        problems = Text("\n").join(lines)
+        parts.append(Panel(problems, title="problems", border_style="red"))
+    return Group(*parts)
+
+
+def _render_header(state: WardState) -> RenderableType:
+    table = Table(title="icu-edge ward view", title_justify="left", expand=True)
+    for column in ("appliance", "state", "session", "version", "beds", "since"):
+        table.add_column(column)
+    for (site, ward, appliance_id), view in sorted(state.appliances.items()):
+        status = view.status
+        online = status.state == ApplianceState.ONLINE
+        label = "online" if online else f"OFFLINE ({status.reason or 'no reason'})"
+        table.add_row(
+            f"{site}/{ward}/{appliance_id}",
+            Text(label, style="green" if online else "bold red"),
+            str(status.session),
+            status.version,
+            ", ".join(status.beds) or "-",
+            _clock_time(status.ts),
+        )
+    if not state.appliances:
+        table.add_row("(no appliance seen yet)", "", "", "", "", "")
+    style = "red" if state.violations or state.lost or state.reordered or state.internal_errors else "dim"
+    return Group(table, Text(_summary(state), style=style))
+
+
+def _render_bed(state: WardState, key: BedKey, bed: BedView) -> RenderableType:
+    title, appliance_state = _bed_title(state, key, bed)
+    offline = appliance_state == "offline"
+    parts: list[RenderableType] = []
+    twin = bed.twin
+    if twin is None:
+        parts.append(Text("no twin snapshot yet", style="dim"))
+    else:
+        extra_s = state.twin_extra_age_s(bed)
+        values = Table(title="twin", title_justify="left", expand=True)
+        for column in ("key", "value", "unit", "age s", "device", ""):
+            values.add_column(column, justify="right" if column in ("value", "age s") else "left")
+        for value_key, value in sorted(twin.values.items()):
+            flags = []
+            style = ""
+            if value.stale:
+                flags.append("stale")
+                style = "dim"
+            if not value.valid:
+                flags.append("invalid")
+                style = "red"
+            values.add_row(
+                value_key,
+                _number(value.value),
+                value.unit,
+                f"{value.age_s + extra_s:.1f}",
+                value.device,
+                " ".join(flags),
+                style=style or None,
+            )
+        parts.append(values)
+        if twin.settings:
+            settings = Table(title="ventilator settings", title_justify="left", expand=True)
+            for column in ("key", "value", "unit", "label", "device"):
+                settings.add_column(column)
+            for setting_key, setting in sorted(twin.settings.items()):
+                settings.add_row(
+                    setting_key, _number(setting.value), setting.unit, setting.label, setting.device
+                )
+            parts.append(settings)
+        alarms = Table(title="device alarms", title_justify="left", expand=True)
+        for column in ("priority", "device", "code", "text", "onset"):
+            alarms.add_column(column)
+        for alarm in twin.device_alarms:
+            style = PRIORITY_STYLE.get(str(alarm.priority), "")
+            alarms.add_row(
+                Text(str(alarm.priority).upper(), style=style),
+                alarm.device,
+                alarm.code,
+                Text(alarm.text, style=style),
+                _clock_time(alarm.onset),
+            )
+        if not twin.device_alarms:
+            alarms.add_row("-", "", "", Text("none active", style="dim"), "")
+        parts.append(alarms)
+    devices = bed.devices()
+    if devices:
+        table = Table(title="devices", title_justify="left", expand=True)
+        for column in ("device", "connected", "model", "protocol", "port", "last frame", "counters", "error"):
+            table.add_column(column)
+        for device_id, device in devices.items():
+            table.add_row(
+                device_id,
+                Text("yes", style="green") if device.connected else Text("NO", style="bold red"),
+                device.model or "-",
+                device.protocol + (f" {device.protocol_version}" if device.protocol_version else ""),
+                device.port,
+                _clock_time(device.last_frame_at),
+                _counters(device),
+                Text(device.last_error or "", style="red"),
+            )
+        parts.append(table)
+    parts.append(
+        Text(
+            f"vitals: {bed.vitals_batches} batches, {bed.vitals_observations} observations, "
+            f"{bed.vitals_coalesced} coalesced",
+            style="dim",
+        )
+    )
+    if bed.events:
+        events = Table(title="events", title_justify="left", expand=True)
+        for column in ("at", "kind", "device", "detail"):
+            events.add_column(column)
+        for event in bed.events:
+            events.add_row(_clock_time(event.at), str(event.kind), event.device or "-", event.detail)
+        parts.append(events)
+    border = "red" if offline else ("green" if appliance_state == "online" else "yellow")
+    subtitle = f"appliance {appliance_state.upper() if offline else appliance_state}"
+    return Panel(Group(*parts), title=title, subtitle=subtitle, border_style=border)
+
+
+# ---- plain rendering ------------------------------------------------------------------------------
+
+
+def render_plain(state: WardState) -> str:
+    """Return the whole ward view as plain text (no colour), one snapshot."""
+    lines = [f"== icu-edge ward view: {_summary(state)}"]
+    if not state.appliances:
+        lines.append("appliance: none seen yet")
+    for (site, ward, appliance_id), view in sorted(state.appliances.items()):
+        status = view.status
+        state_text = "online" if status.state == ApplianceState.ONLINE else "OFFLINE"
+        reason = f" ({status.reason})" if status.reason else ""
+        lines.append(
+            f"appliance {site}/{ward}/{appliance_id}: {state_text}{reason} session {status.session}"
+            f" version {status.version} beds {','.join(status.beds) or '-'}"
+        )
+    for key in sorted(state.beds):
+        lines.extend(_plain_bed(state, key, state.beds[key]))
+    for line in state.violation_log:
+        lines.append(f"contract violation: {line}")
+    for line in state.gap_log:
+        lines.append(f"seq: {line}")
+    return "\n".join(lines) + "\n"
+
+
+def _plain_bed(state: WardState, key: BedKey, bed: BedView) -> list[str]:
+    title, appliance_state = _bed_title(state, key, bed)
+    shown_state = appliance_state.upper() if appliance_state == "offline" else appliance_state
+    lines = [f"-- {title}: appliance {shown_state}"]
+    twin = bed.twin
+    if twin is None:
+        lines.append("  twin: none yet")
+    else:
+        extra_s = state.twin_extra_age_s(bed)
+        lines.append(f"  twin (session {twin.session} seq {twin.seq} at {_clock_time(twin.ts)}):")
+        for value_key, value in sorted(twin.values.items()):
+            flags = ("  STALE" if value.stale else "") + ("  INVALID" if not value.valid else "")
+            lines.append(
+                f"    {value_key:<8} {_number(value.value):>8} {value.unit:<10}"
+                f" age {value.age_s + extra_s:.1f} s  [{value.device}]{flags}"
+            )
+        for setting_key, setting in sorted(twin.settings.items()):
+            lines.append(
+                f"  setting {setting_key:<8} {_number(setting.value):>8} {setting.unit:<10}"
+                f" [{setting.device}]"
+            )
+        if not twin.device_alarms:
+            lines.append("  alarms: none active")
+        for alarm in twin.device_alarms:
+            lines.append(
+                f"  alarm {str(alarm.priority).upper()} {alarm.device} {alarm.code}: {alarm.text}"
+                f" (since {_clock_time(alarm.onset)})"
+            )
+    for device_id, device in bed.devices().items():
+        version = f" {device.protocol_version}" if device.protocol_version else ""
+        error = f" error: {device.last_error}" if device.last_error else ""
+        lines.append(
+            f"  device {device_id}: connected {'yes' if device.connected else 'NO'}"
+            f" model {device.model or '-'} protocol {device.protocol}{version} port {device.port}"
+            f" last frame {_clock_time(device.last_frame_at)} counters {_counters(device)}{error}"
+        )
+    lines.append(
+        f"  vitals: {bed.vitals_batches} batches, {bed.vitals_observations} observations,"
+        f" {bed.vitals_coalesced} coalesced"
+    )
+    for event in bed.events:
+        lines.append(f"  event {_clock_time(event.at)} {event.kind} {event.device or '-'}: {event.detail}")
+    return lines
+
+
+# ---- MQTT plumbing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Connected:
+    failure: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Disconnected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+_Event = _Connected | _Disconnected | _Received
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerUrl:
+    """Where the broker is."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """Parse `mqtt://host[:port]` or `mqtts://host[:port]`; raise ValueError when it is neither."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"broker URL must be mqtt://host:port or mqtts://host:port, not {url!r}")
+    try:
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"bad port in broker URL {url!r}") from error
+    if not parts.hostname:
+        raise ValueError(f"no host in broker URL {url!r}")
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls)
+
+
+def _make_client(events: queue.Queue[_Event]) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"icu-edge-watch-{secrets.token_hex(4)}",
+        protocol=mqtt.MQTTv5,
+    )
+
+    def on_connect(
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        events.put(_Connected(failure=reason_code.is_failure, reason=str(reason_code)))
+
+    def on_disconnect(
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        events.put(_Disconnected(reason=str(reason_code)))
+
+    def on_message(_client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        events.put(_Received(topic=message.topic, payload=bytes(message.payload), retained=message.retain))
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    client.on_message = on_message
+    return client
+
+
+def _subscription(args: argparse.Namespace) -> str:
+    prefix = str(args.prefix).strip("/")
+    if args.site is None and args.ward is None:
+        return f"{prefix}/#"
+    return f"{prefix}/{args.site or '+'}/{args.ward or '+'}/#"
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of `icu-edge watch`."""
+    parser = argparse.ArgumentParser(
+        prog="icu-edge watch",
+        description="Terminal ward view: subscribe to the MQTT contract v1 like a central station.",
+    )
+    parser.add_argument("--broker", default=DEFAULT_BROKER, help=f"broker URL (default {DEFAULT_BROKER})")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
+    parser.add_argument("--site", default=None, help="show only this site")
+    parser.add_argument("--ward", default=None, help="show only this ward")
+    parser.add_argument(
+        "--seconds", type=_positive_seconds, default=None, metavar="N", help="run for N seconds, then exit"
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="print one plain snapshot after collecting for --seconds (default 2 s), then exit",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="print text snapshots instead of a live screen (default off a TTY)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        dest="connect_timeout_s",
+        type=_positive_seconds,
+        default=DEFAULT_CONNECT_TIMEOUT_S,
+        metavar="S",
+        help="give up when the broker is not reached within S seconds (default %(default)g)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ward view; return 0, 2 (usage) or 69 (broker unreachable)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        broker = parse_broker_url(args.broker)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
+        return exit_.code if isinstance(exit_.code, int) else EX_USAGE
+    except ValueError as error:
+        print(f"icu-edge watch: {error}", file=sys.stderr)
+        return EX_USAGE
+
+    events: queue.Queue[_Event] = queue.Queue()
+    client = _make_client(events)
+    client.connect_timeout = args.connect_timeout_s
+    if broker.tls:
+        client.tls_set()
+    state = WardState(prefix=args.prefix, site=args.site, ward=args.ward)
+    try:
+        client.connect_async(broker.host, broker.port, keepalive=30)
+        client.loop_start()
+    except (OSError, ValueError) as error:
+        print(f"icu-edge watch: cannot reach broker {args.broker}: {error}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    try:
+        if not _await_connection(client, events, state, args, timeout_s=args.connect_timeout_s):
+            return EX_UNAVAILABLE
+        plain = bool(args.plain or args.once or not sys.stdout.isatty())
+        seconds: float | None = args.seconds
+        if args.once and seconds is None:
+            seconds = 2.0
+        deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            if plain:
+                _run_plain(
+                    client,
+                    events,
+                    state,
+                    deadline=deadline,
+                    once=bool(args.once),
+                    subscription=_subscription(args),
+                )
+            else:
+                _run_live(client, events, state, deadline=deadline, subscription=_subscription(args))
+        except KeyboardInterrupt:
+            pass
+        except BrokenPipeError:  # `icu-edge watch --plain | head`: the reader left, so do we
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EX_OK
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _await_connection(
+    client: mqtt.Client,
+    events: queue.Queue[_Event],
+    state: WardState,
+    args: argparse.Namespace,
+    *,
+    timeout_s: float,
+) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            print(
+                f"icu-edge watch: cannot reach broker {args.broker} within {timeout_s:g} s", file=sys.stderr
+            )
+            return False
+        try:
+            event = events.get(timeout=left_s)
+        except queue.Empty:
+            continue
+        if isinstance(event, _Connected):
+            if event.failure:
+                print(f"icu-edge watch: broker {args.broker} refused: {event.reason}", file=sys.stderr)
+                return False
+            state.set_connection("connected")
+            client.subscribe(_subscription(args), qos=1)
+            return True
+
+
+def _drain(
+    client: mqtt.Client, events: queue.Queue[_Event], state: WardState, *, wait_s: float, subscription: str
+) -> bool:
+    """Apply every queued event (waiting up to `wait_s` for the first); return True if anything changed."""
+    changed = False
+    try:
+        event = events.get(timeout=max(wait_s, 0.0))
+    except queue.Empty:
+        return False
+    while True:
+        changed = True
+        try:
+            _handle(client, event, state, subscription=subscription)
+        except Exception:
+            LOGGER.exception("ward view failed to apply %r", event)
+            state.note_internal_error()
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            return changed
+
+
+def _handle(client: mqtt.Client, event: _Event, state: WardState, *, subscription: str) -> None:
+    if isinstance(event, _Received):
+        state.apply(event.topic, event.payload, retained=event.retained)
+    elif isinstance(event, _Connected):
+        if event.failure:
+            state.set_connection(f"refused ({event.reason})")
+        else:
+            state.set_connection("connected")
+            client.subscribe(subscription, qos=1)
+    else:
+        state.set_connection(f"disconnected ({event.reason}), reconnecting")
+
+
+def _run_live(
+    client: mqtt.Client,
+    events: queue.Queue[_Event],
+    state: WardState,
+    *,
+    deadline: float | None,
+    subscription: str,
+) -> None:
+    period_s = 1.0 / REFRESH_PER_SECOND
+    with Live(render(state), auto_refresh=False, console=Console(), screen=False) as live:
+        next_render = time.monotonic()
+        while deadline is None or time.monotonic() < deadline:
+            wait_s = next_render - time.monotonic()
+            if deadline is not None:
+                wait_s = min(wait_s, deadline - time.monotonic())
+            _drain(client, events, state, wait_s=wait_s, subscription=subscription)
+            if time.monotonic() >= next_render:
+                live.update(render(state), refresh=True)  # ages tick, so refresh even without news
+                next_render = time.monotonic() + period_s
+        live.update(render(state), refresh=True)
+
+
+def _run_plain(
+    client: mqtt.Client,
+    events: queue.Queue[_Event],
+    state: WardState,
+    *,
+    deadline: float | None,
+    once: bool,
+    subscription: str,
+) -> None:
+    dirty = False
+    next_print = time.monotonic() + PLAIN_MIN_PERIOD_S
+    while deadline is None or time.monotonic() < deadline:
+        wait_s = (
+            PLAIN_MIN_PERIOD_S if deadline is None else min(PLAIN_MIN_PERIOD_S, deadline - time.monotonic())
+        )
+        dirty = _drain(client, events, state, wait_s=wait_s, subscription=subscription) or dirty
+        if not once and dirty and time.monotonic() >= next_print:
+            sys.stdout.write(render_plain(state) + "\n")
+            sys.stdout.flush()
+            dirty = False
+            next_print = time.monotonic() + PLAIN_MIN_PERIOD_S
+    _drain(client, events, state, wait_s=0.0, subscription=subscription)
+    sys.stdout.write(render_plain(state))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
