@@ -110,12 +110,7 @@ class LinkDown:
 
 
 DriverEvent = (
-    MeasurementsReceived
-    | SettingsReceived
-    | DeviceAlarmsReceived
-    | TextMessagesReceived
-    | LinkUp
-    | LinkDown
+    MeasurementsReceived | SettingsReceived | DeviceAlarmsReceived | TextMessagesReceived | LinkUp | LinkDown
 )
 
 

@@ -1,0 +1,321 @@
+"""MEDIBUS host session, sans-I/O: ICC handshake, device identification, cyclic polling, keep-alive.
+
+Driven only by the bytes and the monotonic `now_s` it is given. One request is outstanding at a time;
+each answer chains the next request of the cycle (measured data CP1, settings, alarms CP1, text
+messages); a new cycle starts every `poll_interval_s`. A NOP goes out whenever the host has sent nothing
+for `keepalive_s`, so the device never sees the 3 s pause that ends a MEDIBUS link.
+
+Policies worth knowing:
+- Device commands are answered with their echo response; a device-identification request is answered
+  with `HOST_IDENTIFICATION`; unknown commands get an empty echo and are counted.
+- Frames with a bad checksum are dropped and counted, never answered: VSCapture replies `01 15`, but
+  that response is not in the documented command set, and an unanswered request simply times out and
+  the cycle moves on, while an unanswered device command is repeated by the device.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from drivers.base import (
+    DeviceAlarmsReceived,
+    DeviceSession,
+    DriverEvent,
+    LinkCounters,
+    LinkDown,
+    LinkUp,
+    MeasurementsReceived,
+    SerialSettings,
+    SettingsReceived,
+    TextMessagesReceived,
+)
+from drivers.medibus.codec import DEFAULT_BUFFER_CAP_BYTES, Command, Frame, MedibusDecoder, Response
+from drivers.medibus.codes import CommandCode
+from drivers.medibus.device import (
+    DeviceIdentification,
+    parse_alarms,
+    parse_identification,
+    parse_measurements,
+    parse_settings,
+    parse_text_messages,
+)
+from drivers.registry import DriverInfo
+
+LOGGER = logging.getLogger(__name__)
+
+PROTOCOL = "MEDIBUS"
+MAX_LINK_TIMEOUT_S = 3.0
+"""MEDIBUS ends a link after a pause longer than 3 s (protocol notes §2.1)."""
+
+HOST_IDENTIFICATION = DeviceIdentification(
+    device_id="0161", name="icu-edge", revision="01.00", medibus_version="06.00"
+)
+"""What we answer to a device's identification request. `0161` follows VSCapture's host answer; the
+protocol notes do not say which id a host should use."""
+
+POLL_CYCLE: tuple[CommandCode, ...] = (
+    CommandCode.MEASURED_CP1,
+    CommandCode.DEVICE_SETTINGS,
+    CommandCode.ALARMS_CP1,
+    CommandCode.TEXT_MESSAGES,
+)
+
+EXTRA_RESPONSE_TIMEOUTS = "response_timeouts"
+EXTRA_UNEXPECTED_RESPONSES = "unexpected_responses"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MedibusOptions:
+    """Driver options a device config may set; times in seconds of the monotonic clock."""
+
+    poll_interval_s: float = 1.0
+    keepalive_s: float = 1.0
+    link_timeout_s: float = MAX_LINK_TIMEOUT_S
+    response_timeout_s: float = 3.0
+    icc_retry_s: float = 1.0
+    buffer_cap_bytes: int = DEFAULT_BUFFER_CAP_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("poll_interval_s", "keepalive_s", "link_timeout_s", "response_timeout_s", "icc_retry_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"medibus option {name} must be a positive number of seconds, got {value!r}")
+        if self.keepalive_s >= MAX_LINK_TIMEOUT_S:
+            raise ValueError(f"medibus option keepalive_s must stay below {MAX_LINK_TIMEOUT_S} s")
+        if self.link_timeout_s > MAX_LINK_TIMEOUT_S:
+            raise ValueError(f"medibus option link_timeout_s must not exceed {MAX_LINK_TIMEOUT_S} s")
+        if self.buffer_cap_bytes < 64:
+            raise ValueError("medibus option buffer_cap_bytes must be at least 64")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, object]) -> MedibusOptions:
+        """Build options from a config mapping; ValueError naming the first unknown or invalid option."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, float | int] = {}
+        for name, raw in options.items():
+            if name not in known:
+                raise ValueError(f"unknown medibus option {name!r}; known: {', '.join(sorted(known))}")
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise ValueError(f"medibus option {name} must be a number, got {raw!r}")
+            if name == "buffer_cap_bytes":
+                if not isinstance(raw, int):
+                    raise ValueError(f"medibus option {name} must be an integer, got {raw!r}")
+                values[name] = raw
+            else:
+                values[name] = float(raw)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+class _State(enum.Enum):
+    NEW = enum.auto()
+    """Created; the handshake starts on the first call that brings a time."""
+    HANDSHAKE = enum.auto()
+    """ICC sent, waiting for its echo."""
+    IDENTIFY = enum.auto()
+    """Device-identification request sent, waiting for the answer."""
+    RUNNING = enum.auto()
+
+
+class MedibusSession:
+    """The host side of one MEDIBUS link (implements `drivers.base.DeviceSession`)."""
+
+    protocol = PROTOCOL
+
+    def __init__(self, *, options: MedibusOptions | None = None) -> None:
+        self.options = options if options is not None else MedibusOptions()
+        self.counters = LinkCounters()
+        self.identification: DeviceIdentification | None = None
+        self._decoder = MedibusDecoder(counters=self.counters, cap_bytes=self.options.buffer_cap_bytes)
+        self._out = bytearray()
+        self._events: list[DriverEvent] = []
+        self._state = _State.NEW
+        self._link_up = False
+        self._last_tx_s = 0.0
+        self._last_rx_s = 0.0
+        self._pending: CommandCode | None = None
+        self._pending_since_s = 0.0
+        self._cycle_index = 0
+        self._next_cycle_s = 0.0
+
+    @property
+    def link_up(self) -> bool:
+        """True while the handshake holds and the device answers."""
+        return self._link_up
+
+    def reset(self, *, now_s: float) -> None:
+        """Forget the link state and begin the handshake anew."""
+        self._decoder.clear()
+        self._out.clear()
+        self._link_up = False
+        self._start_handshake(now_s=now_s)
+
+    def receive(self, data: bytes, *, now_s: float) -> None:
+        """Feed bytes read from the transport."""
+        if self._state is _State.NEW:
+            self.reset(now_s=now_s)
+        self.counters.bytes_in += len(data)
+        for frame in self._decoder.feed(data):
+            self._last_rx_s = now_s
+            if isinstance(frame, Command):
+                self._answer_device_command(frame, now_s=now_s)
+            else:
+                self._handle_response(frame, now_s=now_s)
+
+    def poll(self, *, now_s: float) -> None:
+        """Run timers: link time-out, ICC retry, response time-out, cycle start, keep-alive."""
+        if self._state is _State.NEW:
+            self.reset(now_s=now_s)
+            return
+        opts = self.options
+        if self._state is _State.HANDSHAKE:
+            if now_s >= self._last_tx_s + opts.icc_retry_s:
+                self._send_request(CommandCode.ICC, now_s=now_s)
+            return
+        if now_s >= self._last_rx_s + opts.link_timeout_s:
+            self.counters.timeouts += 1
+            self._link_lost(reason=f"device silent for {now_s - self._last_rx_s:.1f} s", now_s=now_s)
+            return
+        if self._pending is not None and now_s >= self._pending_since_s + opts.response_timeout_s:
+            self._bump_extra(EXTRA_RESPONSE_TIMEOUTS)
+            LOGGER.info("MEDIBUS request %s unanswered; moving on", self._pending.name)
+            self._advance(now_s=now_s)
+        if self._state is _State.RUNNING and self._pending is None and now_s >= self._next_cycle_s:
+            self._start_cycle(now_s=now_s)
+        if now_s >= self._last_tx_s + opts.keepalive_s:
+            self._send(Command(code=CommandCode.NOP), now_s=now_s)
+
+    def next_deadline_s(self) -> float:
+        """Return the monotonic time at which `poll` must run next."""
+        if self._state is _State.NEW:
+            return -math.inf
+        opts = self.options
+        if self._state is _State.HANDSHAKE:
+            return self._last_tx_s + opts.icc_retry_s
+        deadlines = [self._last_rx_s + opts.link_timeout_s, self._last_tx_s + opts.keepalive_s]
+        if self._pending is not None:
+            deadlines.append(self._pending_since_s + opts.response_timeout_s)
+        elif self._state is _State.RUNNING:
+            deadlines.append(self._next_cycle_s)
+        return min(deadlines)
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the bytes to write to the transport."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def events(self) -> list[DriverEvent]:
+        """Return (and forget) the events produced since the last call."""
+        out = self._events
+        self._events = []
+        return out
+
+    def _bump_extra(self, name: str) -> None:
+        self.counters.extra[name] = self.counters.extra.get(name, 0) + 1
+
+    def _send(self, frame: Frame, *, now_s: float) -> None:
+        raw = frame.to_bytes()
+        self._out += raw
+        self.counters.bytes_out += len(raw)
+        self.counters.frames_out += 1
+        self._last_tx_s = now_s
+
+    def _send_request(self, code: CommandCode, *, now_s: float) -> None:
+        self._send(Command(code=code), now_s=now_s)
+        self._pending = code
+        self._pending_since_s = now_s
+
+    def _start_handshake(self, *, now_s: float) -> None:
+        self._state = _State.HANDSHAKE
+        self._pending = None
+        self._last_rx_s = now_s
+        self._send_request(CommandCode.ICC, now_s=now_s)
+
+    def _link_lost(self, *, reason: str, now_s: float) -> None:
+        LOGGER.warning("MEDIBUS link down: %s", reason)
+        if self._link_up:
+            self._link_up = False
+            self._events.append(LinkDown(reason=reason))
+        self._start_handshake(now_s=now_s)
+
+    def _declare_up(self, *, now_s: float) -> None:
+        ident = self.identification
+        model = None if ident is None else f"{ident.name} {ident.revision}".strip()
+        version = None if ident is None else ident.medibus_version
+        self._state = _State.RUNNING
+        self._link_up = True
+        self._events.append(LinkUp(model=model, protocol_version=version))
+        LOGGER.info("MEDIBUS link up: %s (MEDIBUS %s)", model, version)
+        self._start_cycle(now_s=now_s)
+
+    def _start_cycle(self, *, now_s: float) -> None:
+        self._cycle_index = 0
+        self._next_cycle_s = now_s + self.options.poll_interval_s
+        self._send_request(POLL_CYCLE[0], now_s=now_s)
+
+    def _advance(self, *, now_s: float) -> None:
+        """Finish the pending step: continue the handshake or send the next request of the cycle."""
+        pending, self._pending = self._pending, None
+        if pending is CommandCode.ICC:
+            self.counters.handshakes += 1
+            self._state = _State.IDENTIFY
+            self._send_request(CommandCode.DEVICE_ID, now_s=now_s)
+        elif pending is CommandCode.DEVICE_ID:
+            self._declare_up(now_s=now_s)
+        elif self._state is _State.RUNNING and self._cycle_index + 1 < len(POLL_CYCLE):
+            self._cycle_index += 1
+            self._send_request(POLL_CYCLE[self._cycle_index], now_s=now_s)
+
+    def _handle_response(self, frame: Response, *, now_s: float) -> None:
+        code = CommandCode.lookup(frame.code)
+        if code is CommandCode.NOP:
+            return
+        if code is None or code is not self._pending:
+            self._bump_extra(EXTRA_UNEXPECTED_RESPONSES)
+            LOGGER.debug("MEDIBUS response %#04x while waiting for %s", frame.code, self._pending)
+            return
+        data, counters = frame.data, self.counters
+        if code is CommandCode.DEVICE_ID:
+            self.identification = parse_identification(data)
+            if self.identification is None:
+                LOGGER.warning("MEDIBUS device identification unreadable: %r", data)
+        elif code is CommandCode.MEASURED_CP1:
+            measurements = parse_measurements(data, counters=counters)
+            self._events.append(MeasurementsReceived(measurements=measurements))
+        elif code is CommandCode.DEVICE_SETTINGS:
+            self._events.append(SettingsReceived(settings=parse_settings(data, counters=counters)))
+        elif code is CommandCode.ALARMS_CP1:
+            self._events.append(DeviceAlarmsReceived(alarms=parse_alarms(data, counters=counters)))
+        elif code is CommandCode.TEXT_MESSAGES:
+            self._events.append(TextMessagesReceived(messages=parse_text_messages(data, counters=counters)))
+        self._advance(now_s=now_s)
+
+    def _answer_device_command(self, frame: Command, *, now_s: float) -> None:
+        code = CommandCode.lookup(frame.code)
+        if code is CommandCode.DEVICE_ID:
+            self._send(Response(code=frame.code, data=HOST_IDENTIFICATION.to_payload()), now_s=now_s)
+            return
+        self._send(Response(code=frame.code), now_s=now_s)
+        if code is None:
+            self.counters.unknown_commands += 1
+            LOGGER.info("MEDIBUS device sent unknown command %#04x; answered with an empty echo", frame.code)
+        elif code is CommandCode.STOP:
+            self._link_lost(reason="device sent stop communication", now_s=now_s)
+
+
+def create_session(options: Mapping[str, object]) -> DeviceSession:
+    """Build a MEDIBUS session from a device's driver options (ValueError on a bad option)."""
+    return MedibusSession(options=MedibusOptions.from_mapping(options))
+
+
+DRIVER = DriverInfo(
+    name="medibus",
+    protocol=PROTOCOL,
+    default_line=SerialSettings(baud=19200, bytesize=8, parity="E", stopbits=1),
+    create_session=create_session,
+    option_names=frozenset(f.name for f in fields(MedibusOptions)),
+)

@@ -1,0 +1,456 @@
+"""A MEDIBUS ventilator simulator: the device side of the protocol, sans-I/O, plus a pty runner.
+
+`VentilatorSimulator` answers ICC, identification, measured-data, settings, alarm and text-message
+requests from a `Scenario`, sends its own NOP / identification request to the host now and then (so
+the host's echo logic is exercised) and, like a real device, goes silent once the host has been quiet
+for longer than the link time-out, until the host sends ICC again. The identification it reports is
+made up (`SimVent XL`); nothing here is a capture of a real device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import select
+import signal
+import threading
+import time
+import tty
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from drivers.base import LinkCounters
+from drivers.medibus.codec import Command, Frame, MedibusDecoder, Response
+from drivers.medibus.codes import CommandCode, MeasuredCodeCP1, SettingCode
+from drivers.medibus.device import (
+    ALARM_TEXT_LEN,
+    MEASURED_RECORD_LEN,
+    SETTING_RECORD_LEN,
+    DeviceIdentification,
+    format_value,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+SIM_IDENTIFICATION = DeviceIdentification(
+    device_id="SIM0", name="SimVent XL", revision="01.00", medibus_version="06.00"
+)
+DEVICE_LINK_TIMEOUT_S = 3.0
+SELECT_TIMEOUT_S = 0.05
+_READ_CHUNK_BYTES = 4096
+_VALUE_WIDTH = MEASURED_RECORD_LEN - 2
+_SETTING_WIDTH = SETTING_RECORD_LEN - 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimAlarm:
+    """One alarm the simulated device reports (priority is the MEDIBUS number, higher = more urgent)."""
+
+    priority: int
+    code: str
+    text: str
+
+
+class Scenario:
+    """Patient and ventilator values as a function of scenario time; the base scenario reports nothing."""
+
+    name = "empty"
+
+    def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
+        """Return measured values at t_s (None: the device shows the parameter without a value)."""
+        return {}
+
+    def settings_at(self, t_s: float) -> dict[SettingCode, float]:
+        """Return the ventilator settings at t_s."""
+        return {}
+
+    def alarms_at(self, t_s: float) -> list[SimAlarm]:
+        """Return the alarms active at t_s."""
+        return []
+
+    def texts_at(self, t_s: float) -> list[tuple[str, str]]:
+        """Return the text messages (2-hex code, text) shown at t_s."""
+        return []
+
+
+_STEADY_VALUES: dict[MeasuredCodeCP1, float | None] = {
+    MeasuredCodeCP1.PIP: 22.0,
+    MeasuredCodeCP1.PEEP: 5.0,
+    MeasuredCodeCP1.PMEAN: 11.0,
+    MeasuredCodeCP1.PPLAT: 18.0,
+    MeasuredCodeCP1.RR: 14.0,
+    MeasuredCodeCP1.VT: 480.0,
+    MeasuredCodeCP1.MV: 6.7,
+    MeasuredCodeCP1.FIO2: 40.0,
+    MeasuredCodeCP1.ETCO2_MMHG: 38.0,
+    MeasuredCodeCP1.ETCO2_KPA: 5.1,
+    MeasuredCodeCP1.SPO2: 97.0,
+    MeasuredCodeCP1.PULSE_RATE: 78.0,
+    MeasuredCodeCP1.CDYN: 45.0,
+    MeasuredCodeCP1.RESISTANCE: 9.0,
+    MeasuredCodeCP1.P01: None,
+}
+_STEADY_SETTINGS: dict[SettingCode, float] = {
+    SettingCode.FIO2: 40.0,
+    SettingCode.VTI_ML: 480.0,
+    SettingCode.RR: 14.0,
+    SettingCode.PEEP: 5.0,
+    SettingCode.PMAX: 40.0,
+    SettingCode.PSUPP: 10.0,
+    SettingCode.TI: 1.5,
+}
+
+
+class SteadyScenario(Scenario):
+    """A stable, well-ventilated patient: constant values, no alarms, one text message."""
+
+    name = "steady"
+
+    def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
+        """Return the constant steady values."""
+        return dict(_STEADY_VALUES)
+
+    def settings_at(self, t_s: float) -> dict[SettingCode, float]:
+        """Return the constant settings."""
+        return dict(_STEADY_SETTINGS)
+
+    def texts_at(self, t_s: float) -> list[tuple[str, str]]:
+        """Return the mode text the ventilator shows."""
+        return [("01", "VC-CMV")]
+
+
+class DeterioratingPatientScenario(Scenario):
+    """Stable for `stable_s`, then over `ramp_s` rising PIP, falling VT, rising RR and etCO2, falling SpO2.
+
+    A high-priority "Paw high" alarm is active while PIP exceeds `paw_limit_mbar`, a medium "VT low"
+    alarm while VT is below `vt_low_limit_ml`.
+    """
+
+    name = "deteriorating"
+
+    def __init__(
+        self,
+        *,
+        stable_s: float = 30.0,
+        ramp_s: float = 90.0,
+        paw_limit_mbar: float = 35.0,
+        vt_low_limit_ml: float = 350.0,
+    ) -> None:
+        self.stable_s = stable_s
+        self.ramp_s = ramp_s
+        self.paw_limit_mbar = paw_limit_mbar
+        self.vt_low_limit_ml = vt_low_limit_ml
+
+    def progress(self, t_s: float) -> float:
+        """Return how far the deterioration has gone at t_s (0 stable, 1 fully deteriorated)."""
+        return min(1.0, max(0.0, (t_s - self.stable_s) / self.ramp_s))
+
+    def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
+        """Return values interpolated between the stable and the deteriorated patient."""
+        f = self.progress(t_s)
+        wobble = 0.5 * math.sin(t_s / 7.0)
+        vt_ml = round(480.0 - 190.0 * f)
+        rr_per_min = round(14.0 + 18.0 * f)
+        values = dict(_STEADY_VALUES)
+        values.update(
+            {
+                MeasuredCodeCP1.PIP: round(22.0 + 18.0 * f + wobble, 1),
+                MeasuredCodeCP1.PPLAT: round(18.0 + 12.0 * f, 1),
+                MeasuredCodeCP1.VT: float(vt_ml),
+                MeasuredCodeCP1.RR: float(rr_per_min),
+                MeasuredCodeCP1.MV: round(vt_ml * rr_per_min / 1000.0, 1),
+                MeasuredCodeCP1.ETCO2_MMHG: round(38.0 + 17.0 * f),
+                MeasuredCodeCP1.ETCO2_KPA: round((38.0 + 17.0 * f) / 7.50062, 1),
+                MeasuredCodeCP1.SPO2: round(97.0 - 11.0 * f),
+                MeasuredCodeCP1.PULSE_RATE: round(78.0 + 40.0 * f),
+            }
+        )
+        return values
+
+    def settings_at(self, t_s: float) -> dict[SettingCode, float]:
+        """Return the (unchanged) settings: the clinicians have not reacted yet."""
+        return dict(_STEADY_SETTINGS)
+
+    def alarms_at(self, t_s: float) -> list[SimAlarm]:
+        """Return the alarms the deterioration triggers."""
+        values = self.values_at(t_s)
+        alarms: list[SimAlarm] = []
+        pip = values[MeasuredCodeCP1.PIP]
+        vt = values[MeasuredCodeCP1.VT]
+        if pip is not None and pip > self.paw_limit_mbar:
+            alarms.append(SimAlarm(priority=8, code="21", text="Paw high"))
+        if vt is not None and vt < self.vt_low_limit_ml:
+            alarms.append(SimAlarm(priority=4, code="3A", text="VT low"))
+        return alarms
+
+    def texts_at(self, t_s: float) -> list[tuple[str, str]]:
+        """Return the mode text the ventilator shows."""
+        return [("01", "VC-CMV")]
+
+
+SCENARIOS: dict[str, type[Scenario]] = {
+    SteadyScenario.name: SteadyScenario,
+    DeterioratingPatientScenario.name: DeterioratingPatientScenario,
+}
+
+
+def measured_payload(values: dict[MeasuredCodeCP1, float | None]) -> bytes:
+    """Encode measured values as 6-char records (`----` for a value the device has not got)."""
+    parts = [
+        code.value + ("----" if value is None else format_value(value, width=_VALUE_WIDTH))
+        for code, value in values.items()
+    ]
+    return "".join(parts).encode("latin-1")
+
+
+def settings_payload(settings: dict[SettingCode, float]) -> bytes:
+    """Encode settings as 7-char records."""
+    parts = [code.value + format_value(value, width=_SETTING_WIDTH) for code, value in settings.items()]
+    return "".join(parts).encode("latin-1")
+
+
+def alarms_payload(alarms: Sequence[SimAlarm]) -> bytes:
+    """Encode alarms as 15-char records: priority char, 2 hex code, 12-char text."""
+    parts = [
+        chr(ord("0") + a.priority) + a.code + a.text[:ALARM_TEXT_LEN].ljust(ALARM_TEXT_LEN) for a in alarms
+    ]
+    return "".join(parts).encode("latin-1")
+
+
+def texts_payload(texts: Sequence[tuple[str, str]]) -> bytes:
+    """Encode text messages: 2 hex code, length char, text, ETX."""
+    return "".join(f"{code}{chr(ord('0') + len(text))}{text}\x03" for code, text in texts).encode("latin-1")
+
+
+class VentilatorSimulator:
+    """The device side of a MEDIBUS link, sans-I/O: feed it host bytes and the time, send what it returns."""
+
+    def __init__(
+        self,
+        *,
+        scenario: Scenario,
+        start_s: float = 0.0,
+        speed: float = 1.0,
+        identification: DeviceIdentification = SIM_IDENTIFICATION,
+        link_timeout_s: float = DEVICE_LINK_TIMEOUT_S,
+        device_command_interval_s: float | None = 5.0,
+        nest_device_commands: bool = False,
+    ) -> None:
+        self.scenario = scenario
+        self.start_s = start_s
+        self.speed = speed
+        self.identification = identification
+        self.link_timeout_s = link_timeout_s
+        self.device_command_interval_s = device_command_interval_s
+        self.nest_device_commands = nest_device_commands
+        self.counters = LinkCounters()
+        self.linked = False
+        self.echoes_received = 0
+        self._decoder = MedibusDecoder(counters=self.counters)
+        self._out = bytearray()
+        self._last_rx_s = start_s
+        self._next_device_command_s = math.inf
+        self._device_commands_sent = 0
+        self._nested: Command | None = None
+
+    def scenario_time_s(self, now_s: float) -> float:
+        """Return the scenario time for a monotonic time."""
+        return (now_s - self.start_s) * self.speed
+
+    def receive(self, data: bytes, *, now_s: float) -> None:
+        """Feed bytes from the host."""
+        self.counters.bytes_in += len(data)
+        for frame in self._decoder.feed(data):
+            self._last_rx_s = now_s
+            if isinstance(frame, Response):
+                self.echoes_received += 1
+            else:
+                self._handle_command(frame, now_s=now_s)
+
+    def poll(self, *, now_s: float) -> None:
+        """Run the device's timers: its link time-out and its own commands to the host."""
+        if not self.linked:
+            return
+        if now_s - self._last_rx_s > self.link_timeout_s:
+            LOGGER.info("simulator: host silent for %.1f s, link ended", now_s - self._last_rx_s)
+            self.counters.timeouts += 1
+            self.linked = False
+            return
+        if now_s >= self._next_device_command_s:
+            code = CommandCode.NOP if self._device_commands_sent % 2 == 0 else CommandCode.DEVICE_ID
+            self._device_commands_sent += 1
+            self._schedule_device_command(now_s=now_s)
+            if self.nest_device_commands:
+                self._nested = Command(code=code)
+            else:
+                self._send(Command(code=code))
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the bytes for the host."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _schedule_device_command(self, *, now_s: float) -> None:
+        interval = self.device_command_interval_s
+        self._next_device_command_s = math.inf if interval is None else now_s + interval
+
+    def _send(self, frame: Frame) -> None:
+        raw = frame.to_bytes()
+        if self._nested is not None and isinstance(frame, Response):
+            middle = len(raw) // 2
+            raw = raw[:middle] + self._nested.to_bytes() + raw[middle:]
+            self.counters.frames_out += 1
+            self._nested = None
+        self._out += raw
+        self.counters.bytes_out += len(raw)
+        self.counters.frames_out += 1
+
+    def _handle_command(self, frame: Command, *, now_s: float) -> None:
+        code = CommandCode.lookup(frame.code)
+        if code is CommandCode.ICC:
+            if not self.linked:
+                self.counters.handshakes += 1
+                self._schedule_device_command(now_s=now_s)
+            self.linked = True
+        elif not self.linked:
+            LOGGER.debug("simulator: ignoring %#04x before ICC", frame.code)
+            return
+        t_s = self.scenario_time_s(now_s)
+        if code is CommandCode.DEVICE_ID:
+            data = self.identification.to_payload()
+        elif code is CommandCode.MEASURED_CP1:
+            data = measured_payload(self.scenario.values_at(t_s))
+        elif code is CommandCode.DEVICE_SETTINGS:
+            data = settings_payload(self.scenario.settings_at(t_s))
+        elif code is CommandCode.ALARMS_CP1:
+            data = alarms_payload(self.scenario.alarms_at(t_s))
+        elif code is CommandCode.TEXT_MESSAGES:
+            data = texts_payload(self.scenario.texts_at(t_s))
+        else:
+            data = b""
+        if code is None:
+            self.counters.unknown_commands += 1
+        self._send(Response(code=frame.code, data=data))
+        if code is CommandCode.STOP:
+            self.linked = False
+
+
+def _replace_symlink(*, link_path: str, target: str) -> None:
+    """Point link_path at target, replacing an existing link atomically."""
+    temporary = f"{link_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    os.symlink(target, temporary)
+    os.replace(temporary, link_path)
+
+
+def _remove_symlink(*, link_path: str, target: str) -> None:
+    """Remove link_path if it still points at target (a newer simulator may own it now)."""
+    try:
+        if os.readlink(link_path) == target:
+            os.unlink(link_path)
+    except OSError as exc:
+        LOGGER.debug("simulator link %s not removed: %s", link_path, exc)
+
+
+def _write_available(fd: int, data: bytes) -> None:
+    """Write what the pty takes; drop the rest when nobody reads (the device would not wait either)."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            LOGGER.debug("simulator: pty full, dropped %d bytes", len(view))
+            return
+        view = view[written:]
+
+
+def run_simulator_on_pty(
+    *,
+    link_path: str,
+    scenario: Scenario,
+    stop_event: threading.Event | None = None,
+    speed: float = 1.0,
+    duration_s: float | None = None,
+) -> None:
+    """Serve a simulated ventilator on a new pty whose slave is reachable through the symlink link_path.
+
+    Runs until stop_event is set or duration_s has passed; removes the link on the way out.
+    """
+    stop = stop_event if stop_event is not None else threading.Event()
+    master_fd, slave_fd = os.openpty()
+    try:
+        tty.setraw(slave_fd)
+        os.set_blocking(master_fd, False)
+        slave_path = os.ttyname(slave_fd)
+        _replace_symlink(link_path=link_path, target=slave_path)
+        LOGGER.info("simulator %s serving on %s -> %s", scenario.name, link_path, slave_path)
+        try:
+            _serve(master_fd=master_fd, scenario=scenario, stop=stop, speed=speed, duration_s=duration_s)
+        finally:
+            _remove_symlink(link_path=link_path, target=slave_path)
+    finally:
+        os.close(master_fd)
+        os.close(slave_fd)
+
+
+def _serve(
+    *, master_fd: int, scenario: Scenario, stop: threading.Event, speed: float, duration_s: float | None
+) -> None:
+    """Shuttle bytes between the pty master and the simulator until told to stop."""
+    start_s = time.monotonic()
+    end_s = math.inf if duration_s is None else start_s + duration_s
+    simulator = VentilatorSimulator(scenario=scenario, start_s=start_s, speed=speed)
+    while not stop.is_set():
+        readable, _, _ = select.select([master_fd], [], [], SELECT_TIMEOUT_S)
+        now_s = time.monotonic()
+        if now_s >= end_s:
+            return
+        if readable:
+            try:
+                data = os.read(master_fd, _READ_CHUNK_BYTES)
+            except BlockingIOError:
+                data = b""
+            simulator.receive(data, now_s=now_s)
+        simulator.poll(now_s=now_s)
+        out = simulator.data_to_send()
+        if out:
+            _write_available(master_fd, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `sim medibus --pty LINK [--scenario steady|deteriorating] [--seconds N] [--speed X]`."""
+    parser = argparse.ArgumentParser(prog="icu-edge sim medibus", description=__doc__.splitlines()[0])
+    parser.add_argument("--pty", required=True, metavar="LINK", help="symlink to create for the pty slave")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=DeterioratingPatientScenario.name)
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--speed", type=float, default=1.0, help="scenario time per wall-clock second")
+    args = parser.parse_args(argv)
+    if args.speed <= 0:
+        parser.error("--speed must be positive")
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        LOGGER.info("simulator: signal %d, stopping", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run_simulator_on_pty(
+            link_path=args.pty,
+            scenario=SCENARIOS[args.scenario](),
+            stop_event=stop,
+            speed=args.speed,
+            duration_s=args.seconds,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())
