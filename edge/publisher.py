@@ -1,0 +1,847 @@
+"""The publisher: submissions go through the durable outbox to the broker (DESIGN.md, 'Delivery guarantees').
+
+Threads and who owns what:
+
+* the asyncio loop thread calls `submit()`: it owns the per-topic `seq` counters and stamps `seq` and
+  `ts` there, so the order of submission is the order of delivery;
+* the worker thread (named `icu-edge-publisher`) owns the `Outbox` (its SQLite connection), the map of
+  paho message ids to outbox row ids, and every counter in `stats()`; it encodes JSON, appends in
+  batches (one transaction per batch), enforces the disk cap, hands rows to paho, and deletes them on
+  PUBACK;
+* paho's network thread runs the callbacks, which enqueue events for the worker. Two callbacks do a
+  little more, for a reason: `on_pre_connect` registers the Will of the coming connection, and
+  `on_connect` hands the birth to paho (a non-blocking enqueue into paho's own packet queue; nothing
+  waits). The birth has to be handed there because paho re-sends its unacknowledged QoS 1 messages
+  right after `on_connect` returns, inside its CONNACK handling; handing it from the worker would put
+  it behind them. The status topic's sequence numbers are the only state shared with that thread
+  (`_StatusMessages`, behind one lock).
+
+In-flight and reconnect policy: at most `IN_FLIGHT_WINDOW` rows are handed to paho at a time, in id
+order; a row is deleted from the outbox only on a successful PUBACK. When the connection drops, the
+rows paho holds stay with paho: paho re-sends them (DUP set) in the order they were published, right
+after the next CONNACK (see `Client._handle_connack` and `_messages_reconnect_reset_out` in paho-mqtt
+2.x), and the worker never hands them again. New rows follow from the highest id handed so far. So
+after a reconnect the wire order is: birth, the re-sent in-flight rows, the remaining rows, all in id
+order; the only duplicates are rows whose PUBACK was lost with the connection (at-least-once). After a
+daemon restart the outbox rows of the previous session go first, unchanged, with their old session
+and seq.
+
+The status topic: each connection gets a pair of reserved seqs, birth `n` and Will `n + 1`, so a
+subscriber that sees the Will sees it right after the birth it ends. A pair is reused until its birth
+was sent, so failed connection attempts burn no seqs. A graceful stop publishes `offline`/`shutdown`
+(a clean DISCONNECT suppresses the Will).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTv5
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.config import MqttConfig, StoreConfig, read_secret
+from edge.contract import Topics, encode_message
+from edge.model import (
+    ApplianceState,
+    ApplianceStatusBody,
+    Body,
+    EventBody,
+    EventKind,
+    format_rfc3339_ms,
+    utc_now,
+)
+from edge.outbox import DeliveryPriority, DropReport, NewRow, Outbox, OutboxError
+
+LOGGER = logging.getLogger(__name__)
+
+IN_FLIGHT_WINDOW = 64
+"""Rows handed to paho and not yet acknowledged, at most."""
+WAKE_INTERVAL_S = 0.2
+"""The worker loops at least this often, so `last_progress_s` moves even when nothing happens."""
+BATCH_MAX = 500
+"""Events handled per worker iteration, at most (one outbox transaction per batch)."""
+OFFLINE_ACK_TIMEOUT_S = 2.0
+"""How long `stop` waits for the PUBACK of the `offline` status message."""
+START_TIMEOUT_S = 30.0
+"""How long `start` waits for the worker to open the outbox."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublisherStats:
+    """A snapshot of the publisher's state for the daemon, the watchdog and diagnostics."""
+
+    connected: bool
+    session: int
+    pending: int
+    """Rows in the outbox (in flight included)."""
+    in_flight: int
+    submitted: int
+    acked: int
+    dropped: Mapping[DeliveryPriority, int]
+    """Messages lost on purpose: disk cap, QoS 0 while offline, rejected by the broker, after stop."""
+    errors: int
+    """Exceptions caught in the worker and the callbacks (each logged with its traceback)."""
+    last_progress_s: float
+    """Monotonic time of the worker's last loop: it loops whether or not the broker is reachable."""
+    last_error: str | None
+    fatal_error: str | None
+    """Set when the outbox failed: the worker stops making progress so the watchdog notices."""
+
+
+# ---- events for the worker ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Submission:
+    topic: str
+    bed: str | None
+    body: Body
+    qos: int
+    retain: bool
+    priority: DeliveryPriority
+    seq: int
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Acked:
+    mid: int
+    failure: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _LinkUp:
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _LinkDown:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _LinkRefused:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ConnectFailed:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CallbackFailed:
+    where: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StopRequest:
+    flush_timeout_s: float
+
+
+_Event = (
+    _Submission
+    | _Acked
+    | _LinkUp
+    | _LinkDown
+    | _LinkRefused
+    | _ConnectFailed
+    | _CallbackFailed
+    | _StopRequest
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _WorkerSnapshot:
+    connected: bool = False
+    pending: int = 0
+    in_flight: int = 0
+    acked: int = 0
+    dropped: Mapping[DeliveryPriority, int] = field(default_factory=dict)
+    errors: int = 0
+    last_progress_s: float = 0.0
+    last_error: str | None = None
+    fatal_error: str | None = None
+
+
+class _DemotePahoNoSocketError(logging.Filter):
+    """paho 2.2 logs 'Client is not connected' at ERROR whenever its loop runs without a socket
+    (between connection attempts, after disconnect); the publisher logs the connection state itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith("Client is not connected"):
+            record.levelno = logging.DEBUG
+            record.levelname = logging.getLevelName(logging.DEBUG)
+        return True
+
+
+class _StatusMessages:
+    """Seqs and payloads on the appliance status topic, shared by paho's thread and the worker."""
+
+    def __init__(
+        self,
+        *,
+        appliance_id: str,
+        session: int,
+        version: str,
+        beds: list[str],
+        wall_clock: Callable[[], datetime],
+    ) -> None:
+        self._appliance_id = appliance_id
+        self._session = session
+        self._version = version
+        self._beds = list(beds)
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._next_seq = 0
+        self._birth: bytes | None = None
+        self._will: bytes | None = None
+        self._birth_sent = True
+
+    def _encode(self, *, state: ApplianceState, reason: str | None, seq: int) -> bytes:
+        body = ApplianceStatusBody(state=state, version=self._version, beds=self._beds, reason=reason)
+        return encode_message(
+            body,
+            appliance=self._appliance_id,
+            bed=None,
+            session=self._session,
+            seq=seq,
+            ts=self._wall_clock(),
+        )
+
+    def will_for_next_connection(self) -> bytes:
+        """Reserve the (birth, Will) pair of the coming connection unless the current one is unused."""
+        with self._lock:
+            if self._birth_sent or self._will is None:
+                seq = self._next_seq
+                self._next_seq += 2
+                self._birth = self._encode(state=ApplianceState.ONLINE, reason=None, seq=seq)
+                self._will = self._encode(state=ApplianceState.OFFLINE, reason="lost", seq=seq + 1)
+                self._birth_sent = False
+            return self._will
+
+    def birth(self) -> bytes:
+        """Return the birth reserved for the connection just made."""
+        with self._lock:
+            if self._birth is None:
+                raise RuntimeError("birth requested before a Will was registered")
+            self._birth_sent = True
+            return self._birth
+
+    def offline(self) -> bytes:
+        """Return the `offline`/`shutdown` message with the next seq."""
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            return self._encode(state=ApplianceState.OFFLINE, reason="shutdown", seq=seq)
+
+
+class Publisher:
+    """Durable, ordered, at-least-once delivery of the appliance's messages to the ward broker."""
+
+    def __init__(
+        self,
+        *,
+        mqtt: MqttConfig,
+        store: StoreConfig,
+        topics: Topics,
+        appliance_id: str,
+        beds: list[str],
+        version: str,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._mqtt_config = mqtt
+        self._store_config = store
+        self._topics = topics
+        self._appliance_id = appliance_id
+        self._beds = list(beds)
+        self._version = version
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        # owned by the submitting (asyncio loop) thread
+        self._seq: dict[str, int] = {}
+        self._submitted = 0
+        self._refused: Counter[DeliveryPriority] = Counter()
+        self._accepting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session = 0
+        self._thread: threading.Thread | None = None
+        self._started: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # owned by the worker thread (read by others only through `_snapshot`)
+        self._outbox: Outbox | None = None
+        self._worker_session = 0
+        self._client: Client | None = None
+        self._status: _StatusMessages | None = None
+        self._link_up = False
+        self._in_flight: dict[int, tuple[int, DeliveryPriority]] = {}
+        self._cursor = 0
+        self._pending = 0
+        self._acked = 0
+        self._dropped: Counter[DeliveryPriority] = Counter()
+        self._errors = 0
+        self._last_error: str | None = None
+        self._fatal_error: str | None = None
+        self._stop_request: _StopRequest | None = None
+        self._sending = True
+        self._offline_mid: int | None = None
+        self._offline_acked = False
+        self._connect_failures = 0
+        self._snapshot = _WorkerSnapshot()
+
+    # ---- public API (asyncio loop thread) -------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the worker has a live broker connection (its birth was handed to paho)."""
+        return self._snapshot.connected
+
+    @property
+    def session(self) -> int:
+        """The session number of this run (valid after `start`)."""
+        if self._session == 0:
+            raise RuntimeError("the publisher has not started")
+        return self._session
+
+    async def start(self) -> None:
+        """Open the outbox on the worker thread and start connecting; return once both are under way.
+
+        A broker that is down does not delay or fail this: the worker buffers and paho keeps trying.
+        Raise OutboxError when the outbox cannot be opened.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the publisher was already started")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="icu-edge-publisher", daemon=False)
+        self._thread.start()
+        try:
+            self._session = await asyncio.wait_for(asyncio.wrap_future(self._started), START_TIMEOUT_S)
+        except BaseException:
+            await asyncio.wrap_future(self._done)
+            await asyncio.to_thread(self._thread.join)
+            raise
+        self._accepting = True
+
+    def submit(
+        self,
+        *,
+        topic: str,
+        bed: str | None,
+        body: Body,
+        qos: int = 1,
+        retain: bool = False,
+        priority: DeliveryPriority,
+    ) -> None:
+        """Stamp `seq` and `ts` on a message and hand it to the worker; never blocks.
+
+        QoS 1 messages go through the outbox; QoS 0 messages are published directly when connected
+        and counted as dropped when not.
+        """
+        if qos not in (0, 1):
+            raise ValueError(f"qos must be 0 or 1, got {qos}")
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"not a topic one can publish on: {topic!r}")
+        if topic == self._topics.appliance_status():
+            raise ValueError(f"{topic} is reserved for the publisher's birth and Will")
+        if not self._accepting:
+            self._refused[priority] += 1
+            LOGGER.warning(
+                "publisher not accepting (not started or stopping): dropped a %s message on %s",
+                priority.name.lower(),
+                topic,
+            )
+            return
+        seq = self._seq.get(topic, 0)
+        self._seq[topic] = seq + 1
+        self._submitted += 1
+        self._events.put(
+            _Submission(
+                topic=topic,
+                bed=bed,
+                body=body,
+                qos=qos,
+                retain=retain,
+                priority=priority,
+                seq=seq,
+                ts=self._wall_clock(),
+            )
+        )
+
+    async def stop(self, *, flush_timeout_s: float) -> None:
+        """Stop accepting, flush for up to `flush_timeout_s`, publish `offline`, disconnect, close.
+
+        Rows not acknowledged by then stay in the outbox for the next start.
+        """
+        if self._thread is None:
+            return
+        self._accepting = False
+        if not self._done.done():
+            self._events.put(_StopRequest(flush_timeout_s=flush_timeout_s))
+        await asyncio.wrap_future(self._done)
+        await asyncio.to_thread(self._thread.join)
+
+    def stats(self) -> PublisherStats:
+        """Return a snapshot of counters and state."""
+        snapshot = self._snapshot
+        dropped = Counter(snapshot.dropped)
+        dropped.update(self._refused)
+        return PublisherStats(
+            connected=snapshot.connected,
+            session=self._session,
+            pending=snapshot.pending,
+            in_flight=snapshot.in_flight,
+            submitted=self._submitted,
+            acked=snapshot.acked,
+            dropped=dict(dropped),
+            errors=snapshot.errors,
+            last_progress_s=snapshot.last_progress_s,
+            last_error=snapshot.last_error,
+            fatal_error=snapshot.fatal_error,
+        )
+
+    # ---- worker thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            session = self._open()
+        except BaseException as exc:  # noqa: BLE001 - handed to start(), which raises it
+            self._started.set_exception(exc)
+            self._done.set_result(None)
+            return
+        self._started.set_result(session)
+        try:
+            self._serve()
+        finally:
+            self._done.set_result(None)
+
+    def _open(self) -> int:
+        outbox = Outbox(
+            path=self._store_config.path,
+            max_bytes=self._store_config.max_bytes,
+            synchronous=self._store_config.synchronous,
+        )
+        outbox.open()
+        try:
+            session = outbox.start_session()
+            self._worker_session = session
+            self._pending = outbox.count()
+            self._status = _StatusMessages(
+                appliance_id=self._appliance_id,
+                session=session,
+                version=self._version,
+                beds=self._beds,
+                wall_clock=self._wall_clock,
+            )
+            self._client = self._make_client()
+            config = self._mqtt_config
+            self._client.connect_async(config.host, config.port, keepalive=config.keepalive)
+            self._client.loop_start()
+        except BaseException:
+            outbox.close()
+            raise
+        self._outbox = outbox
+        LOGGER.info(
+            "publisher session %d started: %d rows waiting in the outbox; connecting to %s:%d",
+            session,
+            self._pending,
+            config.host,
+            config.port,
+        )
+        self._publish_snapshot()
+        return session
+
+    def _make_client(self) -> Client:
+        config = self._mqtt_config
+        client = Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=config.client_id or f"icu-edge-{self._appliance_id}",
+            protocol=MQTTv5,
+        )
+        paho_logger = logging.getLogger(f"{__name__}.paho")
+        if not any(isinstance(f, _DemotePahoNoSocketError) for f in paho_logger.filters):
+            paho_logger.addFilter(_DemotePahoNoSocketError())
+        client.enable_logger(paho_logger)
+        if config.username is not None:
+            password = read_secret(config.password_file) if config.password_file is not None else None
+            client.username_pw_set(config.username, password)
+        if config.tls is not None:
+            client.tls_set(
+                ca_certs=str(config.tls.ca),
+                certfile=str(config.tls.cert) if config.tls.cert is not None else None,
+                keyfile=str(config.tls.key) if config.tls.key is not None else None,
+            )
+            if config.tls.insecure_skip_hostname_check:
+                client.tls_insecure_set(True)
+        client.reconnect_delay_set(
+            min_delay=config.reconnect_min_s,  # type: ignore[arg-type]  # paho annotates int, uses float
+            max_delay=config.reconnect_max_s,  # type: ignore[arg-type]
+        )
+        client.max_inflight_messages_set(IN_FLIGHT_WINDOW + 8)
+        assert self._status is not None
+        client.will_set(
+            self._topics.appliance_status(), self._status.will_for_next_connection(), qos=1, retain=True
+        )
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _serve(self) -> None:
+        while self._stop_request is None:
+            try:
+                self._step(wait_s=WAKE_INTERVAL_S)
+            except (sqlite3.Error, OutboxError) as exc:
+                self._fail(exc)
+                break
+            except Exception as exc:
+                LOGGER.exception("publisher: worker iteration failed")
+                self._count_error("worker iteration", exc)
+            self._beat()
+        if self._fatal_error is not None:
+            self._wait_for_stop_after_failure()
+        self._shutdown()
+
+    def _beat(self) -> None:
+        self._publish_snapshot(last_progress_s=self._clock())
+
+    def _publish_snapshot(self, *, last_progress_s: float | None = None) -> None:
+        self._snapshot = _WorkerSnapshot(
+            connected=self._link_up,
+            pending=self._pending,
+            in_flight=len(self._in_flight),
+            acked=self._acked,
+            dropped=dict(self._dropped),
+            errors=self._errors,
+            last_progress_s=self._snapshot.last_progress_s if last_progress_s is None else last_progress_s,
+            last_error=self._last_error,
+            fatal_error=self._fatal_error,
+        )
+
+    def _count_error(self, where: str, exc: BaseException) -> None:
+        """Count an exception the caller has logged with its traceback."""
+        self._errors += 1
+        self._last_error = f"{where}: {exc!r}"
+
+    def _fail(self, exc: BaseException) -> None:
+        self._errors += 1
+        self._fatal_error = f"outbox failed: {exc}"
+        self._last_error = self._fatal_error
+        LOGGER.critical("publisher: the outbox failed; stopping delivery", exc_info=exc)
+        if self._outbox is not None:
+            self._outbox.close()
+        self._publish_snapshot()
+
+    def _wait_for_stop_after_failure(self) -> None:
+        """After a fatal outbox error: no heartbeat, no delivery; wait for `stop`."""
+        while self._stop_request is None:
+            event = self._events.get()
+            if isinstance(event, _StopRequest):
+                self._stop_request = event
+            elif isinstance(event, _Submission):
+                self._dropped[event.priority] += 1
+            elif isinstance(event, _LinkUp | _LinkDown):
+                self._link_up = isinstance(event, _LinkUp)
+            self._publish_snapshot()
+
+    def _drain(self, *, wait_s: float) -> list[_Event]:
+        events: list[_Event] = []
+        try:
+            events.append(self._events.get(timeout=wait_s))
+            while len(events) < BATCH_MAX:
+                events.append(self._events.get_nowait())
+        except queue.Empty:
+            pass
+        return events
+
+    def _step(self, *, wait_s: float) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        new_rows: list[NewRow] = []
+        acked_ids: list[int] = []
+        for event in self._drain(wait_s=wait_s):
+            match event:
+                case _Submission():
+                    self._take_submission(event, new_rows)
+                case _Acked(mid=mid, failure=failure):
+                    self._take_ack(mid=mid, failure=failure, acked_ids=acked_ids)
+                case _LinkUp(session_present=session_present):
+                    self._link_up = True
+                    self._connect_failures = 0
+                    LOGGER.info(
+                        "connected to %s:%d (session present: %s); birth sent, %d rows waiting",
+                        self._mqtt_config.host,
+                        self._mqtt_config.port,
+                        session_present,
+                        self._pending,
+                    )
+                case _LinkDown(reason=reason):
+                    if self._link_up:
+                        LOGGER.warning(
+                            "disconnected from the broker (%s); %d rows in flight stay with paho, "
+                            "%d in the outbox",
+                            reason,
+                            len(self._in_flight),
+                            self._pending,
+                        )
+                    self._link_up = False
+                case _LinkRefused(reason=reason):
+                    self._last_error = f"broker refused the connection: {reason}"
+                    LOGGER.error("the broker refused the connection: %s", reason)
+                case _ConnectFailed():
+                    self._connect_failures += 1
+                    level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
+                    LOGGER.log(
+                        level,
+                        "cannot reach the broker at %s:%d (attempt %d); messages are buffered in the outbox",
+                        self._mqtt_config.host,
+                        self._mqtt_config.port,
+                        self._connect_failures,
+                    )
+                case _CallbackFailed(where=where, error=error):
+                    self._errors += 1
+                    self._last_error = f"{where}: {error}"
+                case _StopRequest():
+                    self._stop_request = event
+        if new_rows:
+            outbox.append_many(new_rows)
+            self._pending += len(new_rows)
+            report = outbox.enforce_cap()
+            if report.total:
+                self._pending -= report.total
+                self._dropped.update(report.by_priority)
+                self._report_drop(report)
+        if acked_ids:
+            self._pending -= outbox.delete(acked_ids)
+        if self._link_up and self._sending:
+            self._fill_window(outbox)
+
+    def _take_submission(self, event: _Submission, new_rows: list[NewRow]) -> None:
+        try:
+            payload = encode_message(
+                event.body,
+                appliance=self._appliance_id,
+                bed=event.bed,
+                session=self._worker_session,
+                seq=event.seq,
+                ts=event.ts,
+            )
+        except Exception as exc:
+            LOGGER.exception("publisher: cannot encode a message for %s; dropped it", event.topic)
+            self._dropped[event.priority] += 1
+            self._count_error(f"encoding a message for {event.topic}", exc)
+            return
+        if event.qos == 0:
+            self._publish_qos0(event, payload)
+            return
+        new_rows.append(
+            NewRow(
+                topic=event.topic,
+                payload=payload,
+                qos=event.qos,
+                retain=event.retain,
+                priority=event.priority,
+                created_wall=format_rfc3339_ms(event.ts),
+            )
+        )
+
+    def _publish_qos0(self, event: _Submission, payload: bytes) -> None:
+        assert self._client is not None
+        if not self._link_up:
+            self._dropped[event.priority] += 1
+            return
+        info = self._client.publish(event.topic, payload, qos=0, retain=event.retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._dropped[event.priority] += 1
+
+    def _take_ack(self, *, mid: int, failure: str | None, acked_ids: list[int]) -> None:
+        entry = self._in_flight.pop(mid, None)
+        if entry is not None:
+            row_id, priority = entry
+            acked_ids.append(row_id)
+            if failure is None:
+                self._acked += 1
+            else:
+                # Re-sending a message the broker rejected would block every row behind it.
+                self._dropped[priority] += 1
+                self._last_error = f"broker rejected outbox row {row_id}: {failure}"
+                LOGGER.error("the broker rejected outbox row %d (%s); dropped it", row_id, failure)
+        elif mid == self._offline_mid:
+            self._offline_acked = True
+
+    def _fill_window(self, outbox: Outbox) -> None:
+        client = self._client
+        assert client is not None
+        room = IN_FLIGHT_WINDOW - len(self._in_flight)
+        if room <= 0:
+            return
+        for row in outbox.pending(after_id=self._cursor, limit=room):
+            self._cursor = row.id
+            try:
+                info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            except ValueError as exc:
+                LOGGER.exception("publisher: paho refused outbox row %d on %r; dropped it", row.id, row.topic)
+                self._count_error(f"publishing outbox row {row.id} on {row.topic!r}", exc)
+                self._dropped[row.priority] += 1
+                self._pending -= outbox.delete([row.id])
+                continue
+            # MQTT_ERR_NO_CONN: paho keeps the message and sends it after the next CONNACK.
+            self._in_flight[info.mid] = (row.id, row.priority)
+
+    def _report_drop(self, report: DropReport) -> None:
+        """Report a cap drop as an OUTBOX_DROPPED event per affected bed (through `submit`)."""
+        prefix = f"{self._topics.root}/bed/"
+        per_bed: dict[str, Counter[str]] = {}
+        for topic, count in report.by_topic.items():
+            if topic.startswith(prefix):
+                bed = topic[len(prefix) :].split("/", 1)[0]
+                per_bed.setdefault(bed, Counter())[topic] += count
+            else:
+                LOGGER.warning("outbox cap dropped %d messages of %s (no bed to report it on)", count, topic)
+        detail_counts = ", ".join(f"{p.name.lower()}={n}" for p, n in sorted(report.by_priority.items()))
+        loop = self._loop
+        for bed, topics in per_bed.items():
+            detail = (
+                f"outbox above its cap of {self._store_config.max_bytes} bytes: dropped {detail_counts}; "
+                + ", ".join(f"{topic}: {n}" for topic, n in sorted(topics.items()))
+            )
+            if loop is None or loop.is_closed():
+                LOGGER.warning("cannot report the outbox drop on bed %s: no event loop (%s)", bed, detail)
+                continue
+            try:
+                loop.call_soon_threadsafe(self._submit_drop_event, bed, detail)
+            except RuntimeError as exc:
+                LOGGER.exception("publisher: cannot report the outbox drop on bed %s", bed)
+                self._count_error(f"reporting the outbox drop on bed {bed}", exc)
+
+    def _submit_drop_event(self, bed: str, detail: str) -> None:
+        """Submit an OUTBOX_DROPPED event (runs on the asyncio loop thread, owner of the seqs)."""
+        self.submit(
+            topic=self._topics.events(bed),
+            bed=bed,
+            body=EventBody(kind=EventKind.OUTBOX_DROPPED, detail=detail, at=self._wall_clock()),
+            priority=DeliveryPriority.STATE,
+        )
+
+    def _shutdown(self) -> None:
+        client = self._client
+        status = self._status
+        assert client is not None
+        assert status is not None
+        assert self._stop_request is not None
+        if self._fatal_error is None:
+            deadline = self._clock() + self._stop_request.flush_timeout_s
+            while self._pending > 0 and self._link_up and self._clock() < deadline:
+                self._safe_step()
+                if self._fatal_error is not None:
+                    break
+                self._beat()
+        self._sending = False
+        if self._link_up:
+            info = client.publish(self._topics.appliance_status(), status.offline(), qos=1, retain=True)
+            self._offline_mid = info.mid
+            deadline = self._clock() + OFFLINE_ACK_TIMEOUT_S
+            while not self._offline_acked and self._link_up and self._clock() < deadline:
+                self._safe_step()
+                self._beat()
+            if not self._offline_acked:
+                LOGGER.warning("no PUBACK for the offline status within %.1f s", OFFLINE_ACK_TIMEOUT_S)
+        client.disconnect()
+        client.loop_stop()
+        self._link_up = False
+        if self._outbox is not None:
+            try:
+                self._step_events_only()
+            finally:
+                self._outbox.close()
+        LOGGER.info(
+            "publisher session %d stopped: %d rows stay in the outbox for the next start",
+            self._worker_session,
+            self._pending,
+        )
+        self._publish_snapshot()
+
+    def _safe_step(self) -> None:
+        try:
+            self._step(wait_s=0.05)
+        except (sqlite3.Error, OutboxError) as exc:
+            self._fail(exc)
+        except Exception as exc:
+            LOGGER.exception("publisher: worker iteration failed")
+            self._count_error("worker iteration", exc)
+
+    def _step_events_only(self) -> None:
+        """Store what was queued before stop and delete what was acked; send nothing more."""
+        if self._fatal_error is None:
+            self._safe_step()
+
+    # ---- paho callbacks (network thread): enqueue, with the two documented exceptions ----------
+
+    def _on_pre_connect(self, client: Client, userdata: Any) -> None:
+        try:
+            assert self._status is not None
+            client.will_set(
+                self._topics.appliance_status(), self._status.will_for_next_connection(), qos=1, retain=True
+            )
+        except Exception as exc:
+            LOGGER.exception("on_pre_connect failed")
+            self._events.put(_CallbackFailed(where="on_pre_connect", error=repr(exc)))
+
+    def _on_connect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                self._events.put(_LinkRefused(reason=str(reason_code)))
+                return
+            assert self._status is not None
+            client.publish(self._topics.appliance_status(), self._status.birth(), qos=1, retain=True)
+            self._events.put(_LinkUp(session_present=flags.session_present))
+        except Exception as exc:
+            LOGGER.exception("on_connect failed")
+            self._events.put(_CallbackFailed(where="on_connect", error=repr(exc)))
+
+    def _on_connect_fail(self, client: Client, userdata: Any) -> None:
+        self._events.put(_ConnectFailed())
+
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._events.put(_LinkDown(reason=str(reason_code)))
+
+    def _on_publish(
+        self,
+        client: Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        self._events.put(_Acked(mid=mid, failure=str(reason_code) if reason_code.is_failure else None))

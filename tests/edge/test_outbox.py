@@ -1,0 +1,181 @@
+"""The durable outbox: order, sessions, deletes, the disk cap and its drop order, bad files."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge.outbox import DeliveryPriority, NewRow, Outbox, OutboxError
+
+CAP_BYTES = 256 * 1024
+
+
+def _row(topic: str, *, priority: DeliveryPriority, size: int = 100, tag: int = 0) -> NewRow:
+    return NewRow(
+        topic=topic,
+        payload=tag.to_bytes(4, "big") + bytes(size),
+        qos=1,
+        retain=False,
+        priority=priority,
+        created_wall="2026-01-01T00:00:00.000Z",
+    )
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    box = Outbox(path=tmp_path / "outbox.db", max_bytes=CAP_BYTES, synchronous="full")
+    box.open()
+    yield box  # type: ignore[misc]
+    box.close()
+
+
+def test_wal_mode_and_synchronous(tmp_path: Path) -> None:
+    for synchronous, expected in (("full", 2), ("normal", 1)):
+        box = Outbox(path=tmp_path / f"{synchronous}.db", max_bytes=CAP_BYTES, synchronous=synchronous)  # type: ignore[arg-type]
+        box.open()
+        try:
+            db = box._conn()
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("PRAGMA synchronous").fetchone()[0] == expected
+        finally:
+            box.close()
+
+
+def test_rows_come_back_in_append_order(outbox: Outbox) -> None:
+    ids = outbox.append_many([_row(f"t/{i % 3}", priority=DeliveryPriority.STATE, tag=i) for i in range(10)])
+    ids += outbox.append_many([_row("t/x", priority=DeliveryPriority.ALARM, tag=10 + i) for i in range(5)])
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 15
+    first = outbox.pending(after_id=0, limit=4)
+    assert [r.id for r in first] == ids[:4]
+    rest = outbox.pending(after_id=first[-1].id, limit=100)
+    assert [r.id for r in rest] == ids[4:]
+    assert [int.from_bytes(r.payload[:4], "big") for r in first + rest] == list(range(15))
+    assert rest[-1].priority is DeliveryPriority.ALARM
+    assert rest[-1].topic == "t/x"
+    assert outbox.count() == 15
+
+
+def test_delete_removes_only_named_rows_and_ids_never_repeat(outbox: Outbox) -> None:
+    ids = outbox.append_many([_row("t", priority=DeliveryPriority.STATE, tag=i) for i in range(6)])
+    assert outbox.delete([ids[0], ids[2], 999_999]) == 2
+    assert [r.id for r in outbox.pending(after_id=0, limit=10)] == [ids[1], *ids[3:]]
+    outbox.delete(ids)
+    assert outbox.count() == 0
+    (new_id,) = outbox.append_many([_row("t", priority=DeliveryPriority.STATE)])
+    assert new_id > ids[-1]
+
+
+def test_session_counter_starts_at_one_and_persists(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path=path, max_bytes=CAP_BYTES)
+    box.open()
+    assert box.start_session() == 1
+    assert box.start_session() == 2
+    box.append_many([_row("t", priority=DeliveryPriority.STATE, tag=7)])
+    box.close()
+    again = Outbox(path=path, max_bytes=CAP_BYTES)
+    again.open()
+    try:
+        assert again.start_session() == 3
+        (row,) = again.pending(after_id=0, limit=10)
+        assert int.from_bytes(row.payload[:4], "big") == 7
+    finally:
+        again.close()
+
+
+def test_append_many_is_one_transaction(outbox: Outbox) -> None:
+    bad = NewRow(
+        topic="t", payload=None, qos=1, retain=False, priority=DeliveryPriority.STATE, created_wall="x"
+    )  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        outbox.append_many([_row("t", priority=DeliveryPriority.STATE), bad])
+    assert outbox.count() == 0
+
+
+def test_cap_drops_observations_first_then_state_alarms_last(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    alarms = outbox.append_many(
+        [_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(10)]
+    )
+    states = outbox.append_many(
+        [_row("b/twin", priority=DeliveryPriority.STATE, size=2000) for _ in range(20)]
+    )
+    observations = outbox.append_many(
+        [_row(f"b/vitals/{i % 2}", priority=DeliveryPriority.OBSERVATION, size=2000) for i in range(100)]
+    )
+    assert outbox.size_bytes() > CAP_BYTES
+    with caplog.at_level(logging.WARNING, logger="edge.outbox"):
+        report = outbox.enforce_cap()
+    assert outbox.size_bytes() <= CAP_BYTES
+    assert set(report.by_priority) == {DeliveryPriority.OBSERVATION}
+    dropped = report.by_priority[DeliveryPriority.OBSERVATION]
+    assert dropped == report.total
+    assert sum(report.by_topic.values()) == dropped
+    assert set(report.by_topic) <= {"b/vitals/0", "b/vitals/1"}
+    remaining = [r.id for r in outbox.pending(after_id=0, limit=1000)]
+    # the oldest observations went, every alarm and state row stayed
+    assert remaining == alarms + states + observations[dropped:]
+    assert any("dropped" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_cap_drops_state_after_all_observations_and_alarms_last(outbox: Outbox) -> None:
+    observations = outbox.append_many(
+        [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=2000) for _ in range(10)]
+    )
+    states = outbox.append_many(
+        [_row("b/twin", priority=DeliveryPriority.STATE, size=2000) for _ in range(40)]
+    )
+    alarms = outbox.append_many(
+        [_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(30)]
+    )
+    report = outbox.enforce_cap()
+    assert report.by_priority[DeliveryPriority.OBSERVATION] == len(observations)
+    dropped_states = report.by_priority[DeliveryPriority.STATE]
+    assert 0 < dropped_states < len(states)
+    assert DeliveryPriority.ALARM not in report.by_priority
+    assert report.by_topic == {"b/vitals": len(observations), "b/twin": dropped_states}
+    assert [r.id for r in outbox.pending(after_id=0, limit=1000)] == states[dropped_states:] + alarms
+
+    more = outbox.append_many(
+        [_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(40)]
+    )
+    report = outbox.enforce_cap()
+    assert report.by_priority[DeliveryPriority.STATE] == len(states) - dropped_states
+    assert report.by_priority[DeliveryPriority.ALARM] > 0
+    assert DeliveryPriority.OBSERVATION not in report.by_priority
+    left = [r.id for r in outbox.pending(after_id=0, limit=1000)]
+    assert left == (alarms + more)[report.by_priority[DeliveryPriority.ALARM] :]
+    assert outbox.size_bytes() <= CAP_BYTES
+
+
+def test_under_cap_drops_nothing(outbox: Outbox) -> None:
+    outbox.append_many([_row("t", priority=DeliveryPriority.OBSERVATION) for _ in range(10)])
+    report = outbox.enforce_cap()
+    assert report.total == 0
+    assert outbox.count() == 10
+
+
+def test_corrupt_file_raises_naming_path_and_reason(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not an SQLite database at all" * 200)
+    box = Outbox(path=path, max_bytes=CAP_BYTES)
+    with pytest.raises(OutboxError) as caught:
+        box.open()
+    message = str(caught.value)
+    assert str(path) in message
+    assert "not a database" in message
+
+
+def test_unopenable_path_raises_naming_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    path = blocker / "outbox.db"
+    with pytest.raises(OutboxError) as caught:
+        Outbox(path=path, max_bytes=CAP_BYTES).open()
+    assert str(path) in str(caught.value)
+    assert "cannot open" in str(caught.value)
