@@ -1,0 +1,127 @@
+"""`icu-edge`: the one entry point (daemon, demo, config check, schema, simulators, tools).
+
+Exit codes: 0 success, 2 usage, 78 (EX_CONFIG) bad configuration, 69 (EX_UNAVAILABLE) a required
+resource missing. systemd's `RestartPreventExitStatus=78` keeps a bad config from restart-looping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+LOGGER = logging.getLogger(__name__)
+
+EX_CONFIG = 78
+EX_USAGE = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge.logs import configure_logging
+
+    configure_logging(level=args.log_level)
+    try:
+        config = load_config(args.config)
+        from edge.daemon import Daemon
+
+        daemon = Daemon(config)
+    except ConfigError as exc:
+        for line in exc.lines:
+            LOGGER.error("config: %s", line)
+            print(f"{args.config}: {line}", file=sys.stderr)
+        return EX_CONFIG
+    return asyncio.run(daemon.run())
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"{args.path}: {line}")
+        return EX_CONFIG
+    devices = sum(len(bed.device) for bed in config.bed)
+    print(f"{args.path}: ok ({len(config.bed)} bed(s), {devices} device(s))")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from edge.daemon import appliance_version
+    from edge.schema import asyncapi_document, json_schemas
+
+    document = asyncapi_document(version=appliance_version()) if args.asyncapi else json_schemas()
+    print(json.dumps(document, indent=2, sort_keys=False))
+    return 0
+
+
+def _sim(argv: list[str]) -> int:
+    if argv and argv[0] == "medibus":
+        from drivers.medibus.simulator import main as medibus_sim
+
+        return medibus_sim(argv[1:])
+    print("usage: icu-edge sim medibus --pty LINK [options]  (drivers: medibus)", file=sys.stderr)
+    return EX_USAGE
+
+
+def _watch(argv: list[str]) -> int:
+    from tools.watch import main as watch_main
+
+    return watch_main(argv)
+
+
+def _demo(argv: list[str]) -> int:
+    from tools.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+_PASS_THROUGH = {"sim": _sim, "watch": _watch, "demo": _demo}
+"""Commands with their own argument parsers: everything after the command name goes to them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="icu-edge", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon (what systemd starts)")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="TOML config file")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=_cmd_run)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_commands.add_parser("check", help="validate a config: one line per problem, exit 78")
+    check.add_argument("path", type=Path)
+    check.set_defaults(func=_cmd_config_check)
+
+    schema = commands.add_parser("schema", help="print the JSON Schemas of config and payloads")
+    schema.add_argument("--asyncapi", action="store_true", help="print the AsyncAPI 3 document instead")
+    schema.set_defaults(func=_cmd_schema)
+
+    for name, text in [
+        ("demo", "loopback broker + simulated ventilator + daemon + ward view (see: demo --help)"),
+        ("watch", "terminal ward view subscribing like a central station (see: watch --help)"),
+        ("sim", "a device simulator, e.g. sim medibus --pty LINK (see: sim medibus --help)"),
+    ]:
+        commands.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return the exit status."""
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in _PASS_THROUGH:
+        return _PASS_THROUGH[arguments[0]](arguments[1:])
+    args = build_parser().parse_args(arguments)
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

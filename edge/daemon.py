@@ -1,0 +1,338 @@
+"""The daemon: one asyncio process wiring device links, the twin and the publisher.
+
+Reader threads deliver `DeviceReport`s through `call_soon_threadsafe` onto the report bus; the loop
+applies them to the twin (the twin's only owner) and submits what changed to the publisher, whose own
+worker thread does the JSON, the SQLite outbox and paho. systemd hears READY=1 once config, outbox and
+the first broker connection attempt are set up, and WATCHDOG=1 only while the loop, every device link
+and the publisher make progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+from drivers.base import DeviceSession, SerialSettings
+from drivers.registry import get_driver
+from edge.bus import ReportBus
+from edge.config import AppConfig, ConfigError
+from edge.contract import Topics
+from edge.device_link import DeviceLink, DeviceReport
+from edge.model import DeviceStatusBody, EventBody, EventKind, VitalsBody, utc_now
+from edge.outbox import DeliveryPriority, OutboxError
+from edge.publisher import Publisher
+from edge.systemd import SystemdNotifier, WatchdogGate, run_watchdog
+from edge.twin import DeviceIdentity, TwinDelta, TwinStore
+
+LOGGER = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+LINK_MAX_SILENCE_S = 5.0
+"""A reader thread that has not looped for this long is hung: the watchdog stops being fed."""
+PUBLISHER_MAX_SILENCE_S = 5.0
+
+
+def appliance_version() -> str:
+    """Return the installed icu-edge version."""
+    try:
+        return version("icu-edge")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(slots=True, kw_only=True)
+class _BedPublishState:
+    dirty: bool = True
+    last_twin_mono_s: float = 0.0
+    last_status_counters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+class Daemon:
+    """`icu-edge run`: everything between the device ports and the broker."""
+
+    def __init__(self, config: AppConfig, *, notifier: SystemdNotifier | None = None) -> None:
+        self._config = config
+        self._notifier = notifier or SystemdNotifier()
+        self._topics = Topics(
+            prefix=config.mqtt.topic_prefix,
+            site=config.appliance.site,
+            ward=config.appliance.ward,
+            appliance=config.appliance.id,
+        )
+        identities: list[DeviceIdentity] = []
+        self._sessions: dict[tuple[str, str], DeviceSession] = {}
+        self._lines: dict[tuple[str, str], SerialSettings] = {}
+        for bed in config.bed:
+            for device in bed.device:
+                driver = get_driver(device.driver)
+                try:
+                    session = driver.create_session(device.options)
+                except ValueError as exc:
+                    raise ConfigError([f"bed {bed.id} device {device.id} options: {exc}"]) from exc
+                identity = DeviceIdentity(
+                    bed=bed.id,
+                    device=device.id,
+                    driver=device.driver,
+                    protocol=driver.protocol,
+                    port=device.port,
+                )
+                identities.append(identity)
+                self._sessions[(bed.id, device.id)] = session
+                self._lines[(bed.id, device.id)] = SerialSettings(
+                    baud=device.baud or driver.default_line.baud,
+                    bytesize=driver.default_line.bytesize,
+                    parity=device.parity or driver.default_line.parity,
+                    stopbits=driver.default_line.stopbits,
+                )
+        self._identities = identities
+        self._twin = TwinStore(stale_after_s={b.id: b.stale_after_s for b in config.bed}, devices=identities)
+        self._bed_state = {b.id: _BedPublishState() for b in config.bed}
+        self._bus = ReportBus()
+        self._gate = WatchdogGate()
+        self._publisher = Publisher(
+            mqtt=config.mqtt,
+            store=config.store,
+            topics=self._topics,
+            appliance_id=config.appliance.id,
+            beds=[b.id for b in config.bed],
+            version=appliance_version(),
+        )
+        self._links: list[DeviceLink] = []
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (SIGTERM, SIGINT)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until asked to stop; return the process exit status."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        try:
+            await self._publisher.start()
+        except OutboxError as exc:
+            LOGGER.error("cannot open the outbox: %s", exc)
+            return EX_UNAVAILABLE
+
+        def deliver(report: DeviceReport) -> None:
+            loop.call_soon_threadsafe(self._bus.offer, report)
+
+        for identity in self._identities:
+            key = (identity.bed, identity.device)
+            link = DeviceLink(
+                identity=identity, session=self._sessions[key], line=self._lines[key], deliver=deliver
+            )
+            self._gate.register(link.name, max_silence_s=LINK_MAX_SILENCE_S)
+            self._links.append(link)
+            link.start()
+        self._gate.register("publisher", max_silence_s=PUBLISHER_MAX_SILENCE_S)
+        self._notifier.ready(status=self._status_line())
+        LOGGER.info(
+            "icu-edge %s running: appliance %s, session %d, %d bed(s), %d device(s)",
+            appliance_version(),
+            self._config.appliance.id,
+            self._publisher.session,
+            len(self._config.bed),
+            len(self._identities),
+        )
+        tasks = [
+            asyncio.create_task(self._consume_reports(), name="consume-reports"),
+            asyncio.create_task(self._publish_periodically(), name="publish-periodically"),
+            asyncio.create_task(self._watch_progress(), name="watch-progress"),
+        ]
+        interval_s = self._notifier.watchdog_interval_s()
+        if interval_s is not None:
+            tasks.append(
+                asyncio.create_task(
+                    run_watchdog(notifier=self._notifier, gate=self._gate, interval_s=interval_s / 2),
+                    name="watchdog",
+                )
+            )
+        stop_waiter = asyncio.create_task(self._stop.wait(), name="stop")
+        done, _ = await asyncio.wait([*tasks, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+        status = EX_OK
+        for task in done:
+            if task is not stop_waiter and task.exception() is not None:
+                LOGGER.error("task %s failed", task.get_name(), exc_info=task.exception())
+                status = EX_SOFTWARE
+        await self._shutdown(tasks)
+        return status
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self._notifier.stopping(status="stopping: flushing the outbox")
+        LOGGER.info("stopping: closing device links and flushing the outbox")
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, link.stop) for link in self._links))
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while len(self._bus):
+            self._handle_report(await self._bus.get())
+        self._publish_twins(force=True)
+        await self._publisher.stop(flush_timeout_s=self._config.publish.shutdown_flush_s)
+
+    async def _consume_reports(self) -> None:
+        while True:
+            self._handle_report(await self._bus.get())
+
+    def _handle_report(self, report: DeviceReport) -> None:
+        identity = report.identity
+        bed, device = identity.bed, identity.device
+        for event in report.events:
+            delta = self._twin.apply(
+                bed=bed,
+                device=device,
+                event=event,
+                received_at=report.received_at,
+                received_mono_s=report.received_mono_s,
+            )
+            self._publish_delta(delta)
+        self._twin.update_link_health(
+            bed=bed,
+            device=device,
+            counters=report.counters,
+            last_frame_at=report.last_frame_at,
+            last_error=report.last_error,
+        )
+
+    def _publish_delta(self, delta: TwinDelta) -> None:
+        bed, device = delta.bed, delta.device
+        submit = self._publisher.submit
+        if delta.observations:
+            coalesced = self._bus.take_coalesced(link=f"{bed}/{device}")
+            submit(
+                topic=self._topics.vitals(bed),
+                bed=bed,
+                body=VitalsBody(device=device, observations=delta.observations, coalesced=coalesced),
+                priority=DeliveryPriority.OBSERVATION,
+            )
+        if delta.device_state is not None:
+            state = delta.device_state
+            self._publish_device_status(bed=bed, device=device)
+            kind = EventKind.DEVICE_CONNECTED if state.connected else EventKind.DEVICE_DISCONNECTED
+            detail = (
+                f"{device} connected ({state.model or 'model unknown'}) on {state.port}"
+                if state.connected
+                else f"{device} disconnected: {state.last_error or 'no reason given'}"
+            )
+            log = LOGGER.info if state.connected else LOGGER.warning
+            log("%s", detail, extra={"bed": bed, "device": device})
+            submit(
+                topic=self._topics.events(bed),
+                bed=bed,
+                body=EventBody(kind=kind, device=device, detail=detail, at=utc_now()),
+                priority=DeliveryPriority.ALARM,
+            )
+        for alarm, kind in [
+            *((a, EventKind.DEVICE_ALARM_RAISED) for a in delta.alarms_raised),
+            *((a, EventKind.DEVICE_ALARM_ENDED) for a in delta.alarms_ended),
+        ]:
+            submit(
+                topic=self._topics.events(bed),
+                bed=bed,
+                body=EventBody(
+                    kind=kind,
+                    device=device,
+                    alarm=alarm,
+                    at=utc_now(),
+                    detail=f"{alarm.priority} device alarm {alarm.code}: {alarm.text}",
+                ),
+                priority=DeliveryPriority.ALARM,
+            )
+        if delta.text_messages is not None:
+            submit(
+                topic=self._topics.events(bed),
+                bed=bed,
+                body=EventBody(
+                    kind=EventKind.DEVICE_TEXT_MESSAGES,
+                    device=device,
+                    at=utc_now(),
+                    detail="; ".join(delta.text_messages) or "(no messages)",
+                ),
+                priority=DeliveryPriority.STATE,
+            )
+        if delta.changes_twin:
+            self._bed_state[bed].dirty = True
+
+    def _publish_device_status(self, *, bed: str, device: str) -> None:
+        state = self._twin.device_state(bed=bed, device=device)
+        self._bed_state[bed].last_status_counters[device] = dict(state.counters)
+        self._publisher.submit(
+            topic=self._topics.device(bed, device),
+            bed=bed,
+            body=DeviceStatusBody(status=state),
+            retain=True,
+            priority=DeliveryPriority.STATE,
+        )
+
+    def _publish_twins(self, *, force: bool = False) -> None:
+        now_s = time.monotonic()
+        publish = self._config.publish
+        for bed, state in self._bed_state.items():
+            since_s = now_s - state.last_twin_mono_s
+            due = (
+                state.dirty and since_s >= publish.twin_min_interval_s
+            ) or since_s >= publish.twin_max_interval_s
+            if not (due or force):
+                continue
+            state.dirty = False
+            state.last_twin_mono_s = now_s
+            self._publisher.submit(
+                topic=self._topics.twin(bed),
+                bed=bed,
+                body=self._twin.snapshot(bed=bed, now_mono_s=now_s),
+                retain=True,
+                priority=DeliveryPriority.STATE,
+            )
+
+    async def _publish_periodically(self) -> None:
+        publish = self._config.publish
+        last_status_s = time.monotonic()
+        while True:
+            await asyncio.sleep(min(publish.twin_min_interval_s, 0.25))
+            self._publish_twins()
+            now_s = time.monotonic()
+            if now_s - last_status_s >= publish.device_status_interval_s:
+                last_status_s = now_s
+                for identity in self._identities:
+                    bed, device = identity.bed, identity.device
+                    counters = self._twin.device_state(bed=bed, device=device).counters
+                    if counters != self._bed_state[bed].last_status_counters.get(device):
+                        self._publish_device_status(bed=bed, device=device)
+
+    async def _watch_progress(self) -> None:
+        while True:
+            for link in self._links:
+                if link.is_alive():
+                    self._gate.beat(link.name, now_s=link.last_progress_s)
+            stats = self._publisher.stats()
+            if stats.fatal_error is not None:
+                raise RuntimeError(f"publisher failed: {stats.fatal_error}")
+            self._gate.beat("publisher", now_s=stats.last_progress_s)
+            healthy, _ = self._gate.healthy(now_s=time.monotonic())
+            if healthy:
+                # While unhealthy, run_watchdog's "watchdog withheld" line must stay visible.
+                self._notifier.status(self._status_line())
+            await asyncio.sleep(1.0)
+
+    def _status_line(self) -> str:
+        connected = sum(
+            self._twin.device_state(bed=i.bed, device=i.device).connected for i in self._identities
+        )
+        stats = self._publisher.stats()
+        broker = "broker connected" if stats.connected else "broker unreachable"
+        return (
+            f"{connected}/{len(self._identities)} devices connected; {broker}; outbox {stats.pending} pending"
+        )
