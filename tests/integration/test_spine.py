@@ -7,9 +7,11 @@ and the assertions read what a central station would receive.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,11 +77,17 @@ baud = 19200
         self.simulator: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], *, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         with log:
             return subprocess.Popen(
-                [sys.executable, "-m", *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
 
     def start_simulator(self) -> None:
@@ -99,9 +107,9 @@ baud = 19200
         self.simulator.kill()
         self.simulator.wait()
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, *, env: dict[str, str] | None = None) -> None:
         """Start `icu-edge run` on the generated config."""
-        self.daemon = self._spawn("daemon", ["edge.cli", "run", "--config", str(self.config)])
+        self.daemon = self._spawn("daemon", ["edge.cli", "run", "--config", str(self.config)], env=env)
 
     def kill_daemon(self) -> None:
         """SIGKILL the daemon: no goodbye, only the broker's Will."""
@@ -306,3 +314,36 @@ def test_pulling_the_pty_marks_the_device_disconnected_and_it_reconnects(
     station.wait_for(lambda ms: connected(ms) is True, timeout_s=15)
     assert _link_events(station)[-3:] == ["device_connected", "device_disconnected", "device_connected"]
     assert spine.stop_daemon() == 0
+
+
+def test_systemd_sees_ready_watchdog_and_stopping(spine: Spine, tmp_path: Path) -> None:
+    """The daemon speaks sd_notify to a real datagram socket, as systemd's Type=notify expects."""
+    notify_path = tmp_path / "notify.sock"
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(notify_path))
+    systemd.settimeout(0.5)
+    datagrams: list[str] = []
+
+    def received(prefix: str, *, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                datagrams.extend(systemd.recv(4096).decode().splitlines())
+            if any(line.startswith(prefix) for line in datagrams):
+                return True
+        return False
+
+    try:
+        spine.start_simulator()
+        spine.start_daemon(env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"})
+        assert received("READY=1", timeout_s=20), spine.log("daemon")
+        ready_at = datagrams.index("READY=1")
+        assert any(line.startswith("STATUS=") for line in datagrams[ready_at:])
+        datagrams.clear()
+        assert received("WATCHDOG=1", timeout_s=5), datagrams
+        datagrams.clear()
+        assert received("WATCHDOG=1", timeout_s=5), "the watchdog is fed repeatedly while all make progress"
+        assert spine.stop_daemon() == 0
+        assert received("STOPPING=1", timeout_s=5), datagrams
+    finally:
+        systemd.close()
