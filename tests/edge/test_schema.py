@@ -1,0 +1,55 @@
+"""`icu-edge schema`: JSON Schemas and the AsyncAPI document come from the models and are complete."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from edge.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    assert main(["schema", *argv]) == 0
+    document: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return document
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def test_json_schemas_cover_config_and_every_payload(capsys: pytest.CaptureFixture[str]) -> None:
+    document = _run(capsys)
+    assert set(document["payloads"]) == {
+        "icu-edge/status/1",
+        "icu-edge/twin/1",
+        "icu-edge/vitals/1",
+        "icu-edge/event/1",
+        "icu-edge/device/1",
+    }
+    for schema in document["payloads"].values():
+        assert {"schema", "appliance", "bed", "session", "seq", "ts"} <= set(schema["properties"])
+        assert schema["additionalProperties"] is False
+    config = document["config"]
+    assert {"appliance", "mqtt", "bed"} <= set(config["required"])
+    assert config["additionalProperties"] is False
+
+
+def test_asyncapi_document_is_self_contained(capsys: pytest.CaptureFixture[str]) -> None:
+    document = _run(capsys, "--asyncapi")
+    assert document["asyncapi"] == "3.0.0"
+    assert set(document["channels"]) == {"applianceStatus", "twin", "vitals", "events", "deviceStatus"}
+    assert document["channels"]["twin"]["address"] == "{prefix}/{site}/{ward}/bed/{bed}/twin"
+    assert document["operations"]["receive_twin"]["bindings"]["mqtt"]["retain"] is True
+    for ref in _refs(document):
+        target: Any = document
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]
+        assert isinstance(target, dict), ref
