@@ -1,0 +1,84 @@
+"""The forecasting contract every model, backend and caller shares: signals, window, horizons, I/O.
+
+A model is an ONNX graph with these named inputs and outputs; a backend only needs this file to run
+any shipped model, and the training pipeline exports exactly this shape. Values enter in physical
+units (the units below) with 0 where the mask says missing; normalization lives inside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+STEP_S: Final = 60
+"""One window step: the resolution of the forecast inputs (the ICU numerics records are per minute)."""
+WINDOW_STEPS: Final = 30
+"""30 min of history at STEP_S."""
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One forecast signal: our key, its canonical unit and the plausible physiological range."""
+
+    key: str
+    unit: str
+    label: str
+    minimum: float
+    maximum: float
+    """Values outside [minimum, maximum] are artefacts: masked as invalid, never fed to a model."""
+
+
+SIGNALS: Final = (
+    Signal("hr", "/min", "heart rate", 20.0, 250.0),
+    Signal("spo2", "%", "SpO2", 50.0, 100.0),
+    Signal("map", "mm[Hg]", "mean arterial pressure", 20.0, 200.0),
+    Signal("rr", "/min", "respiratory rate", 2.0, 70.0),
+    Signal("etco2", "mm[Hg]", "end-tidal CO2", 5.0, 120.0),
+)
+CONTEXT: Final = (
+    Signal("fio2", "%", "FiO2", 21.0, 100.0),
+    Signal("peep", "mbar", "PEEP", 0.0, 30.0),
+)
+SIGNAL_KEYS: Final = tuple(s.key for s in SIGNALS)
+CONTEXT_KEYS: Final = tuple(s.key for s in CONTEXT)
+
+HORIZONS_MIN: Final = (1, 5, 10, 15)
+QUANTILES: Final = (0.1, 0.5, 0.9)
+
+
+@dataclass(frozen=True, slots=True)
+class EventDefinition:
+    """A predicted event: the signal crossing below a threshold at any step within the horizon."""
+
+    key: str
+    signal: str
+    below: float
+    description: str
+
+
+EVENTS: Final = (
+    EventDefinition("map_below_65", "map", 65.0, "MAP < 65 mmHg at any minute within the horizon"),
+    EventDefinition("spo2_below_90", "spo2", 90.0, "SpO2 < 90 % at any minute within the horizon"),
+)
+
+# ONNX I/O names and shapes (B = beds in the batch, dynamic).
+INPUT_VALUES: Final = "values"
+"""float32 [B, WINDOW_STEPS, len(SIGNALS)]: physical units, 0 where missing; the last step is 'now'."""
+INPUT_MASK: Final = "mask"
+"""float32 [B, WINDOW_STEPS, len(SIGNALS)]: 1 where the value is valid, else 0."""
+INPUT_CONTEXT: Final = "context"
+"""float32 [B, WINDOW_STEPS, len(CONTEXT)]: ventilator context, 0 where missing."""
+INPUT_CONTEXT_MASK: Final = "context_mask"
+"""float32 [B, WINDOW_STEPS, len(CONTEXT)]."""
+OUTPUT_QUANTILES: Final = "quantiles"
+"""float32 [B, len(SIGNALS), len(HORIZONS_MIN), len(QUANTILES)]: physical units."""
+OUTPUT_EVENTS: Final = "event_probability"
+"""float32 [B, len(EVENTS), len(HORIZONS_MIN)]: probability in [0, 1]."""
+
+INPUT_NAMES: Final = (INPUT_VALUES, INPUT_MASK, INPUT_CONTEXT, INPUT_CONTEXT_MASK)
+OUTPUT_NAMES: Final = (OUTPUT_QUANTILES, OUTPUT_EVENTS)
+MAX_BATCH: Final = 64
+"""Largest batch the engines are built and tested for (the TensorRT profile maximum)."""
+
+FRESH_WITHIN_STEPS: Final = 5
+"""A signal is forecast only when it has a valid value within the last 5 steps (5 min)."""
