@@ -117,9 +117,12 @@ async def publisher(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Pu
 
 
 async def test_birth_payloads_and_seq(publisher: Publisher, subscribe: SubscribeFactory) -> None:
+    # `start()` returns while connecting: wait until the broker holds the birth (live or retained)
+    # before the station under test subscribes, so it must get the birth as a retained message.
+    early = subscribe(STATUS)
+    await received(early, lambda m: len(on(m, STATUS)) >= 1, timeout_s=5)
     sub = subscribe(f"{TOPICS.root}/#")
     await asyncio.to_thread(sub.wait_subscribed)
-    await until(lambda: publisher.connected, timeout_s=5)
     birth = on(await received(sub, lambda m: len(on(m, STATUS)) >= 1, timeout_s=5), STATUS)
     assert len(birth) == 1
     assert birth[0].retain  # the birth was there before the subscriber came
