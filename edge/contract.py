@@ -39,6 +39,10 @@ class Topics:
         """Return the ordered event topic of a bed."""
         return f"{self.root}/bed/{bed}/events"
 
+    def forecast(self, bed: str) -> str:
+        """Return the retained forecast topic of a bed."""
+        return f"{self.root}/bed/{bed}/forecast"
+
     def device(self, bed: str, device: str) -> str:
         """Return the retained device status topic."""
         return f"{self.root}/bed/{bed}/device/{device}"

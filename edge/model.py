@@ -100,6 +100,49 @@ class TwinValue(_Frozen):
     stale: bool = Field(description="older than the bed's staleness limit, or its device is disconnected")
 
 
+class ForecastModelRef(_Frozen):
+    """Which model made a forecast, on which backend."""
+
+    id: str
+    version: str
+    kind: str = Field(description="baseline or learned")
+    backend: str = Field(description="onnxruntime or tensorrt")
+    precision: str
+
+
+class HorizonForecast(_Frozen):
+    """A signal's forecast at one horizon: median and the 10-90 % interval."""
+
+    horizon_min: int
+    p10: float
+    p50: float
+    p90: float
+
+
+class SignalForecast(_Frozen):
+    """One signal's forecast at every horizon, with the freshness of its input."""
+
+    unit: str
+    last_value: float = Field(description="the last valid value the forecast starts from")
+    last_age_s: float = Field(description="age of the last valid input at forecast time")
+    valid_minutes: int = Field(description="minutes of the input window with a valid value")
+    horizons: list[HorizonForecast]
+
+
+class EventProbability(_Frozen):
+    """Probability that an event happens within one horizon."""
+
+    horizon_min: int
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class EventForecast(_Frozen):
+    """An event's probabilities at every horizon."""
+
+    description: str
+    horizons: list[EventProbability]
+
+
 # ---- message bodies -----------------------------------------------------------------------------
 
 
@@ -111,6 +154,24 @@ class TwinBody(_Frozen):
     settings: dict[str, VentilatorSetting]
     devices: dict[str, DeviceState]
     device_alarms: list[DeviceAlarm]
+    forecast: ForecastBody | None = Field(default=None, description="the latest forecast of this bed")
+
+
+class ForecastBody(_Frozen):
+    """Where each signal of a bed is heading, and how likely hypotension or desaturation is.
+
+    A signal without fresh input gets no forecast; `unavailable` says why. A bed with no fresh
+    signal at all still gets this message (empty `signals`), so a retained forecast never outlives
+    its inputs.
+    """
+
+    SCHEMA: ClassVar[str] = "icu-edge/forecast/1"
+    model: ForecastModelRef
+    made_at: Timestamp
+    horizons_min: list[int]
+    signals: dict[str, SignalForecast]
+    events: dict[str, EventForecast]
+    unavailable: dict[str, str] = Field(description="signal or event key -> why it has no forecast")
 
 
 class VitalsBody(_Frozen):
@@ -170,7 +231,7 @@ class ApplianceStatusBody(_Frozen):
     reason: str | None = Field(default=None, description="why offline: shutdown, or lost (the Will)")
 
 
-Body = TwinBody | VitalsBody | DeviceStatusBody | EventBody | ApplianceStatusBody
+Body = TwinBody | VitalsBody | DeviceStatusBody | EventBody | ApplianceStatusBody | ForecastBody
 
 
 class Envelope(_Frozen):
@@ -206,13 +267,10 @@ class ApplianceStatusMessage(Envelope, ApplianceStatusBody):
     """`R/appliance/{id}/status`, retained, QoS 1; the Will carries state offline."""
 
 
-MESSAGE_FOR_BODY: dict[type[BaseModel], type[Envelope]] = {
-    TwinBody: TwinMessage,
-    VitalsBody: VitalsMessage,
-    DeviceStatusBody: DeviceStatusMessage,
-    EventBody: EventMessage,
-    ApplianceStatusBody: ApplianceStatusMessage,
-}
+class ForecastMessage(Envelope, ForecastBody):
+    """`R/bed/{bed}/forecast`, retained, QoS 1."""
+
+
 
 
 def utc_now() -> datetime:

@@ -15,6 +15,7 @@ from edge.model import (
     DeviceStatusMessage,
     Envelope,
     EventMessage,
+    ForecastMessage,
     TwinMessage,
     VitalsMessage,
 )
@@ -30,6 +31,13 @@ _CHANNELS: list[tuple[str, str, type[Envelope], bool, str]] = [
     ("twin", "{prefix}/{site}/{ward}/bed/{bed}/twin", TwinMessage, True, "Full twin snapshot, coalesced."),
     ("vitals", "{prefix}/{site}/{ward}/bed/{bed}/vitals", VitalsMessage, False, "Observation batches."),
     ("events", "{prefix}/{site}/{ward}/bed/{bed}/events", EventMessage, False, "Lifecycle events, in order."),
+    (
+        "forecast",
+        "{prefix}/{site}/{ward}/bed/{bed}/forecast",
+        ForecastMessage,
+        True,
+        "Forecasts per signal and horizon with 10-90 % intervals, event probabilities, the model.",
+    ),
     (
         "deviceStatus",
         "{prefix}/{site}/{ward}/bed/{bed}/device/{device}",

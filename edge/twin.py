@@ -23,6 +23,7 @@ from drivers.base import (
 from edge.model import (
     DeviceAlarm,
     DeviceState,
+    ForecastBody,
     Observation,
     TwinBody,
     TwinValue,
@@ -78,6 +79,7 @@ class _BedTwin:
     devices: dict[str, DeviceState] = field(default_factory=dict)
     device_alarms: dict[tuple[str, str], DeviceAlarm] = field(default_factory=dict)
     text_messages: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    forecast: ForecastBody | None = None
 
 
 class TwinStore:
@@ -250,6 +252,10 @@ class TwinStore:
         twin.devices[device] = state
         return state
 
+    def set_forecast(self, *, bed: str, forecast: ForecastBody) -> None:
+        """Record the bed's latest forecast (shown in the twin)."""
+        self._beds[bed].forecast = forecast
+
     def snapshot(self, *, bed: str, now_mono_s: float) -> TwinBody:
         """Return the bed's full twin with ages computed at now_mono_s."""
         twin = self._beds[bed]
@@ -275,4 +281,5 @@ class TwinStore:
             settings=dict(twin.settings),
             devices=dict(twin.devices),
             device_alarms=list(twin.device_alarms.values()),
+            forecast=twin.forecast,
         )

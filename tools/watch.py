@@ -2,8 +2,9 @@
 
 `icu-edge watch --broker mqtt://host:port` subscribes to `{prefix}/#`, validates every payload against
 the contract's pydantic models, and shows per appliance its birth/death status and per bed the twin,
-ventilator settings, device alarms, devices and recent events. Payloads that break the contract are
-counted and shown, never fatal; `seq` gaps per (topic, session) are counted as lost or reordered.
+ventilator settings, device alarms, the latest forecast, devices and recent events. Payloads that
+break the contract are counted and shown, never fatal; `seq` gaps per (topic, session) are counted
+as lost or reordered.
 
 The state (`WardState`) is a pure class fed `(topic, payload, retained)`; paho's callbacks only enqueue,
 and the main thread applies and renders.
@@ -41,7 +42,10 @@ from edge.model import (
     ApplianceStatusMessage,
     DeviceState,
     DeviceStatusMessage,
+    Envelope,
     EventMessage,
+    ForecastBody,
+    ForecastMessage,
     TwinMessage,
     VitalsMessage,
 )
@@ -61,6 +65,10 @@ EVENTS_SHOWN: Final = 5
 PROBLEMS_KEPT: Final = 8
 
 PRIORITY_STYLE: Final[dict[str, str]] = {"high": "bold red", "medium": "yellow", "low": "cyan"}
+EVENT_RED_AT: Final = 0.5
+"""An event probability at or above this is shown red."""
+EVENT_YELLOW_AT: Final = 0.2
+"""An event probability at or above this (and below red) is shown yellow."""
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -95,6 +103,21 @@ class BedView:
     vitals_observations: int = 0
     vitals_coalesced: int = 0
     last_vitals: VitalsMessage | None = None
+    forecast_message: ForecastMessage | None = None
+    """The latest message on the bed's forecast topic."""
+
+    def forecast(self) -> ForecastBody | None:
+        """Return the latest forecast: the forecast topic's message, else the one inside the twin."""
+        if self.forecast_message is not None:
+            return self.forecast_message
+        return None if self.twin is None else self.twin.forecast
+
+    def forecast_source(self) -> str:
+        """Return where `forecast()` comes from, for the view's heading."""
+        message = self.forecast_message
+        if message is not None:
+            return f"session {message.session} seq {message.seq}"
+        return "from the twin"
 
     def devices(self) -> dict[str, DeviceState]:
         """Return the newest known state of every device, from the twin or the device topic."""
@@ -113,7 +136,7 @@ class BedView:
 class _TopicShape:
     site: str
     ward: str
-    kind: str  # appliance | twin | vitals | events | device | other
+    kind: str  # appliance | twin | vitals | events | forecast | device | other
     name: str  # appliance id or bed id
     device: str | None = None
 
@@ -176,6 +199,8 @@ class WardState:
             self._apply_vitals(topic, shape, payload, retained=retained)
         elif shape.kind == "events":
             self._apply_event(topic, shape, payload, retained=retained)
+        elif shape.kind == "forecast":
+            self._apply_forecast(topic, shape, payload, retained=retained)
         elif shape.kind == "device":
             self._apply_device(topic, shape, payload, retained=retained)
 
@@ -215,7 +240,7 @@ class WardState:
         rest = parts[2:]
         if len(rest) == 3 and rest[0] == "appliance" and rest[2] == "status":
             return _TopicShape(site, ward, "appliance", rest[1])
-        if len(rest) == 3 and rest[0] == "bed" and rest[2] in ("twin", "vitals", "events"):
+        if len(rest) == 3 and rest[0] == "bed" and rest[2] in ("twin", "vitals", "events", "forecast"):
             return _TopicShape(site, ward, rest[2], rest[1])
         if len(rest) == 4 and rest[0] == "bed" and rest[2] == "device":
             return _TopicShape(site, ward, "device", rest[1], rest[3])
@@ -238,7 +263,7 @@ class WardState:
     def _check_envelope(
         self,
         topic: str,
-        message: ApplianceStatusMessage | TwinMessage | VitalsMessage | EventMessage | DeviceStatusMessage,
+        message: Envelope,
         *,
         schema: str,
         bed: str | None,
@@ -291,6 +316,10 @@ class WardState:
             bed = self.beds.get((shape.site, shape.ward, shape.name))
             if bed is not None:
                 bed.twin = None
+        elif shape.kind == "forecast":
+            bed = self.beds.get((shape.site, shape.ward, shape.name))
+            if bed is not None:
+                bed.forecast_message = None
         elif shape.kind == "device" and shape.device is not None:
             bed = self.beds.get((shape.site, shape.ward, shape.name))
             if bed is not None:
@@ -357,6 +386,18 @@ class WardState:
         bed.appliance = message.appliance
         bed.events.append(message)
 
+    def _apply_forecast(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
+        message = self._validate(ForecastMessage, topic, payload)
+        if message is None or not self._check_envelope(
+            topic, message, schema=ForecastMessage.SCHEMA, bed=shape.name
+        ):
+            return
+        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
+            return
+        bed = self._bed(shape)
+        bed.appliance = message.appliance
+        bed.forecast_message = message
+
     def _apply_device(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
         message = self._validate(DeviceStatusMessage, topic, payload)
         if message is None or not self._check_envelope(
@@ -394,6 +435,44 @@ def _clock_time(moment: datetime | None) -> str:
     if moment is None:
         return "--"
     return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _clock_seconds(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M:%SZ")
+
+
+def _model_line(forecast: ForecastBody) -> str:
+    model = forecast.model
+    return (
+        f"model {model.id}@{model.version} ({model.kind}) on {model.backend} {model.precision},"
+        f" made {_clock_seconds(forecast.made_at)}"
+    )
+
+
+def _forecast_horizons(forecast: ForecastBody) -> list[int]:
+    """Return the horizons to show: the forecast's own list, plus any a signal carries beyond it."""
+    horizons = list(dict.fromkeys(forecast.horizons_min))
+    extra = {h.horizon_min for signal in forecast.signals.values() for h in signal.horizons}
+    return horizons + sorted(extra - set(horizons))
+
+
+def _interval(forecast: ForecastBody, key: str, horizon_min: int) -> str:
+    for horizon in forecast.signals[key].horizons:
+        if horizon.horizon_min == horizon_min:
+            return f"{horizon.p50:.1f} [{horizon.p10:.1f}\u2013{horizon.p90:.1f}]"
+    return "--"
+
+
+def _percent(probability: float) -> str:
+    return f"{probability * 100:.0f}%"
+
+
+def _probability_style(probability: float) -> str:
+    if probability >= EVENT_RED_AT:
+        return "red"
+    if probability >= EVENT_YELLOW_AT:
+        return "yellow"
+    return ""
 
 
 def _counters(state: DeviceState) -> str:
@@ -507,6 +586,9 @@ def _render_bed(state: WardState, key: BedKey, bed: BedView) -> RenderableType:
         if not twin.device_alarms:
             alarms.add_row("-", "", "", Text("none active", style="dim"), "")
         parts.append(alarms)
+    forecast = bed.forecast()
+    if forecast is not None:
+        parts.append(_render_forecast(forecast, bed.forecast_source()))
     devices = bed.devices()
     if devices:
         table = Table(title="devices", title_justify="left", expand=True)
@@ -541,6 +623,35 @@ def _render_bed(state: WardState, key: BedKey, bed: BedView) -> RenderableType:
     border = "red" if offline else ("green" if appliance_state == "online" else "yellow")
     subtitle = f"appliance {appliance_state.upper() if offline else appliance_state}"
     return Panel(Group(*parts), title=title, subtitle=subtitle, border_style=border)
+
+
+def _render_forecast(forecast: ForecastBody, source: str) -> RenderableType:
+    horizons = _forecast_horizons(forecast)
+    table = Table(title=f"forecast ({source})", title_justify="left", expand=True)
+    for column in ("key", "unit", "now"):
+        table.add_column(column, justify="right" if column == "now" else "left")
+    for horizon_min in horizons:
+        table.add_column(f"{horizon_min}m", justify="right")
+    for key, signal in sorted(forecast.signals.items()):
+        table.add_row(
+            key,
+            signal.unit,
+            _number(signal.last_value),
+            *(_interval(forecast, key, horizon_min) for horizon_min in horizons),
+        )
+    if not forecast.signals:
+        table.add_row(Text("no signal forecast", style="dim"), "", "", *("" for _ in horizons))
+    lines: list[Text] = []
+    for key, event in sorted(forecast.events.items()):
+        line = Text(f"P({key}):")
+        for index, probability in enumerate(event.horizons):
+            line.append(f"{'  ' if index else ' '}{probability.horizon_min}m ")
+            line.append(_percent(probability.probability), style=_probability_style(probability.probability))
+        lines.append(line)
+    for key, reason in sorted(forecast.unavailable.items()):
+        lines.append(Text(f"{key}: {reason}", style="dim"))
+    lines.append(Text(_model_line(forecast), style="dim"))
+    return Group(table, *lines)
 
 
 # ---- plain rendering ------------------------------------------------------------------------------
@@ -608,8 +719,27 @@ def _plain_bed(state: WardState, key: BedKey, bed: BedView) -> list[str]:
         f"  vitals: {bed.vitals_batches} batches, {bed.vitals_observations} observations,"
         f" {bed.vitals_coalesced} coalesced"
     )
+    forecast = bed.forecast()
+    if forecast is not None:
+        lines.extend(_plain_forecast(forecast, bed.forecast_source()))
     for event in bed.events:
         lines.append(f"  event {_clock_time(event.at)} {event.kind} {event.device or '-'}: {event.detail}")
+    return lines
+
+
+def _plain_forecast(forecast: ForecastBody, source: str) -> list[str]:
+    horizons = _forecast_horizons(forecast)
+    lines = [f"  forecast ({source}), {_model_line(forecast)}:"]
+    for key, signal in sorted(forecast.signals.items()):
+        intervals = "  ".join(f"{h}m {_interval(forecast, key, h)}" for h in horizons)
+        lines.append(f"    {key:<8} {signal.unit:<10} now {_number(signal.last_value):>8}  {intervals}")
+    if not forecast.signals:
+        lines.append("    no signal forecast")
+    for key, event in sorted(forecast.events.items()):
+        chances = "  ".join(f"{p.horizon_min}m {_percent(p.probability)}" for p in event.horizons)
+        lines.append(f"    P({key}): {chances}")
+    for key, reason in sorted(forecast.unavailable.items()):
+        lines.append(f"    unavailable {key}: {reason}")
     return lines
 
 

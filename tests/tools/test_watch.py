@@ -20,8 +20,14 @@ from edge.model import (
     DeviceState,
     DeviceStatusBody,
     EventBody,
+    EventForecast,
     EventKind,
+    EventProbability,
+    ForecastBody,
+    ForecastModelRef,
+    HorizonForecast,
     Observation,
+    SignalForecast,
     TwinBody,
     TwinValue,
     VentilatorSetting,
@@ -278,7 +284,7 @@ def test_envelope_that_contradicts_the_topic_is_a_violation() -> None:
 
 def test_other_topics_and_filters_are_ignored_and_empty_retained_clears() -> None:
     state = WardState(site="st-mary", ward="icu-3")
-    state.apply("icu/v1/st-mary/icu-3/bed/bed-1/forecast", b"{}", retained=True)
+    state.apply("icu/v1/st-mary/icu-3/bed/bed-1/unknown", b"{}", retained=True)
     state.apply("icu/v1/elsewhere/icu-3/bed/bed-1/twin", b"garbage", retained=True)
     state.apply("other/prefix/x", b"garbage", retained=False)
     assert state.violations == 0
@@ -309,6 +315,127 @@ def test_rich_render_has_values_and_colours() -> None:
     assert "\x1b[36mLOW" in styled  # low priority alarm in cyan
     assert "\x1b[2mvt" in styled  # stale value dim
     assert "\x1b[31mfio2" in styled  # invalid value red
+
+
+def forecast_body(*, model_id: str = "nlinear-q", spo2_p50: float = 97.1) -> ForecastBody:
+    return ForecastBody(
+        model=ForecastModelRef(
+            id=model_id, version="1.0.0", kind="learned", backend="onnxruntime", precision="fp32"
+        ),
+        made_at=datetime(2026, 11, 25, 12, 1, 3, 250000, tzinfo=UTC),
+        horizons_min=[1, 5, 10, 15],
+        signals={
+            "spo2": SignalForecast(
+                unit="%",
+                last_value=97.0,
+                last_age_s=2.0,
+                valid_minutes=30,
+                horizons=[
+                    HorizonForecast(horizon_min=h, p10=95.0, p50=spo2_p50, p90=98.9) for h in (1, 5, 10, 15)
+                ],
+            )
+        },
+        events={
+            "spo2_below_90": EventForecast(
+                description="SpO2 below 90 %",
+                horizons=[
+                    EventProbability(horizon_min=h, probability=p)
+                    for h, p in ((1, 0.02), (5, 0.04), (10, 0.07), (15, 0.09))
+                ],
+            ),
+            "map_below_65": EventForecast(
+                description="MAP below 65 mmHg",
+                horizons=[
+                    EventProbability(horizon_min=h, probability=p)
+                    for h, p in ((1, 0.1), (5, 0.25), (10, 0.55), (15, 0.7))
+                ],
+            ),
+        },
+        unavailable={"map": "no valid map in the last 30 min"},
+    )
+
+
+def test_forecast_is_rendered_plain() -> None:
+    state = make_state()
+    state.apply(TOPICS.forecast("bed-1"), encode(forecast_body(), bed="bed-1", seq=0), retained=True)
+
+    text = render_plain(state)
+
+    assert (state.violations, state.lost) == (0, 0)
+    assert "forecast (session 1 seq 0), model nlinear-q@1.0.0 (learned) on onnxruntime fp32" in text
+    assert "made 12:01:03Z" in text
+    spo2 = next(line for line in text.splitlines() if line.strip().startswith("spo2 "))
+    assert "%" in spo2
+    assert "now       97" in spo2
+    assert "1m 97.1 [95.0\u201398.9]" in spo2
+    assert "15m 97.1 [95.0\u201398.9]" in spo2
+    assert "P(spo2_below_90): 1m 2%  5m 4%  10m 7%  15m 9%" in text
+    assert "P(map_below_65): 1m 10%  5m 25%  10m 55%  15m 70%" in text
+    assert "unavailable map: no valid map in the last 30 min" in text
+
+
+def test_forecast_topic_wins_over_twin_and_twin_is_the_fallback() -> None:
+    state = make_state()
+    twin = twin_body().model_copy(update={"forecast": forecast_body(model_id="baseline-q", spo2_p50=96.0)})
+    state.apply(TOPICS.twin("bed-1"), encode(twin, bed="bed-1", seq=0), retained=True)
+    text = render_plain(state)
+    assert "forecast (from the twin), model baseline-q@1.0.0" in text
+    assert "96.0 [95.0" in text
+
+    state.apply(TOPICS.forecast("bed-1"), encode(forecast_body(), bed="bed-1", seq=0), retained=True)
+    text = render_plain(state)
+    assert "model nlinear-q@1.0.0" in text
+    assert "baseline-q" not in text
+
+    state.apply(TOPICS.forecast("bed-1"), b"", retained=True)  # retained forecast cleared
+    assert state.beds[("st-mary", "icu-3", "bed-1")].forecast_message is None
+    assert "forecast (from the twin), model baseline-q@1.0.0" in render_plain(state)
+    assert state.violations == 0
+
+
+def test_forecast_schema_violation_and_envelope_mismatch_are_counted() -> None:
+    state = make_state()
+    document = json.loads(encode(forecast_body(), bed="bed-1", seq=0))
+    document["events"]["spo2_below_90"]["horizons"][0]["probability"] = 1.5
+    state.apply(TOPICS.forecast("bed-1"), json.dumps(document).encode(), retained=True)
+    state.apply(TOPICS.forecast("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    state.apply(TOPICS.forecast("bed-2"), encode(forecast_body(), bed="bed-1", seq=0), retained=True)
+
+    assert state.violations == 3
+    text = render_plain(state)
+    assert "events.spo2_below_90.horizons.0.probability" in text
+    assert "forecast (" not in text
+    assert ("st-mary", "icu-3", "bed-2") not in state.beds
+
+
+def test_forecast_seq_gap_counts_lost() -> None:
+    state = make_state()
+    topic = TOPICS.forecast("bed-1")
+    for seq in (0, 1, 5):  # 2, 3 and 4 never came
+        state.apply(topic, encode(forecast_body(), bed="bed-1", seq=seq), retained=False)
+    state.apply(topic, encode(forecast_body(), bed="bed-1", seq=5), retained=True)  # replay: not news
+
+    assert (state.lost, state.reordered) == (3, 0)
+    assert f"{topic} session 1: 3 lost (seq 1 -> 5)" in render_plain(state)
+
+
+def test_rich_render_shows_forecast_with_probability_colours() -> None:
+    state = make_state()
+    state.apply(TOPICS.forecast("bed-1"), encode(forecast_body(), bed="bed-1", seq=0), retained=True)
+    console = Console(
+        file=io.StringIO(), record=True, width=160, color_system="standard", force_terminal=True
+    )
+    console.print(render(state))
+    text = console.export_text(clear=False)
+    assert "forecast (session 1 seq 0)" in text
+    assert "97.1 [95.0\u201398.9]" in text
+    assert "P(spo2_below_90): 1m 2%  5m 4%  10m 7%  15m 9%" in text
+    assert "map: no valid map in the last 30 min" in text
+    assert "model nlinear-q@1.0.0 (learned) on onnxruntime fp32, made 12:01:03Z" in text
+    styled = console.export_text(styles=True)
+    assert "\x1b[31m55%" in styled  # >= 50 % red
+    assert "\x1b[33m25%" in styled  # >= 20 % yellow
+    assert "\x1b[2mmap: no valid map" in styled  # unavailable dimmed
 
 
 def test_broker_url_parsing() -> None:
