@@ -51,7 +51,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from edge.daemon import appliance_version
+    from edge import appliance_version
     from edge.schema import asyncapi_document, json_schemas
 
     document = asyncapi_document(version=appliance_version()) if args.asyncapi else json_schemas()
@@ -80,7 +80,13 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
-_PASS_THROUGH = {"sim": _sim, "watch": _watch, "demo": _demo}
+def _engines(argv: list[str]) -> int:
+    from engines.cli import main as engines_main
+
+    return engines_main(argv)
+
+
+_PASS_THROUGH = {"sim": _sim, "watch": _watch, "demo": _demo, "engines": _engines}
 """Commands with their own argument parsers: everything after the command name goes to them."""
 
 
@@ -108,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "loopback broker + simulated ventilator + daemon + ward view (see: demo --help)"),
         ("watch", "terminal ward view subscribing like a central station (see: watch --help)"),
         ("sim", "a device simulator, e.g. sim medibus --pty LINK (see: sim medibus --help)"),
+        ("engines", "forecasting engines: build, list, verify, bench, eval (see: engines --help)"),
     ]:
         commands.add_parser(name, help=text, add_help=False)
     return parser

@@ -146,8 +146,17 @@ class StoreConfig(_Section):
 class EnginesConfig(_Section):
     """Forecasting engines (see DESIGN.md, Engines)."""
 
+    enabled: bool = True
     backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
-    tick_s: float = Field(default=1.0, gt=0, le=60)
+    tick_s: float = Field(default=1.0, gt=0, le=60, description="forecast every bed this often")
+    model: str | None = Field(default=None, description="model id or id@version; default: the default model")
+    models_dir: Path | None = Field(
+        default=None, description="installed models (<id>/<version>/) searched besides the shipped ones"
+    )
+    cache_dir: Path = Field(default=Path("/var/lib/icu-edge/engines"), description="TensorRT plan cache")
+    reload_check_s: float = Field(
+        default=30.0, ge=1, le=3600, description="look for a new model version this often (also on SIGHUP)"
+    )
 
 
 class PublishConfig(_Section):

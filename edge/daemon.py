@@ -15,19 +15,23 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 
 from drivers.base import DeviceSession, SerialSettings
 from drivers.registry import get_driver
+from edge import appliance_version
 from edge.bus import ReportBus
 from edge.config import AppConfig, ConfigError
 from edge.contract import Topics
 from edge.device_link import DeviceLink, DeviceReport
+from edge.forecasting import forecast_body
 from edge.model import DeviceStatusBody, EventBody, EventKind, VitalsBody, utc_now
 from edge.outbox import DeliveryPriority, OutboxError
 from edge.publisher import Publisher
 from edge.systemd import SystemdNotifier, WatchdogGate, run_watchdog
 from edge.twin import DeviceIdentity, TwinDelta, TwinStore
+from engines.backends import BackendUnavailable
+from engines.catalog import ModelError
+from engines.runtime import ForecastRuntime
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,14 +43,8 @@ EX_CONFIG = 78
 LINK_MAX_SILENCE_S = 5.0
 """A reader thread that has not looped for this long is hung: the watchdog stops being fed."""
 PUBLISHER_MAX_SILENCE_S = 5.0
-
-
-def appliance_version() -> str:
-    """Return the installed icu-edge version."""
-    try:
-        return version("icu-edge")
-    except PackageNotFoundError:
-        return "0+unknown"
+ENGINES_MIN_SILENCE_S = 10.0
+"""An inference that has not completed a tick for this long (or 3 ticks) is hung."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -108,6 +106,19 @@ class Daemon:
         )
         self._links: list[DeviceLink] = []
         self._stop = asyncio.Event()
+        self._model_reload_requested = asyncio.Event()
+        engines = config.engines
+        self._forecasts: ForecastRuntime | None = (
+            ForecastRuntime(
+                beds=[b.id for b in config.bed],
+                backend=engines.backend,
+                model_ref=engines.model,
+                extra_models_dir=engines.models_dir,
+                cache_dir=engines.cache_dir,
+            )
+            if engines.enabled
+            else None
+        )
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (SIGTERM, SIGINT)."""
@@ -123,6 +134,7 @@ class Daemon:
         except OutboxError as exc:
             LOGGER.error("cannot open the outbox: %s", exc)
             return EX_UNAVAILABLE
+        await self._start_forecasts()
 
         def deliver(report: DeviceReport) -> None:
             loop.call_soon_threadsafe(self._bus.offer, report)
@@ -150,6 +162,9 @@ class Daemon:
             asyncio.create_task(self._publish_periodically(), name="publish-periodically"),
             asyncio.create_task(self._watch_progress(), name="watch-progress"),
         ]
+        if self._forecasts is not None:
+            tasks.append(asyncio.create_task(self._forecast_every_tick(self._forecasts), name="forecast"))
+            loop.add_signal_handler(signal.SIGHUP, self._request_model_reload)
         interval_s = self._notifier.watchdog_interval_s()
         if interval_s is not None:
             tasks.append(
@@ -181,6 +196,8 @@ class Daemon:
         while len(self._bus):
             self._handle_report(await self._bus.get())
         self._publish_twins(force=True)
+        if self._forecasts is not None:
+            await self._forecasts.close()
         await self._publisher.stop(flush_timeout_s=self._config.publish.shutdown_flush_s)
 
     async def _consume_reports(self) -> None:
@@ -210,6 +227,16 @@ class Daemon:
     def _publish_delta(self, delta: TwinDelta) -> None:
         bed, device = delta.bed, delta.device
         submit = self._publisher.submit
+        if delta.observations and self._forecasts is not None:
+            for observation in delta.observations:
+                self._forecasts.observe(
+                    bed=bed,
+                    key=observation.key,
+                    value=observation.value,
+                    unit=observation.unit,
+                    valid=observation.valid,
+                    at_s=(observation.device_time or observation.received_at).timestamp(),
+                )
         if delta.observations:
             coalesced = self._bus.take_coalesced(link=f"{bed}/{device}")
             submit(
@@ -311,6 +338,48 @@ class Daemon:
                     counters = self._twin.device_state(bed=bed, device=device).counters
                     if counters != self._bed_state[bed].last_status_counters.get(device):
                         self._publish_device_status(bed=bed, device=device)
+
+    async def _start_forecasts(self) -> None:
+        """Load the forecasting model; without one the spine still runs (vitals matter more)."""
+        if self._forecasts is None:
+            LOGGER.info("forecasting disabled by config ([engines] enabled = false)")
+            return
+        try:
+            await self._forecasts.start()
+        except (ModelError, BackendUnavailable, OSError) as exc:
+            LOGGER.error("forecasting unavailable, running without it: %s", exc)
+            self._forecasts = None
+            return
+        tick_s = self._config.engines.tick_s
+        self._gate.register("engines", max_silence_s=max(ENGINES_MIN_SILENCE_S, 3 * tick_s))
+
+    def _request_model_reload(self) -> None:
+        if self._forecasts is not None:
+            LOGGER.info("SIGHUP: looking for a new model version")
+            self._model_reload_requested.set()
+
+    async def _forecast_every_tick(self, runtime: ForecastRuntime) -> None:
+        engines = self._config.engines
+        next_check_s = time.monotonic() + engines.reload_check_s
+        while True:
+            started_s = time.monotonic()
+            if self._model_reload_requested.is_set() or started_s >= next_check_s:
+                self._model_reload_requested.clear()
+                next_check_s = started_s + engines.reload_check_s
+                await runtime.reload()
+            for forecast in await runtime.tick(now_s=time.time()):
+                body = forecast_body(forecast)
+                self._twin.set_forecast(bed=forecast.bed, forecast=body)
+                self._bed_state[forecast.bed].dirty = True
+                self._publisher.submit(
+                    topic=self._topics.forecast(forecast.bed),
+                    bed=forecast.bed,
+                    body=body,
+                    retain=True,
+                    priority=DeliveryPriority.STATE,
+                )
+            self._gate.beat("engines", now_s=time.monotonic())
+            await asyncio.sleep(max(0.0, engines.tick_s - (time.monotonic() - started_s)))
 
     async def _watch_progress(self) -> None:
         while True:
