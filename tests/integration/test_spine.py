@@ -25,10 +25,12 @@ from edge.model import (
     ApplianceStatusMessage,
     DeviceStatusMessage,
     EventMessage,
+    ForecastMessage,
     TwinMessage,
     VitalsMessage,
     utc_now,
 )
+from engines.testing import build_test_model
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +42,9 @@ STATUS = f"{ROOT}/appliance/edge-0001/status"
 class Spine:
     """The simulator and the daemon as processes, restartable and killable by the test."""
 
-    def __init__(self, *, workdir: Path, broker: MosquittoBroker, stale_after_s: float = 10.0) -> None:
+    def __init__(
+        self, *, workdir: Path, broker: MosquittoBroker, stale_after_s: float = 10.0, engines_toml: str = ""
+    ) -> None:
         self.workdir = workdir
         self.link = workdir / "vent-1"
         self.config = workdir / "config.toml"
@@ -61,6 +65,8 @@ reconnect_max_s = 0.5
 [store]
 path = "{workdir / "outbox.db"}"
 synchronous = "normal"
+
+{engines_toml}
 
 [[bed]]
 id = "bed-07"
@@ -347,3 +353,67 @@ def test_systemd_sees_ready_watchdog_and_stopping(spine: Spine, tmp_path: Path) 
         assert received("STOPPING=1", timeout_s=5), datagrams
     finally:
         systemd.close()
+
+
+def test_forecast_reaches_the_broker(spine: Spine, subscribe: Callable[..., Subscriber]) -> None:
+    """Simulator -> daemon -> engines (onnxruntime) -> Mosquitto: a retained forecast per bed."""
+    station = subscribe(f"{BED}/forecast")
+    spine.start_simulator()
+    spine.start_daemon()
+
+    def forecast(ms: list[Received]) -> ForecastMessage | None:
+        latest = _latest(ms, f"{BED}/forecast")
+        return None if latest is None else ForecastMessage.model_validate(latest)
+
+    station.wait_for(
+        lambda ms: (f := forecast(ms)) is not None and {"spo2", "rr", "etco2"} <= set(f.signals), timeout_s=30
+    )
+    message = forecast(station.messages)
+    assert message is not None
+    assert message.model.backend == "onnxruntime", "no CUDA here: auto picks onnxruntime"
+    assert message.horizons_min == [1, 5, 10, 15]
+    spo2 = message.signals["spo2"]
+    assert spo2.unit == "%"
+    assert [h.horizon_min for h in spo2.horizons] == [1, 5, 10, 15]
+    for horizon in spo2.horizons:
+        assert horizon.p10 <= horizon.p50 <= horizon.p90
+    assert 80 <= spo2.horizons[0].p50 <= 100, "a steady ventilated patient stays near its SpO2"
+    assert message.signals["etco2"].unit == "mm[Hg]"
+    assert "map" in message.unavailable, "a ventilator gives no MAP: the forecast says why"
+    assert "map_below_65" in message.unavailable
+    assert 0.0 <= message.events["spo2_below_90"].horizons[-1].probability <= 1.0
+    assert spine.stop_daemon() == 0
+
+
+def test_a_new_model_version_loads_on_sighup_without_a_restart(
+    tmp_path: Path, broker: MosquittoBroker, subscribe: Callable[..., Subscriber]
+) -> None:
+    models = tmp_path / "models"
+    build_test_model(models, model_id="site-model", version="1.0.0", default=False)
+    spine = Spine(
+        workdir=tmp_path,
+        broker=broker,
+        engines_toml=f'[engines]\nmodel = "site-model"\nmodels_dir = "{models}"\nreload_check_s = 3600',
+    )
+    station = subscribe(f"{BED}/forecast")
+    try:
+        spine.start_simulator()
+        spine.start_daemon()
+
+        def version(ms: list[Received]) -> str | None:
+            latest = _latest(ms, f"{BED}/forecast")
+            return None if latest is None else ForecastMessage.model_validate(latest).model.version
+
+        station.wait_for(lambda ms: version(ms) == "1.0.0", timeout_s=30)
+        build_test_model(models, model_id="site-model", version="1.1.0", default=False)
+        assert spine.daemon is not None
+        session_before = _latest(station.messages, f"{BED}/forecast")["session"]  # type: ignore[index]
+        spine.daemon.send_signal(signal.SIGHUP)
+        station.wait_for(lambda ms: version(ms) == "1.1.0", timeout_s=15)
+        latest = _latest(station.messages, f"{BED}/forecast")
+        assert latest is not None
+        assert latest["session"] == session_before, "same daemon run: no restart"
+        assert spine.daemon.poll() is None
+        assert spine.stop_daemon() == 0
+    finally:
+        spine.close()
