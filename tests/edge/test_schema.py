@@ -46,7 +46,14 @@ def test_json_schemas_cover_config_and_every_payload(capsys: pytest.CaptureFixtu
 def test_asyncapi_document_is_self_contained(capsys: pytest.CaptureFixture[str]) -> None:
     document = _run(capsys, "--asyncapi")
     assert document["asyncapi"] == "3.0.0"
-    assert set(document["channels"]) == {"applianceStatus", "twin", "vitals", "events", "deviceStatus", "forecast"}
+    assert set(document["channels"]) == {
+        "applianceStatus",
+        "twin",
+        "vitals",
+        "events",
+        "deviceStatus",
+        "forecast",
+    }
     assert document["channels"]["twin"]["address"] == "{prefix}/{site}/{ward}/bed/{bed}/twin"
     assert document["operations"]["receive_twin"]["bindings"]["mqtt"]["retain"] is True
     for ref in _refs(document):
