@@ -1,0 +1,391 @@
+"""Held-out evaluation of a forecasting model against persistence, and `icu-edge engines eval RECORD`.
+
+The model forecasts at every minute t of a patient grid from the window ending at t (the same windows
+the runtime builds, via `windows_from_grid`). A signal is scored at horizon h only where the target
+minute t+h has a valid value and the signal was fresh at t (valid within spec.FRESH_WITHIN_STEPS steps):
+the rule the runtime uses before it publishes a forecast. Persistence is the last valid value in the
+window. Event probabilities are scored in a forward design (engines.metrics): every labeled minute
+where the event's signal is fresh, next to the "current value" baseline (minus the last valid value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from engines import metrics
+from engines.backend import BatchInput, BatchOutput
+from engines.catalog import EventMetricRow, MetricRow
+from engines.features import windows_from_grid
+from engines.records import PatientGrid
+from engines.spec import EVENTS, FRESH_WITHIN_STEPS, HORIZONS_MIN, QUANTILES, SIGNAL_KEYS, STEP_S
+
+Predict = Callable[[BatchInput], BatchOutput]
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+ALARM_SENSITIVITY = 0.8
+"""Without given thresholds, an event alarm fires at the probability reaching 80 % sensitivity."""
+EVAL_SIGNALS = ("hr", "rr", "spo2", "map")
+"""Signals `engines eval` reports: our keys present in MIMIC numerics (`pr` is not forecast; see help)."""
+
+EX_OK = 0
+EX_USAGE = 2
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+
+
+@dataclass(frozen=True, slots=True)
+class GridForecast:
+    """A model's forecasts over one grid: one row per end step t (0 .. N-2)."""
+
+    grid: PatientGrid
+    end_steps: npt.NDArray[np.int64]
+    quantiles: F32
+    """[M, signals, horizons, quantiles]"""
+    event_probability: F32
+    """[M, events, horizons]"""
+    last_value: F32
+    """[M, signals]: persistence, the last valid value in the window (0 where none)."""
+    fresh: npt.NDArray[np.bool_]
+    """[M, signals]: valid within FRESH_WITHIN_STEPS steps of t."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationResult:
+    """Accuracy rows per signal and horizon, and event rows per event and horizon."""
+
+    metrics: list[MetricRow]
+    event_metrics: list[EventMetricRow]
+
+
+def last_valid(values: F32, mask: F32) -> F32:
+    """Return the last valid value per window and signal of [B, T, S] inputs (0 where none)."""
+    present = mask > 0
+    t = values.shape[1]
+    index = np.where(present, np.arange(t)[None, :, None], -1).max(axis=1)
+    taken = np.take_along_axis(values, np.clip(index, 0, None)[:, None, :], axis=1)[:, 0, :]
+    return np.where(index >= 0, taken, 0.0).astype(np.float32)
+
+
+def forecast_grid(predict: Predict, grid: PatientGrid, *, batch_size: int = 64) -> GridForecast:
+    """Run the model at every minute t (window ending at t) that has at least one minute after it."""
+    ends = np.arange(max(grid.minutes - 1, 0), dtype=np.int64)
+    quantiles: list[F32] = []
+    events: list[F32] = []
+    lasts: list[F32] = []
+    fresh: list[npt.NDArray[np.bool_]] = []
+    for start in range(0, ends.size, batch_size):
+        chunk = ends[start : start + batch_size]
+        values, mask, context, context_mask = windows_from_grid(
+            values=grid.values,
+            mask=grid.mask,
+            context=grid.context,
+            context_mask=grid.context_mask,
+            end_steps=chunk,
+        )
+        output = predict(BatchInput(values=values, mask=mask, context=context, context_mask=context_mask))
+        quantiles.append(np.asarray(output.quantiles, dtype=np.float32))
+        events.append(np.asarray(output.event_probability, dtype=np.float32))
+        lasts.append(last_valid(values, mask))
+        fresh.append(mask[:, -FRESH_WITHIN_STEPS:, :].max(axis=1) > 0)
+    signals, horizons, n_q, n_e = len(SIGNAL_KEYS), len(HORIZONS_MIN), len(QUANTILES), len(EVENTS)
+    return GridForecast(
+        grid=grid,
+        end_steps=ends,
+        quantiles=np.concatenate(quantiles)
+        if quantiles
+        else np.zeros((0, signals, horizons, n_q), np.float32),
+        event_probability=np.concatenate(events) if events else np.zeros((0, n_e, horizons), np.float32),
+        last_value=np.concatenate(lasts) if lasts else np.zeros((0, signals), np.float32),
+        fresh=np.concatenate(fresh) if fresh else np.zeros((0, signals), bool),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    median: F64
+    lower: F64
+    upper: F64
+    persistence: F64
+    target: F64
+
+
+def _scored(forecasts: Sequence[GridForecast], signal: int, h_index: int) -> _Scored:
+    horizon = HORIZONS_MIN[h_index] * 60 // STEP_S
+    parts: list[tuple[F64, F64, F64, F64, F64]] = []
+    for fc in forecasts:
+        target_steps = fc.end_steps + horizon
+        inside = target_steps < fc.grid.minutes
+        safe = np.where(inside, target_steps, 0)
+        use = inside & fc.fresh[:, signal] & (fc.grid.mask[safe, signal] > 0)
+        q = fc.quantiles[use, signal, h_index, :].astype(np.float64)
+        parts.append(
+            (
+                q[:, 1],
+                q[:, 0],
+                q[:, 2],
+                fc.last_value[use, signal].astype(np.float64),
+                fc.grid.values[safe[use], signal].astype(np.float64),
+            )
+        )
+    stacked = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(5)]
+    return _Scored(*stacked)
+
+
+def _ratio(mae: float, mae_persistence: float) -> float:
+    return mae / mae_persistence if mae_persistence > 0 else (1.0 if mae == 0 else math.inf)
+
+
+def accuracy_rows(
+    forecasts: Sequence[GridForecast], *, signals: Sequence[str] = SIGNAL_KEYS
+) -> list[MetricRow]:
+    """Return MAE, MAE of persistence, their ratio, 10-90 coverage and mean pinball per signal/horizon."""
+    rows: list[MetricRow] = []
+    for key in signals:
+        signal = SIGNAL_KEYS.index(key)
+        for h_index, horizon in enumerate(HORIZONS_MIN):
+            s = _scored(forecasts, signal, h_index)
+            if not s.target.size:
+                continue
+            mae = metrics.mae(s.median, s.target)
+            mae_p = metrics.mae(s.persistence, s.target)
+            ratio = _ratio(mae, mae_p)
+            if not math.isfinite(ratio):
+                continue
+            pinball = float(
+                np.mean(
+                    [
+                        metrics.pinball(pred, s.target, quantile=q)
+                        for pred, q in zip((s.lower, s.median, s.upper), QUANTILES, strict=True)
+                    ]
+                )
+            )
+            rows.append(
+                MetricRow(
+                    signal=key,
+                    horizon_min=horizon,
+                    n=int(s.target.size),
+                    mae=round(mae, 4),
+                    mae_persistence=round(mae_p, 4),
+                    mae_ratio=round(ratio, 4),
+                    coverage_10_90=round(metrics.coverage(s.lower, s.upper, s.target), 4),
+                    pinball=round(pinball, 4),
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class EventScores:
+    """Pooled forward-design samples of one event at one horizon."""
+
+    probability: F64
+    current_value: F64
+    label: npt.NDArray[np.bool_]
+
+
+def event_scores(forecasts: Sequence[GridForecast], e_index: int, h_index: int) -> EventScores:
+    """Return every labeled, fresh minute's probability, current-value score and label, pooled."""
+    event = EVENTS[e_index]
+    signal = SIGNAL_KEYS.index(event.signal)
+    horizon = HORIZONS_MIN[h_index] * 60 // STEP_S
+    probs: list[F64] = []
+    current: list[F64] = []
+    labels: list[npt.NDArray[np.bool_]] = []
+    for fc in forecasts:
+        label, labeled = metrics.event_labels(
+            fc.grid.values[:, signal],
+            fc.grid.mask[:, signal],
+            below=event.below,
+            end_steps=fc.end_steps,
+            horizon_steps=horizon,
+        )
+        use = labeled & fc.fresh[:, signal]
+        probs.append(fc.event_probability[use, e_index, h_index].astype(np.float64))
+        current.append(-fc.last_value[use, signal].astype(np.float64))
+        labels.append(label[use])
+    return EventScores(
+        probability=np.concatenate(probs) if probs else np.zeros(0),
+        current_value=np.concatenate(current) if current else np.zeros(0),
+        label=np.concatenate(labels) if labels else np.zeros(0, bool),
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def event_rows(
+    forecasts: Sequence[GridForecast], *, thresholds: dict[tuple[str, int], float] | None = None
+) -> list[EventMetricRow]:
+    """Return AUROC/AUPRC (model and current value), lead time and false alarms per event/horizon.
+
+    The alarm threshold per (event, horizon) comes from `thresholds` (chosen on training data) or, when
+    absent, is the probability reaching ALARM_SENSITIVITY on the evaluated data itself.
+    """
+    rows: list[EventMetricRow] = []
+    for e_index, event in enumerate(EVENTS):
+        signal = SIGNAL_KEYS.index(event.signal)
+        for h_index, horizon in enumerate(HORIZONS_MIN):
+            pooled = event_scores(forecasts, e_index, h_index)
+            if not pooled.label.size:
+                continue
+            threshold = (thresholds or {}).get((event.key, horizon))
+            if threshold is None:
+                threshold = metrics.threshold_at_sensitivity(
+                    pooled.probability, pooled.label, sensitivity=ALARM_SENSITIVITY
+                )
+            leads: list[int] = []
+            episodes = 0
+            bed_minutes = 0
+            steps = horizon * 60 // STEP_S
+            for fc in forecasts:
+                label, labeled = metrics.event_labels(
+                    fc.grid.values[:, signal],
+                    fc.grid.mask[:, signal],
+                    below=event.below,
+                    end_steps=fc.end_steps,
+                    horizon_steps=steps,
+                )
+                fresh = fc.fresh[:, signal]
+                alarm = (
+                    fresh & (fc.event_probability[:, e_index, h_index] >= threshold)
+                    if threshold is not None
+                    else np.zeros_like(fresh)
+                )
+                onsets = metrics.event_onsets(
+                    fc.grid.values[:, signal], fc.grid.mask[:, signal], below=event.below
+                )
+                leads += metrics.lead_times(alarm, onsets, horizon_steps=steps)
+                episodes += metrics.false_alarm_episodes(alarm, label, labeled & fresh)
+                bed_minutes += int(np.sum(labeled & fresh))
+            rows.append(
+                EventMetricRow(
+                    event=event.key,
+                    horizon_min=horizon,
+                    n=int(pooled.label.size),
+                    positives=int(pooled.label.sum()),
+                    auroc=_round(metrics.auroc(pooled.probability, pooled.label)),
+                    auprc=_round(metrics.auprc(pooled.probability, pooled.label)),
+                    auroc_current_value=_round(metrics.auroc(pooled.current_value, pooled.label)),
+                    auprc_current_value=_round(metrics.auprc(pooled.current_value, pooled.label)),
+                    lead_time_min=_round(float(np.mean(leads))) if leads else None,
+                    false_alarms_per_bed_hour=_round(episodes / (bed_minutes / 60.0))
+                    if bed_minutes
+                    else None,
+                    threshold=_round(threshold),
+                )
+            )
+    return rows
+
+
+def evaluate(
+    predict: Predict,
+    grids: list[PatientGrid],
+    *,
+    batch_size: int = 64,
+    signals: Sequence[str] = SIGNAL_KEYS,
+    thresholds: dict[tuple[str, int], float] | None = None,
+) -> EvaluationResult:
+    """Forecast at every minute of every grid and score the model against persistence."""
+    forecasts = [forecast_grid(predict, grid, batch_size=batch_size) for grid in grids]
+    return EvaluationResult(
+        metrics=accuracy_rows(forecasts, signals=signals),
+        event_metrics=event_rows(forecasts, thresholds=thresholds),
+    )
+
+
+_EVAL_HELP = """\
+Run a shipped model over a PhysioNet WFDB minute-numerics record (MIMIC-III waveform database matched
+subset: HR, PULSE, RESP, SpO2, ABPMean or NBPMean...) and print its MAE per signal and horizon next to
+persistence's. The model forecasts at every minute from the 30 min window before it; a signal is scored
+where the target minute is valid and the signal was fresh (valid within 5 min) at the forecast time.
+Signals: hr, rr, spo2, map (ABPMean; NBPMean only where the record has no arterial mean). `pr` (PULSE) is
+read but not reported: no model forecasts pulse rate, and scoring the hr forecast against it would
+measure something else. Exit status: 0 ok, 2 usage, 66 record unreadable, 69 no model (or no wfdb).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="icu-edge engines eval",
+        description=_EVAL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("record", type=Path, help="WFDB record path without extension (…n.hea next to it)")
+    parser.add_argument(
+        "--model", metavar="ID[@VERSION]", help="model to evaluate (default: the default model)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument("--models-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
+    return parser
+
+
+def eval_main(argv: list[str]) -> int:
+    """Run `icu-edge engines eval RECORD [--model ID[@VERSION]] [--json]`; return the exit status."""
+    from engines.catalog import SHIPPED_MODELS_DIR, ModelError, find_models, select_model
+    from engines.records import RecordError, read_numerics_record
+
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return EX_OK if exc.code in (0, None) else EX_USAGE
+    try:
+        grid = read_numerics_record(args.record)
+    except RecordError as exc:
+        print(f"icu-edge engines eval: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except ImportError as exc:
+        print(
+            f"icu-edge engines eval: the wfdb package is needed (pip install 'icu-edge[eval]'): {exc}",
+            file=sys.stderr,
+        )
+        return EX_UNAVAILABLE
+    try:
+        model = select_model(find_models(args.models_dir or SHIPPED_MODELS_DIR), ref=args.model)
+    except ModelError as exc:
+        print(f"icu-edge engines eval: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    from engines.backends import open_backend
+
+    backend, reason = open_backend(model=model, backend="onnxruntime")
+    try:
+        result = evaluate(backend.infer, [grid], batch_size=args.batch_size, signals=EVAL_SIGNALS)
+    finally:
+        backend.close()
+    if args.json:
+        document = {
+            "model": model.ref,
+            "results": [
+                {
+                    "signal": row.signal,
+                    "horizon_min": row.horizon_min,
+                    "n": row.n,
+                    "mae": row.mae,
+                    "mae_persistence": row.mae_persistence,
+                }
+                for row in result.metrics
+            ],
+        }
+        print(json.dumps(document, indent=2))
+        return EX_OK
+    print(f"model {model.ref} on {backend.name} ({reason}); record {grid.patient_id}, {grid.minutes} min")
+    print(f"{'signal':<7}{'horizon':>8}{'n':>7}{'MAE':>10}{'MAE pers.':>11}{'ratio':>8}")
+    for row in result.metrics:
+        print(
+            f"{row.signal:<7}{row.horizon_min:>6} m{row.n:>7}{row.mae:>10.3f}"
+            f"{row.mae_persistence:>11.3f}{row.mae_ratio:>8.3f}"
+        )
+    if not result.metrics:
+        print("no scorable minutes (no signal with valid values before and after a forecast time)")
+    return EX_OK

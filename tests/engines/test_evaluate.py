@@ -1,0 +1,118 @@
+"""The held-out evaluator and `icu-edge engines eval RECORD`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.backend import BatchInput, BatchOutput
+from engines.evaluate import EVAL_SIGNALS, evaluate, last_valid
+from engines.records import PatientGrid
+from engines.spec import CONTEXT, EVENTS, HORIZONS_MIN, QUANTILES, SIGNAL_KEYS, SIGNALS
+
+VITALS = Path(__file__).resolve().parents[1] / "data" / "vitals"
+S25047 = VITALS / "s25047-2704-05-04-10-44n"
+HR = SIGNAL_KEYS.index("hr")
+
+
+def _constant(value: float) -> object:
+    def predict(batch: BatchInput) -> BatchOutput:
+        shape = (batch.beds, len(SIGNALS), len(HORIZONS_MIN), len(QUANTILES))
+        return BatchOutput(
+            quantiles=np.full(shape, value, np.float32),
+            event_probability=np.full((batch.beds, len(EVENTS), len(HORIZONS_MIN)), 0.5, np.float32),
+        )
+
+    return predict
+
+
+def _hand_grid() -> PatientGrid:
+    minutes = 16
+    values = np.zeros((minutes, len(SIGNALS)), np.float32)
+    mask = np.zeros_like(values)
+    for step, value in ((0, 60.0), (1, 62.0), (3, 65.0), (4, 70.0), (9, 75.0), (15, 90.0)):
+        values[step, HR] = value
+        mask[step, HR] = 1.0
+    return PatientGrid(
+        patient_id="hand",
+        values=values,
+        mask=mask,
+        context=np.zeros((minutes, len(CONTEXT)), np.float32),
+        context_mask=np.zeros((minutes, len(CONTEXT)), np.float32),
+    )
+
+
+def test_persistence_mae_on_a_hand_made_grid() -> None:
+    # Horizon 1: targets at 1, 3, 4, 9 (from 0, 2, 3, 8; fresh within 5 steps); the target at 15 is
+    # not scored: at minute 14 the last hr (minute 9) is 5 steps old, not fresh.
+    # Persistence errors: |62-60|, |65-62|, |70-65|, |75-70| -> 3.75.
+    # Horizon 5: targets 9 (from 4: last 70) and 15 (from 10: last 75, minute 9 is 1 step old) -> 10.
+    # A model that always says 100: horizon 1 -> (38+35+30+25)/4 = 32; horizon 5 -> (25+10)/2 = 17.5.
+    result = evaluate(_constant(100.0), [_hand_grid()], batch_size=3, signals=("hr",))  # type: ignore[arg-type]
+    rows = {r.horizon_min: r for r in result.metrics}
+    assert rows[1].n == 4
+    assert rows[1].mae_persistence == pytest.approx(3.75)
+    assert rows[1].mae == pytest.approx(32.0)
+    assert rows[1].mae_ratio == pytest.approx(32.0 / 3.75, rel=1e-3)
+    assert rows[5].n == 2
+    assert rows[5].mae_persistence == pytest.approx(10.0)
+    assert rows[5].mae == pytest.approx(17.5)
+    assert rows[1].coverage_10_90 == 0.0
+
+
+def test_batch_size_does_not_change_the_result() -> None:
+    grid = _hand_grid()
+    one = evaluate(_constant(70.0), [grid], batch_size=1)  # type: ignore[arg-type]
+    many = evaluate(_constant(70.0), [grid], batch_size=64)  # type: ignore[arg-type]
+    assert one == many
+
+
+def test_last_valid_value() -> None:
+    values = np.array([[[1.0, 0.0], [2.0, 5.0], [0.0, 0.0]]], np.float32)
+    mask = np.array([[[1, 0], [1, 1], [0, 0]]], np.float32)
+    assert last_valid(values, mask).tolist() == [[2.0, 5.0]]
+    assert last_valid(values, np.zeros_like(mask)).tolist() == [[0.0, 0.0]]
+
+
+def test_eval_json_on_a_real_record(capsys: pytest.CaptureFixture[str]) -> None:
+    from engines.catalog import find_models, select_model
+    from engines.evaluate import eval_main
+
+    assert eval_main([str(S25047), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) == {"model", "results"}
+    assert document["model"] == select_model(find_models()).ref
+    assert document["results"]
+    for result in document["results"]:
+        assert set(result) == {"signal", "horizon_min", "n", "mae", "mae_persistence"}
+        assert result["signal"] in {"hr", "pr", "rr", "spo2", "map"}
+        assert result["horizon_min"] in HORIZONS_MIN
+        assert result["n"] > 0
+    assert {r["signal"] for r in document["results"]} == set(EVAL_SIGNALS)
+
+
+def test_eval_table_and_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    from engines.evaluate import eval_main
+
+    assert eval_main([str(S25047), "--model", "persistence@1.0.0"]) == 0
+    out = capsys.readouterr().out
+    assert "persistence@1.0.0" in out
+    for line in out.splitlines()[2:]:
+        assert line.split()[-1] == "1.000"  # the baseline is persistence
+
+
+def test_eval_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engines.evaluate import eval_main
+
+    assert eval_main([str(tmp_path / "missing-record")]) == 66
+    assert "missing-record" in capsys.readouterr().err
+    assert eval_main([]) == 2
+    assert eval_main([str(S25047), "--bogus"]) == 2
+    assert eval_main([str(S25047), "--model", "no-such-model"]) == 69
+    assert "no-such-model" in capsys.readouterr().err
+    empty = tmp_path / "models"
+    empty.mkdir()
+    assert eval_main([str(S25047), "--models-dir", str(empty)]) == 69

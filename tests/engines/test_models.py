@@ -1,0 +1,268 @@
+"""The shipped models: cards and hashes, onnxruntime against the PyTorch reference, batching, bounds.
+
+`reference.npz` next to each model holds a fixed batch of real and synthetic windows and the PyTorch
+outputs for them (written by the training pipeline), so the comparison runs without torch.
+
+Tolerances (measured, see the report in engines/models/README.md): event probabilities and batching
+agree within 1e-5 absolute. Quantiles are physical values up to 200 (float32 spacing is 1.5e-5 above
+128), and the learned model's gemm sums ~450 terms in a different order in onnxruntime (MLAS) than in
+ATen, so quantiles are compared within 1e-5 + 1e-6 * (|median| + |spread|), a few float32 ulps of the
+operands (p10 = median - spread can cancel to a small number carrying the operands' rounding).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.catalog import SHIPPED_MODELS_DIR, InstalledModel, find_models, select_model
+from engines.evaluate import last_valid
+from engines.spec import (
+    CONTEXT,
+    EVENTS,
+    HORIZONS_MIN,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    QUANTILES,
+    SIGNAL_KEYS,
+    SIGNALS,
+    WINDOW_STEPS,
+)
+
+ort = pytest.importorskip(
+    "onnxruntime", reason="onnxruntime is the CPU backend (pip install 'icu-edge[cpu]')"
+)
+
+MODELS = find_models()
+IDS = [m.ref for m in MODELS]
+ATOL = 1e-5
+QUANTILE_RTOL = 1e-6
+
+
+def _session(model: InstalledModel) -> object:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(
+        str(model.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _run(session: object, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    quantiles, probability = session.run(list(OUTPUT_NAMES), {n: feeds[n] for n in INPUT_NAMES})  # type: ignore[attr-defined]
+    return np.asarray(quantiles), np.asarray(probability)
+
+
+def _assert_quantiles_close(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Within ATOL + QUANTILE_RTOL x the magnitude of the operands (median and spread) of each quantile."""
+    median = expected[..., 1:2]
+    scale = np.abs(median) + np.abs(expected - median)
+    excess = np.abs(actual - expected) - (ATOL + QUANTILE_RTOL * scale)
+    assert (excess <= 0).all(), (
+        f"max |diff| {np.abs(actual - expected).max():.3g}, worst excess {excess.max():.3g}"
+    )
+
+
+def _reference(model: InstalledModel) -> dict[str, np.ndarray]:
+    with np.load(model.onnx_path.parent / "reference.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def _random_inputs(beds: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    low = np.array([s.minimum for s in SIGNALS], np.float32)
+    high = np.array([s.maximum for s in SIGNALS], np.float32)
+    values = rng.uniform(low, high, size=(beds, WINDOW_STEPS, len(SIGNALS))).astype(np.float32)
+    mask = (rng.random(values.shape) < 0.8).astype(np.float32)
+    c_low = np.array([s.minimum for s in CONTEXT], np.float32)
+    c_high = np.array([s.maximum for s in CONTEXT], np.float32)
+    context = rng.uniform(c_low, c_high, size=(beds, WINDOW_STEPS, len(CONTEXT))).astype(np.float32)
+    context_mask = (rng.random(context.shape) < 0.5).astype(np.float32)
+    return {
+        "values": values * mask,
+        "mask": mask,
+        "context": context * context_mask,
+        "context_mask": context_mask,
+    }
+
+
+def test_shipped_models_load_with_matching_hashes_and_one_default() -> None:
+    assert {m.card.id for m in MODELS} >= {"persistence", "nlinear-q"}
+    assert len(list(SHIPPED_MODELS_DIR.glob("*/*/card.json"))) == len(MODELS)  # none skipped
+    assert sum(m.card.default for m in MODELS) == 1
+    default = select_model(MODELS)
+    assert default.card.default
+    for model in MODELS:
+        assert model.onnx_path.stat().st_size == model.card.size_bytes
+        assert model.card.size_bytes < 2 * 1024 * 1024
+        assert set(model.card.event_definitions) == {e.key for e in EVENTS}
+        assert model.card.metrics
+        assert model.card.event_metrics
+        assert (model.onnx_path.parent / "card.md").is_file()
+
+
+def test_default_learned_model_beats_persistence_where_kept() -> None:
+    default = select_model(MODELS)
+    if default.card.kind == "baseline":
+        learned = [m for m in MODELS if m.card.kind == "learned"]
+        assert all("did not beat persistence" in m.card.summary for m in learned)
+        return
+    with np.load(default.onnx_path.parent / "state.npz") as state:
+        gate = state["gate"]
+    kept = [key for key, g in zip(SIGNAL_KEYS, gate, strict=True) if g == 1.0]
+    assert kept
+    for key in kept:
+        for horizon in (5, 15):
+            row = next(r for r in default.card.metrics if r.signal == key and r.horizon_min == horizon)
+            assert row.mae_ratio < 1.0, row
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_io_names_and_dynamic_batch(model: InstalledModel) -> None:
+    session = _session(model)
+    inputs = session.get_inputs()  # type: ignore[attr-defined]
+    outputs = session.get_outputs()  # type: ignore[attr-defined]
+    assert [i.name for i in inputs] == list(INPUT_NAMES)
+    assert [o.name for o in outputs] == list(OUTPUT_NAMES)
+    assert all(isinstance(i.shape[0], str) for i in inputs)  # dynamic batch axis
+    quantiles, probability = _run(session, _random_inputs(3, seed=1))
+    assert quantiles.shape == (3, len(SIGNALS), len(HORIZONS_MIN), len(QUANTILES))
+    assert probability.shape == (3, len(EVENTS), len(HORIZONS_MIN))
+    assert quantiles.dtype == np.float32
+    assert probability.dtype == np.float32
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_onnxruntime_equals_pytorch_reference(model: InstalledModel) -> None:
+    reference = _reference(model)
+    assert reference["values"].shape[0] == 16
+    quantiles, probability = _run(_session(model), reference)
+    np.testing.assert_allclose(probability, reference["event_probability"], rtol=0, atol=ATOL)
+    _assert_quantiles_close(quantiles, reference["quantiles"])
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_onnxruntime_equals_live_pytorch(model: InstalledModel) -> None:
+    torch = pytest.importorskip("torch", reason="torch is a dev-time extra (pip install 'icu-edge[train]')")
+    from engines.train.modules import NLinearQuantile, PersistenceBaseline
+
+    module = PersistenceBaseline() if model.card.kind == "baseline" else NLinearQuantile()
+    with np.load(model.onnx_path.parent / "state.npz") as state:
+        module.load_state_dict({k: torch.from_numpy(state[k]) for k in state.files})
+    module.eval()
+    feeds = {**_random_inputs(20, seed=5)}
+    reference = _reference(model)
+    for name in INPUT_NAMES:
+        feeds[name] = np.concatenate([feeds[name], reference[name]])
+    with torch.no_grad():
+        live_q, live_p = module(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+    # The saved state reproduces the stored reference exactly, and onnxruntime matches it.
+    np.testing.assert_array_equal(live_q.numpy()[20:], reference["quantiles"])
+    np.testing.assert_array_equal(live_p.numpy()[20:], reference["event_probability"])
+    quantiles, probability = _run(_session(model), feeds)
+    np.testing.assert_allclose(probability, live_p.numpy(), rtol=0, atol=ATOL)
+    _assert_quantiles_close(quantiles, live_q.numpy())
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_batching_gives_each_bed_its_result_alone(model: InstalledModel) -> None:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(os.cpu_count() or 1, 4)
+    session = ort.InferenceSession(
+        str(model.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    pool = _random_inputs(64, seed=9)
+    reference = _reference(model)
+    for name in INPUT_NAMES:
+        pool[name] = np.concatenate([reference[name], pool[name]])[:64]
+    alone = [_run(session, {n: pool[n][i : i + 1] for n in INPUT_NAMES}) for i in range(64)]
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for beds in (1, 2, 8, 33, 64):
+        index = rng.permutation(64)[:beds]
+        quantiles, probability = _run(session, {n: pool[n][index] for n in INPUT_NAMES})
+        for row, bed in enumerate(index):
+            worst = max(
+                worst,
+                float(np.abs(quantiles[row] - alone[bed][0][0]).max()),
+                float(np.abs(probability[row] - alone[bed][1][0]).max()),
+            )
+    assert worst <= ATOL
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_all_masked_and_garbage_under_mask_stay_finite(model: InstalledModel) -> None:
+    feeds = _random_inputs(6, seed=3)
+    feeds["mask"][:2] = 0.0
+    feeds["context_mask"][:2] = 0.0
+    feeds["values"][:2] = 0.0
+    feeds["values"][2:4] = np.where(
+        feeds["mask"][2:4] > 0, feeds["values"][2:4], np.nan
+    )  # NaN under the mask
+    feeds["values"][4] = np.where(feeds["mask"][4] > 0, feeds["values"][4], 1e30)
+    quantiles, probability = _run(_session(model), feeds)
+    assert np.isfinite(quantiles).all()
+    assert np.isfinite(probability).all()
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_quantiles_ordered_and_probabilities_bounded(model: InstalledModel) -> None:
+    feeds = _random_inputs(64, seed=4)
+    reference = _reference(model)
+    quantiles, probability = _run(_session(model), feeds)
+    for q, p in ((quantiles, probability), (reference["quantiles"], reference["event_probability"])):
+        assert (q[..., 0] <= q[..., 1]).all()
+        assert (q[..., 1] <= q[..., 2]).all()
+        assert ((p >= 0.0) & (p <= 1.0)).all()
+
+
+def _persistent_signals(model: InstalledModel) -> list[int]:
+    if model.card.kind == "baseline":
+        return list(range(len(SIGNALS)))
+    with np.load(model.onnx_path.parent / "state.npz") as state:
+        return [i for i, g in enumerate(state["gate"]) if g == 0.0]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_median_is_exactly_the_last_valid_value_where_persistent(model: InstalledModel) -> None:
+    """The baseline everywhere; the learned model on every signal whose correction is gated off."""
+    feeds = _random_inputs(64, seed=6)
+    reference = _reference(model)
+    for feed in (feeds, reference):
+        quantiles, _ = _run(_session(model), feed)
+        last = last_valid(feed["values"], feed["mask"])
+        has = feed["mask"].max(axis=1) > 0
+        for signal in _persistent_signals(model):
+            for h in range(len(HORIZONS_MIN)):
+                rows = has[:, signal]
+                np.testing.assert_array_equal(quantiles[rows, signal, h, 1], last[rows, signal])
+
+
+def test_models_readme_lists_every_model() -> None:
+    readme = (SHIPPED_MODELS_DIR / "README.md").read_text(encoding="utf-8")
+    assert "python -m engines.train" in readme
+    for model in MODELS:
+        assert model.card.id in readme
+
+
+@pytest.mark.timeout(300)
+def test_training_pipeline_quick_run_is_reproducible(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch is a dev-time extra (pip install 'icu-edge[train]')")
+    pytest.importorskip("onnx", reason="the ONNX exporter needs the onnx package")
+    from engines.train.__main__ import main
+
+    data = Path(__file__).resolve().parents[1] / "data" / "vitals"
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        assert main(["--seed", "3", "--out", str(out), "--data", str(data), "--quick"]) == 0
+        found = find_models(out)
+        assert {m.card.id for m in found} == {"persistence", "nlinear-q"}
+        assert sum(m.card.default for m in found) == 1
+        for m in found:
+            assert (m.onnx_path.parent / "reference.npz").is_file()
+            assert m.card.seed == 3
+        digests.append(sorted(m.card.onnx_sha256 for m in found))
+    assert digests[0] == digests[1]
