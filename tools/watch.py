@@ -71,6 +71,7 @@ EVENT_YELLOW_AT: Final = 0.2
 """An event probability at or above this (and below red) is shown yellow."""
 
 _M = TypeVar("_M", bound=BaseModel)
+_E = TypeVar("_E", bound=Envelope)
 
 BedKey = tuple[str, str, str]
 """(site, ward, bed)."""
@@ -344,74 +345,59 @@ class WardState:
             view = self._bed(_TopicShape(shape.site, shape.ward, "twin", bed))
             view.appliance = message.appliance
 
-    def _apply_twin(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
-        message = self._validate(TwinMessage, topic, payload)
-        if message is None or not self._check_envelope(
-            topic, message, schema=TwinMessage.SCHEMA, bed=shape.name
-        ):
-            return
+    def _accept(
+        self, model: type[_E], topic: str, shape: _TopicShape, payload: bytes, *, retained: bool
+    ) -> tuple[BedView, _E] | None:
+        """Validate a bed-topic payload, check its envelope and seq; return its bed view and message."""
+        message = self._validate(model, topic, payload)
+        if message is None or not self._check_envelope(topic, message, schema=model.SCHEMA, bed=shape.name):
+            return None
+        if isinstance(message, DeviceStatusMessage) and message.status.device != shape.device:
+            self._violation(topic, f"device {message.status.device!r} does not match the topic")
+            return None
         if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
-            return
+            return None
         bed = self._bed(shape)
         bed.appliance = message.appliance
+        return bed, message
+
+    def _apply_twin(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
+        accepted = self._accept(TwinMessage, topic, shape, payload, retained=retained)
+        if accepted is None:
+            return
+        bed, message = accepted
         bed.twin = message
         bed.twin_received_mono_s = self._clock()
         lag_s = (self._wall_clock() - message.ts).total_seconds() if retained else 0.0
         bed.twin_lag_s = max(0.0, lag_s)
 
     def _apply_vitals(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
-        message = self._validate(VitalsMessage, topic, payload)
-        if message is None or not self._check_envelope(
-            topic, message, schema=VitalsMessage.SCHEMA, bed=shape.name
-        ):
+        accepted = self._accept(VitalsMessage, topic, shape, payload, retained=retained)
+        if accepted is None:
             return
-        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
-            return
-        bed = self._bed(shape)
-        bed.appliance = message.appliance
+        bed, message = accepted
         bed.vitals_batches += 1
         bed.vitals_observations += len(message.observations)
         bed.vitals_coalesced += message.coalesced
         bed.last_vitals = message
 
     def _apply_event(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
-        message = self._validate(EventMessage, topic, payload)
-        if message is None or not self._check_envelope(
-            topic, message, schema=EventMessage.SCHEMA, bed=shape.name
-        ):
-            return
-        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
-            return
-        bed = self._bed(shape)
-        bed.appliance = message.appliance
-        bed.events.append(message)
+        accepted = self._accept(EventMessage, topic, shape, payload, retained=retained)
+        if accepted is not None:
+            bed, message = accepted
+            bed.events.append(message)
 
     def _apply_forecast(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
-        message = self._validate(ForecastMessage, topic, payload)
-        if message is None or not self._check_envelope(
-            topic, message, schema=ForecastMessage.SCHEMA, bed=shape.name
-        ):
-            return
-        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
-            return
-        bed = self._bed(shape)
-        bed.appliance = message.appliance
-        bed.forecast_message = message
+        accepted = self._accept(ForecastMessage, topic, shape, payload, retained=retained)
+        if accepted is not None:
+            bed, message = accepted
+            bed.forecast_message = message
 
     def _apply_device(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
-        message = self._validate(DeviceStatusMessage, topic, payload)
-        if message is None or not self._check_envelope(
-            topic, message, schema=DeviceStatusMessage.SCHEMA, bed=shape.name
-        ):
-            return
-        if message.status.device != shape.device:
-            self._violation(topic, f"device {message.status.device!r} does not match the topic")
-            return
-        if not self._track_seq(topic, session=message.session, seq=message.seq, retained=retained):
-            return
-        bed = self._bed(shape)
-        bed.appliance = message.appliance
-        bed.device_status[message.status.device] = message
+        accepted = self._accept(DeviceStatusMessage, topic, shape, payload, retained=retained)
+        if accepted is not None:
+            bed, message = accepted
+            bed.device_status[message.status.device] = message
 
 
 def _utc_now() -> datetime:
