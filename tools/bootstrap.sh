@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Prepare this checkout to build, test and demo icu-edge: system packages (Debian 12), .venv, editable
-# install. Idempotent: a second run makes no apt call and no pip call unless pyproject.toml changed.
+# install. Idempotent: a second run makes no apt call and no pip call unless pyproject.toml changed
+# or it asks for extras not yet installed. Usage: tools/bootstrap.sh [EXTRAS] (default cpu,dev).
 # Exit codes: 0 ready, 69 (EX_UNAVAILABLE) something required is missing and cannot be installed here.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+EXTRAS="${1:-cpu,dev}"  # package extras: the demo needs cpu, the tests cpu,dev
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.icu-edge-installed"
@@ -57,8 +59,12 @@ else
         die "missing: ${missing[*]}, and this is not a Debian system (no apt-get): install them by hand"
     say "installing ${APT_PACKAGES[*]} (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+    apt_log="$(mktemp)"
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}"; } >"$apt_log" 2>&1; then
+        tail -n 30 "$apt_log" >&2
+        die "apt-get failed (log above)"
+    fi
+    rm -f "$apt_log"
     mapfile -t missing < <(missing_packages)
     if ((${#missing[@]} != 0)); then
         die "still missing after apt-get install: ${missing[*]} (for $(command -v "$PYTHON" || echo "$PYTHON"); with a non-Debian python, install its headers/venv support yourself or set PYTHON=/usr/bin/python3)"
@@ -83,21 +89,31 @@ else
     venv_ok || die "$VENV was created but its python does not work"
 fi
 
-# ---- 4. editable install, only when pyproject.toml changed ---------------------------------------
+# ---- 4. editable install, only when pyproject.toml or the wanted extras changed ------------------
+# The stamp holds the sha256 of pyproject.toml and the extras installed with it; a run that wants a
+# subset of those extras (the demo wants only `cpu`) installs nothing.
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-have="$(cat "$STAMP" 2>/dev/null || true)"
-if [[ "$want" == "$have" ]]; then
-    say "icu-edge installed in $VENV (pyproject.toml unchanged)"
+have="" have_extras=""
+[[ -f "$STAMP" ]] && read -r have have_extras <"$STAMP"
+covered=yes
+IFS=, read -ra wanted_extras <<<"$EXTRAS"
+for extra in "${wanted_extras[@]}"; do
+    [[ ",$have_extras," == *",$extra,"* ]] || covered=no
+done
+if [[ "$want" == "$have" && "$covered" == yes ]]; then
+    say "icu-edge[$have_extras] installed in $VENV (pyproject.toml unchanged)"
 else
-    say "installing icu-edge[dev,cpu] into $VENV (pip)"
+    [[ "$want" == "$have" ]] && EXTRAS="$have_extras,$EXTRAS"
+    EXTRAS="$(tr ',' '\n' <<<"$EXTRAS" | sed '/^$/d' | sort -u | paste -sd, -)"
+    say "installing icu-edge[$EXTRAS] into $VENV (pip)"
     log="$VENV/.icu-edge-pip.log"
     rc=0
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -e '.[dev,cpu]' >"$log" 2>&1 || rc=$?
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -e ".[$EXTRAS]" >"$log" 2>&1 || rc=$?
     if ((rc != 0)); then
         tail -n 40 "$log" >&2
         printf 'bootstrap: error: pip install failed (exit %d); full log in %s\n' "$rc" "$log" >&2
         exit "$rc"
     fi
-    printf '%s\n' "$want" >"$STAMP"
+    printf '%s %s\n' "$want" "$EXTRAS" >"$STAMP"
 fi
 say "ready"

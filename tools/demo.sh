@@ -4,5 +4,5 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-tools/bootstrap.sh
+tools/bootstrap.sh cpu
 exec .venv/bin/icu-edge demo "$@"

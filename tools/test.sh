@@ -5,7 +5,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-tools/bootstrap.sh
+tools/bootstrap.sh cpu,dev
 
 step() {
     printf 'test: %s\n' "$*"
