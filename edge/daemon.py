@@ -207,6 +207,15 @@ class Daemon:
     def _handle_report(self, report: DeviceReport) -> None:
         identity = report.identity
         bed, device = identity.bed, identity.device
+        # Health first: a device status published for a link change below carries this report's
+        # counters, and the change's own reason (LinkDown) is not overwritten afterwards.
+        self._twin.update_link_health(
+            bed=bed,
+            device=device,
+            counters=report.counters,
+            last_frame_at=report.last_frame_at,
+            last_error=report.last_error,
+        )
         for event in report.events:
             delta = self._twin.apply(
                 bed=bed,
@@ -216,13 +225,6 @@ class Daemon:
                 received_mono_s=report.received_mono_s,
             )
             self._publish_delta(delta)
-        self._twin.update_link_health(
-            bed=bed,
-            device=device,
-            counters=report.counters,
-            last_frame_at=report.last_frame_at,
-            last_error=report.last_error,
-        )
 
     def _publish_delta(self, delta: TwinDelta) -> None:
         bed, device = delta.bed, delta.device

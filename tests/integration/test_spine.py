@@ -305,6 +305,8 @@ def test_pulling_the_pty_marks_the_device_disconnected_and_it_reconnects(
     spine.kill_simulator()
     station.wait_for(lambda ms: connected(ms) is False, timeout_s=5)
     assert time.monotonic() - pulled_at < 5.0
+    lost = DeviceStatusMessage.model_validate(_latest(station.messages, device_topic))
+    assert lost.status.last_error, "the device status says why the link was lost"
     assert _link_events(station)[-1] == "device_disconnected"
     twin = station.wait_for(
         lambda ms: (
