@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -123,10 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return the exit status."""
     arguments = sys.argv[1:] if argv is None else argv
-    if arguments and arguments[0] in _PASS_THROUGH:
-        return _PASS_THROUGH[arguments[0]](arguments[1:])
-    args = build_parser().parse_args(arguments)
-    status: int = args.func(args)
+    try:
+        if arguments and arguments[0] in _PASS_THROUGH:
+            return _PASS_THROUGH[arguments[0]](arguments[1:])
+        args = build_parser().parse_args(arguments)
+        status: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`icu-edge schema | head`): no traceback, and none at interpreter exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return status
 
 
