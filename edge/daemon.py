@@ -209,6 +209,7 @@ class Daemon:
         bed, device = identity.bed, identity.device
         # Health first: a device status published for a link change below carries this report's
         # counters, and the change's own reason (LinkDown) is not overwritten afterwards.
+        previous_error = self._twin.device_state(bed=bed, device=device).last_error
         self._twin.update_link_health(
             bed=bed,
             device=device,
@@ -216,6 +217,10 @@ class Daemon:
             last_frame_at=report.last_frame_at,
             last_error=report.last_error,
         )
+        if report.last_error is not None and report.last_error != previous_error:
+            # A new problem on the link (port missing, read failed) is shown at once, not at the next
+            # periodic status: it is what a field engineer looks for first.
+            self._publish_device_status(bed=bed, device=device)
         for event in report.events:
             delta = self._twin.apply(
                 bed=bed,

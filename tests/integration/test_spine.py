@@ -419,3 +419,29 @@ def test_a_new_model_version_loads_on_sighup_without_a_restart(
         assert spine.stop_daemon() == 0
     finally:
         spine.close()
+
+
+def test_daemon_starts_before_the_ventilator_is_plugged_in(
+    spine: Spine, subscribe: Callable[..., Subscriber]
+) -> None:
+    """The appliance boots first: it comes online, reports the port missing, and connects later."""
+    device_topic = f"{BED}/device/vent-1"
+    station = subscribe(f"{ROOT}/#")
+    spine.start_daemon()
+    station.wait_for(lambda ms: (_latest(ms, STATUS) or {}).get("state") == "online", timeout_s=20)
+    waiting = station.wait_for(
+        lambda ms: (
+            bool(_latest(ms, device_topic))
+            and "cannot open"
+            in (DeviceStatusMessage.model_validate(_latest(ms, device_topic)).status.last_error or "")
+        ),
+        timeout_s=15,
+    )
+    status = DeviceStatusMessage.model_validate(_latest(waiting, device_topic)).status
+    assert not status.connected
+    spine.start_simulator()
+    station.wait_for(
+        lambda ms: DeviceStatusMessage.model_validate(_latest(ms, device_topic)).status.connected,
+        timeout_s=15,
+    )
+    assert spine.stop_daemon() == 0
