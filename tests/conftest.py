@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,33 +10,31 @@ import pytest
 from broker import MOSQUITTO, MosquittoBroker, Subscriber
 
 
-def _require_mosquitto() -> None:
+def _running_broker(
+    directory: Path, *, tls: bool = False, persistence: bool = False
+) -> Iterator[MosquittoBroker]:
     if MOSQUITTO is None:
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto is not installed, but CI must run the broker tests (tools/bootstrap.sh)")
         pytest.skip("mosquitto is not installed (apt-get install mosquitto); CI installs it")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A running Mosquitto on a free loopback port, stopped after the test."""
-    _require_mosquitto()
-    instance = MosquittoBroker(directory=tmp_path / "broker", persistence=True)
+    instance = MosquittoBroker(directory=directory, tls=tls, persistence=persistence)
     instance.start()
     try:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A running Mosquitto on a free loopback port (persistent sessions), stopped after the test."""
+    yield from _running_broker(tmp_path / "broker", persistence=True)
 
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A running Mosquitto with a TLS listener (throw-away CA, server cert for 127.0.0.1)."""
-    _require_mosquitto()
-    instance = MosquittoBroker(directory=tmp_path / "tls-broker", tls=True)
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
+    yield from _running_broker(tmp_path / "tls-broker", tls=True)
 
 
 @pytest.fixture
