@@ -24,13 +24,12 @@ def _only_measurements(report: DeviceReport) -> bool:
 
 
 def _merge(older: DeviceReport, newer: DeviceReport) -> DeviceReport:
+    """Merge two observation-only reports (checked by the caller): the newer value of a key wins."""
+    batches = [e for e in (*older.events, *newer.events) if isinstance(e, MeasurementsReceived)]
     by_key: dict[str, Measurement] = {}
-    for event in (*older.events, *newer.events):
-        assert isinstance(event, MeasurementsReceived)
-        by_key.update((m.key, m) for m in event.measurements)
-    last = newer.events[-1]
-    assert isinstance(last, MeasurementsReceived)
-    merged = MeasurementsReceived(measurements=tuple(by_key.values()), device_time=last.device_time)
+    for batch in batches:
+        by_key.update((m.key, m) for m in batch.measurements)
+    merged = MeasurementsReceived(measurements=tuple(by_key.values()), device_time=batches[-1].device_time)
     return replace(newer, events=(merged,))
 
 
