@@ -2,8 +2,9 @@
 
 When the consumer falls behind, the oldest *observation* batches of a device are coalesced (newest
 value per key wins, the merge is counted); reports carrying anything else (alarms, link changes,
-settings) are never dropped or merged. So memory stays bounded by the number of devices and the
-cap, and the ward never loses an alarm to back-pressure.
+settings) are never dropped, merged or overtaken. Observations are not merged across such a report
+(that would reorder them around it), so the queue holds at most max(cap, 2 * other reports + 1)
+reports: bounded by what must never be dropped, and the ward never loses an alarm to back-pressure.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ReportBus:
         self._reports: deque[DeviceReport] = deque()
         self._coalesced: dict[str, int] = {}
         self._ready = asyncio.Event()
+        self._overloaded = False
 
     @property
     def coalesced(self) -> dict[str, int]:
@@ -59,6 +61,9 @@ class ReportBus:
         self._reports.append(report)
         if len(self._reports) > self._max_reports:
             self._coalesce_oldest()
+        elif self._overloaded:
+            self._overloaded = False
+            LOGGER.info("report bus back under its cap (%d)", self._max_reports)
         self._ready.set()
 
     def _coalesce_oldest(self) -> None:
@@ -78,7 +83,12 @@ class ReportBus:
                 self._coalesced[link] = self._coalesced.get(link, 0) + 1
                 self._reports = deque(reports)
                 return
-        LOGGER.warning("report bus over its cap (%d) with nothing to coalesce", self._max_reports)
+        if not self._overloaded:
+            self._overloaded = True
+            LOGGER.warning(
+                "report bus over its cap (%d) with nothing to coalesce: alarms and link changes are kept",
+                self._max_reports,
+            )
 
     async def get(self) -> DeviceReport:
         """Wait for and return the oldest report."""

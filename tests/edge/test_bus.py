@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.base import (
     AlarmPriority,
@@ -59,3 +63,52 @@ async def test_observations_coalesce_newest_wins_alarms_kept() -> None:
     assert third.events[0].measurements[0].value == 19.0
     assert bus.take_coalesced(link="bed-07/vent-1") == 18
     assert bus.take_coalesced(link="bed-07/vent-1") == 0
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.dictionaries(st.sampled_from(["ppeak", "peep", "vt"]), st.floats(0, 100), min_size=1),
+            st.just("alarm"),
+        ),
+        max_size=200,
+    ),
+    st.integers(min_value=1, max_value=20),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_sequence_keeps_every_alarm_in_order_and_the_newest_values(
+    offered: list[dict[str, float] | str], cap: int
+) -> None:
+    async def scenario() -> None:
+        bus = ReportBus(max_reports=cap)
+        alarms_offered = 0
+        newest: dict[str, float] = {}
+        for index, item in enumerate(offered):
+            if item == "alarm":
+                bus.offer(
+                    _report(
+                        DeviceAlarmsReceived(
+                            alarms=(
+                                DeviceAlarmReading(code=str(index), priority=AlarmPriority.HIGH, text="x"),
+                            )
+                        )
+                    )
+                )
+                alarms_offered += 1
+            else:
+                assert isinstance(item, dict)
+                bus.offer(_report(_values(**item)))
+                newest.update(item)
+        assert len(bus) <= max(cap, 2 * alarms_offered + 1), "the documented bound"
+        alarm_codes: list[int] = []
+        latest: dict[str, float] = {}
+        while len(bus):
+            for event in (await bus.get()).events:
+                if isinstance(event, DeviceAlarmsReceived):
+                    alarm_codes.extend(int(a.code) for a in event.alarms)
+                elif isinstance(event, MeasurementsReceived):
+                    latest.update((m.key, m.value) for m in event.measurements if m.value is not None)
+        assert alarm_codes == [i for i, item in enumerate(offered) if item == "alarm"]
+        assert latest == newest
+
+    asyncio.run(scenario())
