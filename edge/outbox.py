@@ -70,16 +70,10 @@ class NewRow:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Row:
+class Row(NewRow):
     """A stored message; `id` is the delivery order."""
 
     id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    priority: DeliveryPriority
-    created_wall: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -139,6 +139,10 @@ class Windows:
     """[M, E, H]"""
     event_mask: F32
 
+    def arrays(self) -> list[F32]:
+        """Return every array in field order (the order the constructor takes them)."""
+        return [getattr(self, f.name) for f in fields(self)]
+
 
 def build_windows(grids: Sequence[PatientGrid]) -> Windows:
     """Slice every forecast minute of every grid with its targets and event labels."""
@@ -183,18 +187,11 @@ def build_windows(grids: Sequence[PatientGrid]) -> Windows:
 
 
 def _concat(a: Windows, b: Windows, *, repeat_a: int) -> Windows:
-    fields = (
-        "values",
-        "mask",
-        "context",
-        "context_mask",
-        "target",
-        "target_mask",
-        "event_label",
-        "event_mask",
-    )
     return Windows(
-        *[np.concatenate([*([getattr(a, f)] * repeat_a), getattr(b, f)]).astype(np.float32) for f in fields]
+        *[
+            np.concatenate([*([x] * repeat_a), y]).astype(np.float32)
+            for x, y in zip(a.arrays(), b.arrays(), strict=True)
+        ]
     )
 
 
@@ -293,19 +290,7 @@ def train_learned(train: Windows, *, seed: int, epochs: int, lr: float = LEARNIN
     module = NLinearQuantile()
     prior = (train.event_label * train.event_mask).sum(0) / np.maximum(train.event_mask.sum(0), 1.0)
     module.event_prior.copy_(torch.from_numpy(prior.astype(np.float32)))
-    tensors = [
-        torch.from_numpy(getattr(train, f))
-        for f in (
-            "values",
-            "mask",
-            "context",
-            "context_mask",
-            "target",
-            "target_mask",
-            "event_label",
-            "event_mask",
-        )
-    ]
+    tensors = [torch.from_numpy(array) for array in train.arrays()]
     scale = torch.tensor(SIGNAL_SCALE).reshape(1, -1, 1)
     quantiles = torch.tensor(QUANTILES).reshape(1, 1, 1, -1)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=1e-5)
