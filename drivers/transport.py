@@ -8,6 +8,7 @@ reader thread, never on the event loop.
 from __future__ import annotations
 
 import logging
+import termios
 from typing import Any, Protocol
 
 import serial
@@ -15,6 +16,11 @@ import serial
 from drivers.base import SerialSettings
 
 LOGGER = logging.getLogger(__name__)
+
+
+_PORT_ERRORS = (serial.SerialException, OSError, termios.error)
+"""What pyserial lets escape from a port: termios.error is no OSError, and a tty that vanishes while
+pyserial configures it (a pty whose other side just closed) raises it from `open()`."""
 
 
 class TransportError(Exception):
@@ -48,7 +54,7 @@ class SerialTransport:
         try:
             waiting = self._port.in_waiting
             data: bytes = self._port.read(min(max(waiting, 1), max_bytes))
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             raise TransportError(f"{self.url}: read failed: {exc}") from exc
         return data
 
@@ -57,14 +63,14 @@ class SerialTransport:
         try:
             self._port.write(data)
             self._port.flush()
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             raise TransportError(f"{self.url}: write failed: {exc}") from exc
 
     def close(self) -> None:
         """Close the port; errors on close are logged, not raised."""
         try:
             self._port.close()
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             LOGGER.warning("closing %s failed: %s", self.url, exc)
 
 
@@ -83,6 +89,6 @@ def open_transport(url: str, *, line: SerialSettings, read_timeout_s: float = 0.
             rtscts=False,
             exclusive=True if url.startswith("/") else None,
         )
-    except (serial.SerialException, OSError, ValueError) as exc:
+    except (*_PORT_ERRORS, ValueError) as exc:
         raise TransportError(f"{url}: cannot open: {exc}") from exc
     return SerialTransport(url=url, port=port)

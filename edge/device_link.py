@@ -125,6 +125,18 @@ class DeviceLink:
                 self._report(force=True)
                 self._stop.wait(next_delay_s())
                 continue
+            except Exception as exc:
+                # Whatever a port driver raises, the reader thread must live to try again: a dead
+                # thread would leave the bed without its device until the daemon restarts.
+                LOGGER.exception(
+                    "opening %s failed unexpectedly",
+                    self.identity.port,
+                    extra={"bed": self.identity.bed, "device": self.identity.device},
+                )
+                self._note_error(f"{self.identity.port}: cannot open: {type(exc).__name__}: {exc}")
+                self._report(force=True)
+                self._stop.wait(next_delay_s())
+                continue
             LOGGER.info(
                 "opened %s",
                 self.identity.port,
