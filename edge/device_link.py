@@ -116,24 +116,8 @@ class DeviceLink:
         next_delay_s = self._backoff.delays_s()
         while not self._stop.is_set():
             self.last_progress_s = time.monotonic()
-            try:
-                transport = self._open_port(
-                    self.identity.port, line=self._line, read_timeout_s=self._read_timeout_s
-                )
-            except TransportError as exc:
-                self._note_error(str(exc))
-                self._report(force=True)
-                self._stop.wait(next_delay_s())
-                continue
-            except Exception as exc:
-                # Whatever a port driver raises, the reader thread must live to try again: a dead
-                # thread would leave the bed without its device until the daemon restarts.
-                LOGGER.exception(
-                    "opening %s failed unexpectedly",
-                    self.identity.port,
-                    extra={"bed": self.identity.bed, "device": self.identity.device},
-                )
-                self._note_error(f"{self.identity.port}: cannot open: {type(exc).__name__}: {exc}")
+            transport = self._open()
+            if transport is None:
                 self._report(force=True)
                 self._stop.wait(next_delay_s())
                 continue
@@ -165,6 +149,18 @@ class DeviceLink:
                 self._report(extra_events=(LinkDown(reason=self._last_error or "port closed"),), force=True)
             self._stop.wait(next_delay_s())
 
+    def _open(self) -> Transport | None:
+        """Open the port, or note why it could not be opened and return None."""
+        try:
+            return self._open_port(self.identity.port, line=self._line, read_timeout_s=self._read_timeout_s)
+        except TransportError as exc:
+            self._note_error(str(exc))
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback by _note_error
+            # Whatever a port driver raises, the reader thread must live to try again: a dead
+            # thread would leave the bed without its device until the daemon restarts.
+            self._note_error(f"{self.identity.port}: cannot open: {type(exc).__name__}: {exc}", exc_info=True)
+        return None
+
     def _serve(self, transport: Transport) -> None:
         session = self._session
         session.reset(now_s=time.monotonic())
@@ -188,9 +184,15 @@ class DeviceLink:
                 self._last_error = None
             self._report()
 
-    def _note_error(self, message: str) -> None:
+    def _note_error(self, message: str, *, exc_info: bool = False) -> None:
+        """Remember why the link has no data; log it once per distinct reason, not on every retry."""
         if message != self._last_error:
-            LOGGER.warning("%s", message, extra={"bed": self.identity.bed, "device": self.identity.device})
+            LOGGER.warning(
+                "%s",
+                message,
+                exc_info=exc_info,
+                extra={"bed": self.identity.bed, "device": self.identity.device},
+            )
         self._last_error = message
 
     def _report(self, *, extra_events: tuple[DriverEvent, ...] = (), force: bool = False) -> None:
