@@ -193,22 +193,29 @@ class EventScores:
     label: npt.NDArray[np.bool_]
 
 
-def event_scores(forecasts: Sequence[GridForecast], e_index: int, h_index: int) -> EventScores:
-    """Return every labeled, fresh minute's probability, current-value score and label, pooled."""
+def _event_labels(
+    fc: GridForecast, e_index: int, h_index: int
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Return (event happens within the horizon, minute can be labeled) for every minute of one grid."""
     event = EVENTS[e_index]
     signal = SIGNAL_KEYS.index(event.signal)
-    horizon = HORIZONS_MIN[h_index] * 60 // STEP_S
+    return metrics.event_labels(
+        fc.grid.values[:, signal],
+        fc.grid.mask[:, signal],
+        below=event.below,
+        end_steps=fc.end_steps,
+        horizon_steps=HORIZONS_MIN[h_index] * 60 // STEP_S,
+    )
+
+
+def event_scores(forecasts: Sequence[GridForecast], e_index: int, h_index: int) -> EventScores:
+    """Return every labeled, fresh minute's probability, current-value score and label, pooled."""
+    signal = SIGNAL_KEYS.index(EVENTS[e_index].signal)
     probs: list[F64] = []
     current: list[F64] = []
     labels: list[npt.NDArray[np.bool_]] = []
     for fc in forecasts:
-        label, labeled = metrics.event_labels(
-            fc.grid.values[:, signal],
-            fc.grid.mask[:, signal],
-            below=event.below,
-            end_steps=fc.end_steps,
-            horizon_steps=horizon,
-        )
+        label, labeled = _event_labels(fc, e_index, h_index)
         use = labeled & fc.fresh[:, signal]
         probs.append(fc.event_probability[use, e_index, h_index].astype(np.float64))
         current.append(-fc.last_value[use, signal].astype(np.float64))
@@ -249,13 +256,7 @@ def event_rows(
             bed_minutes = 0
             steps = horizon * 60 // STEP_S
             for fc in forecasts:
-                label, labeled = metrics.event_labels(
-                    fc.grid.values[:, signal],
-                    fc.grid.mask[:, signal],
-                    below=event.below,
-                    end_steps=fc.end_steps,
-                    horizon_steps=steps,
-                )
+                label, labeled = _event_labels(fc, e_index, h_index)
                 fresh = fc.fresh[:, signal]
                 alarm = (
                     fresh & (fc.event_probability[:, e_index, h_index] >= threshold)
