@@ -70,6 +70,11 @@ class MqttConfig(_Section):
     username: str | None = None
     password_file: Path | None = Field(default=None, description="file holding the password; never inline")
     tls: TlsConfig | None = None
+    insecure: bool = Field(
+        default=False,
+        description="allow plaintext MQTT (no [mqtt.tls]): patient data and credentials cross the network "
+        "unencrypted; loudly logged at every start",
+    )
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=10.0, gt=0, le=600)
 
@@ -77,6 +82,13 @@ class MqttConfig(_Section):
     def _password_needs_user(self) -> MqttConfig:
         if self.password_file is not None and self.username is None:
             raise ValueError("password_file needs username")
+        if self.tls is None and not self.insecure:
+            raise ValueError(
+                "no [mqtt.tls] section: plaintext MQTT needs `insecure = true` "
+                "(patient data would cross the network unencrypted)"
+            )
+        if self.tls is not None and self.insecure:
+            raise ValueError("insecure = true contradicts [mqtt.tls]: remove one of them")
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
         return self

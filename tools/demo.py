@@ -31,6 +31,7 @@ ward = "icu-1"
 host = "127.0.0.1"
 port = {port}
 keepalive = 5
+insecure = true
 
 [store]
 path = "{outbox}"

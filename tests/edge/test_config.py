@@ -98,3 +98,16 @@ def test_run_with_bad_config_never_starts(capsys: pytest.CaptureFixture[str], tm
     status = main(["run", "--config", str(DATA / "bad-several.toml")])
     assert status == 78
     assert "bed[0].device[0].driver" in capsys.readouterr().err
+
+
+def test_plaintext_mqtt_needs_insecure_said_on_purpose() -> None:
+    document = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    del document["mqtt"]["insecure"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document)
+    assert any(line.startswith("mqtt: ") and "insecure = true" in line for line in caught.value.lines)
+    document["mqtt"]["insecure"] = True
+    document["mqtt"]["tls"] = {"ca": "/etc/icu-edge/ca.pem"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document)
+    assert any("contradicts" in line for line in caught.value.lines)

@@ -73,7 +73,8 @@ def make_publisher(broker: MosquittoBroker, store_path: Path, **store: Any) -> P
         tls = TlsConfig(ca=broker.tls_files.ca)
     return Publisher(
         mqtt=MqttConfig(
-            host=broker.host, port=broker.port, reconnect_min_s=0.1, reconnect_max_s=0.5, tls=tls
+            host=broker.host, port=broker.port, reconnect_min_s=0.1, reconnect_max_s=0.5, tls=tls,
+            insecure=tls is None,
         ),
         store=StoreConfig(path=store_path, **store),
         topics=TOPICS,
@@ -321,7 +322,9 @@ WILL_SCRIPT = textwrap.dedent(
     async def main() -> None:
         port, store = int(sys.argv[1]), Path(sys.argv[2])
         pub = Publisher(
-            mqtt=MqttConfig(host="127.0.0.1", port=port, reconnect_min_s=0.1, reconnect_max_s=0.5),
+            mqtt=MqttConfig(
+                host="127.0.0.1", port=port, reconnect_min_s=0.1, reconnect_max_s=0.5, insecure=True
+            ),
             store=StoreConfig(path=store),
             topics=Topics(prefix="icu/v1", site="site1", ward="icu3", appliance="edge7"),
             appliance_id="edge7", beds=["bed1"], version="0.1.0-test",

@@ -59,6 +59,7 @@ ward = "icu-3"
 host = "127.0.0.1"
 port = {broker.port}
 keepalive = 5
+insecure = true
 reconnect_min_s = 0.1
 reconnect_max_s = 0.5
 

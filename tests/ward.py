@@ -1,0 +1,173 @@
+"""Test harness: a ward of N beds as real processes (MEDIBUS simulators on ptys, `icu-edge run`).
+
+Each bed has one ventilator simulator on its own pseudo-terminal; the daemon runs as a separate
+process on a generated config against a real Mosquitto. Fault tests start, kill and restart the parts
+and read what a central station would receive. Every process writes its log under the work directory;
+`close()` kills whatever still runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker import wait_for
+
+from tools.local_broker import LocalMosquitto
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APPLIANCE = "edge-0001"
+ROOT = "icu/v1/hosp-a/icu-3"
+STATUS_TOPIC = f"{ROOT}/appliance/{APPLIANCE}/status"
+
+
+def bed_topic(bed: str) -> str:
+    """Return `R/bed/{bed}`."""
+    return f"{ROOT}/bed/{bed}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WardLayout:
+    """What the generated config says: beds, and the TOML fragments a test adds."""
+
+    beds: int = 1
+    keepalive_s: int = 5
+    store_toml: str = 'synchronous = "normal"'
+    engines_toml: str = "[engines]\nenabled = false"
+    mqtt_toml: str = ""
+    extra_toml: str = ""
+    stale_after_s: float = 10.0
+    scenario: str = "steady"
+
+
+class Ward:
+    """The simulators and the daemon as processes, restartable and killable by the test."""
+
+    def __init__(self, *, workdir: Path, broker: LocalMosquitto, layout: WardLayout = WardLayout()) -> None:
+        self.workdir = workdir
+        self.broker = broker
+        self.layout = layout
+        self.beds = [f"bed-{i + 1:02d}" for i in range(layout.beds)]
+        self.links = {bed: workdir / f"vent-{bed}" for bed in self.beds}
+        self.outbox = workdir / "outbox.db"
+        self.config = workdir / "config.toml"
+        self.simulators: dict[str, subprocess.Popen[bytes]] = {}
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.write_config()
+
+    def config_text(self) -> str:
+        """Return the TOML the daemon runs on."""
+        layout = self.layout
+        beds = "".join(
+            f"""
+[[bed]]
+id = "{bed}"
+stale_after_s = {layout.stale_after_s}
+
+[[bed.device]]
+id = "vent-1"
+driver = "medibus"
+port = "{self.links[bed]}"
+baud = 19200
+"""
+            for bed in self.beds
+        )
+        return f"""
+[appliance]
+id = "{APPLIANCE}"
+site = "hosp-a"
+ward = "icu-3"
+
+[mqtt]
+host = "127.0.0.1"
+port = {self.broker.port}
+keepalive = {layout.keepalive_s}
+reconnect_min_s = 0.1
+reconnect_max_s = 0.5
+insecure = true
+{layout.mqtt_toml}
+
+[store]
+path = "{self.outbox}"
+{layout.store_toml}
+
+{layout.engines_toml}
+
+{layout.extra_toml}
+{beds}"""
+
+    def write_config(self) -> None:
+        """(Re)write the config file from the layout."""
+        self.config.write_text(self.config_text(), encoding="utf-8")
+
+    def spawn(
+        self, name: str, argv: list[str], *, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `python -m argv...` from the repository root, its output appended to `name`.log."""
+        log = (self.workdir / f"{name}.log").open("ab")
+        with log:
+            return subprocess.Popen(
+                [sys.executable, "-m", *argv],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+            )
+
+    def start_simulator(self, bed: str, *, scenario: str | None = None) -> None:
+        """Start one bed's ventilator and wait for its pty link."""
+        link = self.links[bed]
+        self.simulators[bed] = self.spawn(
+            f"simulator-{bed}",
+            ["drivers.medibus.simulator", "--pty", str(link), "--scenario", scenario or self.layout.scenario],
+        )
+        if not wait_for(lambda: link.exists() and os.path.exists(os.path.realpath(link)), timeout_s=15):
+            log = self.log(f"simulator-{bed}")
+            raise AssertionError(f"simulator of {bed} did not create its pty link: {log}")
+
+    def start_simulators(self) -> None:
+        """Start every bed's ventilator."""
+        for bed in self.beds:
+            self.start_simulator(bed)
+
+    def kill_simulator(self, bed: str) -> None:
+        """Pull the cable: SIGKILL the bed's simulator so its pty vanishes at once."""
+        process = self.simulators.pop(bed)
+        process.kill()
+        process.wait()
+
+    def start_daemon(self, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `icu-edge run` on the generated config."""
+        self.daemon = self.spawn("daemon", ["edge.cli", "run", "--config", str(self.config)], env=env)
+        return self.daemon
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon: no goodbye, only the broker's Will."""
+        assert self.daemon is not None
+        self.daemon.kill()
+        self.daemon.wait()
+
+    def stop_daemon(self, *, timeout_s: float = 30.0) -> int:
+        """SIGTERM the daemon and return its exit status."""
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGTERM)
+        return self.daemon.wait(timeout=timeout_s)
+
+    def log(self, name: str) -> str:
+        """Return a process's log (for failure messages)."""
+        path = self.workdir / f"{name}.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else "(no log)"
+
+    def close(self) -> None:
+        """Stop whatever still runs."""
+        processes = [*self.simulators.values(), *([self.daemon] if self.daemon is not None else [])]
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self.simulators.clear()
