@@ -3,11 +3,18 @@
 The twin changes only inside `TwinStore.apply`, which takes one driver event, applies it as a
 transaction and returns the committed `TwinDelta`; the publisher sees deltas and snapshots, never a
 half-applied change. One owner: the event loop thread.
+
+This is the single entry point of measurements into the twin, so it is where plausibility is decided:
+every measurement is checked against the one table (`drivers.plausibility`) before it can be valid.
+A rejected reading becomes `value: null, valid: false` with its reason and the device's number in
+`rejected_value`; it is counted per device (`implausible_values`, `wrong_units`, `unknown_keys` in
+the device status counters) and the latest one is shown as the device status's `last_rejected`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,21 +23,54 @@ from drivers.base import (
     DriverEvent,
     LinkDown,
     LinkUp,
+    Measurement,
     MeasurementsReceived,
     SettingsReceived,
     TextMessagesReceived,
 )
+from drivers.plausibility import TABLE, Implausibility, check
 from edge.model import (
     DeviceAlarm,
     DeviceState,
     ForecastBody,
+    InvalidReason,
     Observation,
+    RejectedReading,
     TwinBody,
     TwinValue,
     VentilatorSetting,
 )
 
 LOGGER = logging.getLogger(__name__)
+
+_REASONS = {
+    Implausibility.OUT_OF_RANGE: InvalidReason.IMPLAUSIBLE,
+    Implausibility.WRONG_UNIT: InvalidReason.UNIT,
+    Implausibility.UNKNOWN_KEY: InvalidReason.UNKNOWN_KEY,
+}
+REJECT_COUNTERS = {
+    InvalidReason.IMPLAUSIBLE: "implausible_values",
+    InvalidReason.UNIT: "wrong_units",
+    InvalidReason.UNKNOWN_KEY: "unknown_keys",
+}
+"""Device status counter per rejection reason (merged into the link's counters)."""
+
+
+def judge(measurement: Measurement) -> tuple[float | None, InvalidReason | None]:
+    """Return the value the twin may show and why it is not valid (None: valid).
+
+    A value is valid only when the device gave one, did not flag it, and the plausibility table
+    accepts its unit and range; otherwise the value is withheld (None) and the reason says why.
+    """
+    value = measurement.value
+    if value is None:
+        return None, InvalidReason.NO_VALUE
+    rejected = check(key=measurement.key, value=value, unit=measurement.unit)
+    if rejected is not None:
+        return None, _REASONS[rejected]
+    if not measurement.valid:
+        return None, InvalidReason.DEVICE
+    return value, None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +95,8 @@ class TwinDelta:
     alarms_ended: list[DeviceAlarm] = field(default_factory=list)
     device_state: DeviceState | None = None
     """Set when the device's connectivity changed."""
+    rejected: list[RejectedReading] = field(default_factory=list)
+    """Readings the plausibility check rejected in this transaction (already counted)."""
     text_messages: tuple[str, ...] | None = None
     """Set when the device's text messages changed."""
 
@@ -88,6 +130,8 @@ class TwinStore:
     def __init__(self, *, stale_after_s: dict[str, float], devices: list[DeviceIdentity]) -> None:
         self._beds = {bed: _BedTwin(bed=bed, stale_after_s=s) for bed, s in stale_after_s.items()}
         self._identity: dict[tuple[str, str], DeviceIdentity] = {}
+        self._rejects: dict[tuple[str, str], Counter[str]] = {}
+        self._logged_rejects: set[tuple[str, str, str, InvalidReason]] = set()
         for identity in devices:
             self._identity[(identity.bed, identity.device)] = identity
             self._beds[identity.bed].devices[identity.device] = DeviceState(
@@ -118,8 +162,9 @@ class TwinStore:
     ) -> DeviceState:
         """Record the link's counters and last frame time (no connectivity change) and return the state."""
         twin = self._beds[bed]
+        merged = {**counters, **self._rejects.get((bed, device), {})}
         state = twin.devices[device].model_copy(
-            update={"counters": counters, "last_frame_at": last_frame_at, "last_error": last_error}
+            update={"counters": merged, "last_frame_at": last_frame_at, "last_error": last_error}
         )
         twin.devices[device] = state
         return state
@@ -185,20 +230,76 @@ class TwinStore:
         received_mono_s: float,
     ) -> None:
         for measurement in event.measurements:
+            value, reason = judge(measurement)
+            rejected_value = measurement.value if reason in REJECT_COUNTERS else None
             observation = Observation(
                 key=measurement.key,
-                value=measurement.value,
+                value=value,
                 unit=measurement.unit,
                 mdc=measurement.mdc_code,
                 label=measurement.label,
                 device=delta.device,
                 device_code=measurement.device_code,
-                valid=measurement.valid and measurement.value is not None,
+                valid=reason is None,
+                invalid_reason=reason,
+                rejected_value=rejected_value,
                 device_time=event.device_time,
                 received_at=received_at,
             )
             twin.values[measurement.key] = _StoredValue(observation, received_mono_s)
             delta.observations.append(observation)
+            if reason is not None and rejected_value is not None:
+                delta.rejected.append(
+                    self._count_rejected(
+                        twin, delta.device, measurement, reason=reason, value=rejected_value, at=received_at
+                    )
+                )
+
+    def _count_rejected(
+        self,
+        twin: _BedTwin,
+        device: str,
+        measurement: Measurement,
+        *,
+        reason: InvalidReason,
+        value: float,
+        at: datetime,
+    ) -> RejectedReading:
+        """Count a rejected reading on its device and show it as the device's last rejected one."""
+        row = TABLE.get(measurement.key)
+        reading = RejectedReading(
+            key=measurement.key,
+            value=value,
+            unit=measurement.unit,
+            reason=reason,
+            expected_unit=None if row is None else row.unit,
+            minimum=None if row is None else row.minimum,
+            maximum=None if row is None else row.maximum,
+            at=at,
+        )
+        rejects = self._rejects.setdefault((twin.bed, device), Counter())
+        rejects[REJECT_COUNTERS[reason]] += 1
+        state = twin.devices[device]
+        twin.devices[device] = state.model_copy(
+            update={"counters": {**state.counters, **rejects}, "last_rejected": reading}
+        )
+        log_key = (twin.bed, device, measurement.key, reason)
+        if log_key not in self._logged_rejects:
+            # Once per bed, device, key and reason: constant line noise must not flood the log.
+            self._logged_rejects.add(log_key)
+            LOGGER.warning(
+                "%s/%s %s %r %s rejected (%s; possible %s..%s %s); further ones are only counted",
+                twin.bed,
+                device,
+                measurement.key,
+                value,
+                measurement.unit,
+                reason,
+                reading.minimum,
+                reading.maximum,
+                reading.expected_unit,
+            )
+        return reading
 
     def _apply_alarms(
         self,
@@ -271,6 +372,8 @@ class TwinStore:
                 label=observation.label,
                 device=observation.device,
                 valid=observation.valid,
+                invalid_reason=observation.invalid_reason,
+                rejected_value=observation.rejected_value,
                 device_time=observation.device_time,
                 received_at=observation.received_at,
                 age_s=round(age_s, 3),
