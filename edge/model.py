@@ -69,11 +69,13 @@ class Observation(_Frozen):
 
 
 class VentilatorSetting(_Frozen):
-    """One ventilator setting as the device reports it."""
+    """One ventilator setting as the device reports it (a number outside the table's range: value null)."""
 
     key: str
     value: float | str | None
     unit: str
+    invalid_reason: InvalidReason | None = Field(default=None, description="why value is null; null if not")
+    rejected_value: float | None = Field(default=None, description=_REJECTED_DESCRIPTION)
     label: str
     device: str
     device_code: str

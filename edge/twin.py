@@ -179,16 +179,7 @@ class TwinStore:
             case MeasurementsReceived():
                 self._apply_measurements(twin, delta, event, received_at, received_mono_s)
             case SettingsReceived():
-                for setting in event.settings:
-                    twin.settings[setting.key] = VentilatorSetting(
-                        key=setting.key,
-                        value=setting.value,
-                        unit=setting.unit,
-                        label=setting.label,
-                        device=device,
-                        device_code=setting.device_code,
-                        received_at=received_at,
-                    )
+                self._apply_settings(twin, delta, event, received_at)
             case DeviceAlarmsReceived():
                 self._apply_alarms(twin, delta, device, event, received_at)
             case TextMessagesReceived():
@@ -251,26 +242,66 @@ class TwinStore:
             if reason is not None and rejected_value is not None:
                 delta.rejected.append(
                     self._count_rejected(
-                        twin, delta.device, measurement, reason=reason, value=rejected_value, at=received_at
+                        twin,
+                        delta.device,
+                        key=measurement.key,
+                        unit=measurement.unit,
+                        reason=reason,
+                        value=rejected_value,
+                        at=received_at,
                     )
                 )
+
+    def _apply_settings(
+        self, twin: _BedTwin, delta: TwinDelta, event: SettingsReceived, received_at: datetime
+    ) -> None:
+        """Record the settings; a number the table rejects is withheld like a measured value."""
+        for setting in event.settings:
+            value, reason, rejected_value = setting.value, None, None
+            if isinstance(setting.value, float):
+                rejected = check(key=setting.key, value=setting.value, unit=setting.unit)
+                if rejected is not None:
+                    value, reason, rejected_value = None, _REASONS[rejected], setting.value
+                    delta.rejected.append(
+                        self._count_rejected(
+                            twin,
+                            delta.device,
+                            key=setting.key,
+                            unit=setting.unit,
+                            reason=reason,
+                            value=setting.value,
+                            at=received_at,
+                        )
+                    )
+            twin.settings[setting.key] = VentilatorSetting(
+                key=setting.key,
+                value=value,
+                unit=setting.unit,
+                invalid_reason=reason,
+                rejected_value=rejected_value,
+                label=setting.label,
+                device=delta.device,
+                device_code=setting.device_code,
+                received_at=received_at,
+            )
 
     def _count_rejected(
         self,
         twin: _BedTwin,
         device: str,
-        measurement: Measurement,
         *,
+        key: str,
+        unit: str,
         reason: InvalidReason,
         value: float,
         at: datetime,
     ) -> RejectedReading:
         """Count a rejected reading on its device and show it as the device's last rejected one."""
-        row = TABLE.get(measurement.key)
+        row = TABLE.get(key)
         reading = RejectedReading(
-            key=measurement.key,
+            key=key,
             value=value,
-            unit=measurement.unit,
+            unit=unit,
             reason=reason,
             expected_unit=None if row is None else row.unit,
             minimum=None if row is None else row.minimum,
@@ -283,7 +314,7 @@ class TwinStore:
         twin.devices[device] = state.model_copy(
             update={"counters": {**state.counters, **rejects}, "last_rejected": reading}
         )
-        log_key = (twin.bed, device, measurement.key, reason)
+        log_key = (twin.bed, device, key, reason)
         if log_key not in self._logged_rejects:
             # Once per bed, device, key and reason: constant line noise must not flood the log.
             self._logged_rejects.add(log_key)
@@ -291,9 +322,9 @@ class TwinStore:
                 "%s/%s %s %r %s rejected (%s; possible %s..%s %s); further ones are only counted",
                 twin.bed,
                 device,
-                measurement.key,
+                key,
                 value,
-                measurement.unit,
+                unit,
                 reason,
                 reading.minimum,
                 reading.maximum,

@@ -206,8 +206,9 @@ NOISE_VALUES: dict[MeasuredCodeCP1, float | None] = {
 class NoisyLineScenario(SteadyScenario):
     """The steady patient on a noisy line: checksum-valid frames that carry impossible readings.
 
-    Every second answer of each three is corrupted: the first carries `NOISE_VALUES` in place of the
-    steady FiO2, VT and RR, the second names VT three times (the duplicated-code frame of issue 6).
+    Of each three seconds of scenario time, the first answers steady values, the second carries
+    `NOISE_VALUES` in place of the steady FiO2, VT and RR, the third names VT three times (the
+    duplicated-code frame of issue 6).
     """
 
     name = "noise"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import LinkUp, Measurement, MeasurementsReceived
+from drivers.base import LinkUp, Measurement, MeasurementsReceived, Setting, SettingsReceived
 from drivers.plausibility import TABLE, check
 from edge.twin import DeviceIdentity, TwinDelta, TwinStore
 
@@ -108,6 +108,32 @@ def test_wrong_unit_unknown_key_and_device_flag_are_not_valid(caplog: pytest.Log
     assert (counters["wrong_units"], counters["unknown_keys"]) == (2, 1)
     assert "implausible_values" not in counters
     assert len([r for r in caplog.records if "etco2" in r.getMessage()]) == 1, "logged once per reason"
+
+
+def test_an_impossible_setting_is_withheld_and_counted_like_a_value() -> None:
+    store = _store()
+    store.apply(
+        bed="bed-07",
+        device="vent-1",
+        event=SettingsReceived(
+            settings=(
+                Setting(key="fio2_set", value=9421.0, unit="%", device_code="01", label="FiO2 setting"),
+                Setting(key="peep_set", value=5.0, unit="mbar", device_code="0B", label="PEEP setting"),
+                Setting(key="mode", value="VC-CMV", unit="1", device_code="99", label="mode"),
+            )
+        ),
+        received_at=T0,
+        received_mono_s=100.0,
+    )
+    settings = store.snapshot(bed="bed-07", now_mono_s=100.0).settings
+    fio2 = settings["fio2_set"]
+    assert (fio2.value, fio2.invalid_reason, fio2.rejected_value) == (None, "implausible", 9421.0)
+    assert (settings["peep_set"].value, settings["peep_set"].invalid_reason) == (5.0, None)
+    assert settings["mode"].value == "VC-CMV", "text settings are not numbers to range-check"
+    state = store.device_state(bed="bed-07", device="vent-1")
+    assert state.counters["implausible_values"] == 1
+    assert state.last_rejected is not None
+    assert (state.last_rejected.key, state.last_rejected.maximum) == ("fio2_set", 100.0)
 
 
 _KEYS = st.sampled_from([*TABLE, "mystery"])
