@@ -9,6 +9,9 @@ every measurement is checked against the one table (`drivers.plausibility`) befo
 A rejected reading becomes `value: null, valid: false` with its reason and the device's number in
 `rejected_value`; it is counted per device (`implausible_values`, `wrong_units`, `unknown_keys` in
 the device status counters) and the latest one is shown as the device status's `last_rejected`.
+A key's twin value is always its latest reading: a rejected one replaces the last valid value with the
+rejection marker, as a monitor shows `---` for an artefact, rather than keep a number the device's
+latest frame contradicts.
 """
 
 from __future__ import annotations
@@ -95,8 +98,6 @@ class TwinDelta:
     alarms_ended: list[DeviceAlarm] = field(default_factory=list)
     device_state: DeviceState | None = None
     """Set when the device's connectivity changed."""
-    rejected: list[RejectedReading] = field(default_factory=list)
-    """Readings the plausibility check rejected in this transaction (already counted)."""
     text_messages: tuple[str, ...] | None = None
     """Set when the device's text messages changed."""
 
@@ -240,16 +241,14 @@ class TwinStore:
             twin.values[measurement.key] = _StoredValue(observation, received_mono_s)
             delta.observations.append(observation)
             if reason is not None and rejected_value is not None:
-                delta.rejected.append(
-                    self._count_rejected(
-                        twin,
-                        delta.device,
-                        key=measurement.key,
-                        unit=measurement.unit,
-                        reason=reason,
-                        value=rejected_value,
-                        at=received_at,
-                    )
+                self._count_rejected(
+                    twin,
+                    delta.device,
+                    key=measurement.key,
+                    unit=measurement.unit,
+                    reason=reason,
+                    value=rejected_value,
+                    at=received_at,
                 )
 
     def _apply_settings(
@@ -262,16 +261,14 @@ class TwinStore:
                 rejected = check(key=setting.key, value=setting.value, unit=setting.unit)
                 if rejected is not None:
                     value, reason, rejected_value = None, _REASONS[rejected], setting.value
-                    delta.rejected.append(
-                        self._count_rejected(
-                            twin,
-                            delta.device,
-                            key=setting.key,
-                            unit=setting.unit,
-                            reason=reason,
-                            value=setting.value,
-                            at=received_at,
-                        )
+                    self._count_rejected(
+                        twin,
+                        delta.device,
+                        key=setting.key,
+                        unit=setting.unit,
+                        reason=reason,
+                        value=setting.value,
+                        at=received_at,
                     )
             twin.settings[setting.key] = VentilatorSetting(
                 key=setting.key,
@@ -295,8 +292,11 @@ class TwinStore:
         reason: InvalidReason,
         value: float,
         at: datetime,
-    ) -> RejectedReading:
-        """Count a rejected reading on its device and show it as the device's last rejected one."""
+    ) -> None:
+        """Count a rejected reading on its device and show it as the device's last rejected one.
+
+        The device status carries both; the daemon publishes it when the counters change.
+        """
         row = TABLE.get(key)
         reading = RejectedReading(
             key=key,
@@ -330,7 +330,6 @@ class TwinStore:
                 reading.maximum,
                 reading.expected_unit,
             )
-        return reading
 
     def _apply_alarms(
         self,

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from drivers.medibus.codes import DEVICE_SETTINGS, MEASURED_CP1
-from drivers.plausibility import TABLE, Implausibility, check
+from drivers.medibus.codes import DEVICE_SETTINGS, MEASURED_CP1, ParameterSpec
+from drivers.plausibility import TABLE, Implausibility, PlausibleRange, check
 from engines.spec import CONTEXT, SIGNALS
 
 UCUM_UNITS = {"mbar", "mL", "L/min", "mL/min", "%", "mm[Hg]", "kPa", "/min", "1", "/min/L", "L/bar", "s"}
@@ -16,8 +16,8 @@ MONITOR_KEYS = {"hr", "pr", "spo2", "map", "sbp", "dbp", "nbp_map", "nbp_sys", "
 
 
 @pytest.mark.parametrize("spec", [*MEASURED_CP1.values(), *DEVICE_SETTINGS.values()], ids=lambda s: s.key)
-def test_every_medibus_key_has_a_row_in_its_unit(spec: object) -> None:
-    key, unit = spec.key, spec.unit  # type: ignore[attr-defined]
+def test_every_medibus_key_has_a_row_in_its_unit(spec: ParameterSpec) -> None:
+    key, unit = spec.key, spec.unit
     assert key in TABLE, f"MEDIBUS produces {key!r} but the plausibility table has no row for it"
     assert TABLE[key].unit == unit, f"{key}: driver unit {unit!r}, table unit {TABLE[key].unit!r}"
 
@@ -32,21 +32,21 @@ def test_monitor_keys_and_forecast_signals_have_rows() -> None:
 
 
 @pytest.mark.parametrize("row", TABLE.values(), ids=lambda r: r.key)
-def test_forecast_input_range_lies_inside_the_possible_range(row: object) -> None:
-    low, high = row.forecast_bounds()  # type: ignore[attr-defined]
-    assert row.minimum <= low < high <= row.maximum  # type: ignore[attr-defined]
+def test_forecast_input_range_lies_inside_the_possible_range(row: PlausibleRange) -> None:
+    low, high = row.forecast_bounds()
+    assert row.minimum <= low < high <= row.maximum
 
 
 @pytest.mark.parametrize("row", TABLE.values(), ids=lambda r: r.key)
-def test_rows_are_sane(row: object) -> None:
-    key, unit = row.key, row.unit  # type: ignore[attr-defined]
-    minimum, maximum = row.minimum, row.maximum  # type: ignore[attr-defined]
+def test_rows_are_sane(row: PlausibleRange) -> None:
+    key, unit = row.key, row.unit
+    minimum, maximum = row.minimum, row.maximum
     assert TABLE[key] is row
     assert unit in UCUM_UNITS
     assert math.isfinite(minimum)
     assert math.isfinite(maximum)
     assert minimum < maximum
-    assert len(row.rationale) > 10  # type: ignore[attr-defined]
+    assert len(row.rationale) > 10
     if unit == "%":
         assert minimum >= 0.0, "a percentage cannot leave 0-100"
         assert maximum <= 100.0, "a percentage cannot leave 0-100"
