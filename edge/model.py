@@ -32,27 +32,50 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class InvalidReason(enum.StrEnum):
+    """Why an observation is not valid (machine-readable; `value` is then always null)."""
+
+    NO_VALUE = "no_value"
+    """The device reported the parameter without a usable value."""
+    DEVICE = "device"
+    """The device itself flagged the value as invalid."""
+    IMPLAUSIBLE = "implausible"
+    """Outside the key's possible range (drivers/plausibility.py): line noise, never a measurement."""
+    UNIT = "unit"
+    """Reported in another unit than the key's canonical UCUM unit."""
+    UNKNOWN_KEY = "unknown_key"
+    """A key the plausibility table has no row for: it cannot be checked, so it is not trusted."""
+
+
+_VALUE_DESCRIPTION = "null whenever valid is false: a rejected number never sits where a value belongs"
+_REJECTED_DESCRIPTION = "the number the device sent when the appliance rejected it (never a measurement)"
+
+
 class Observation(_Frozen):
     """One measured value of one bed, with where and when it came from."""
 
     key: str = Field(description="short key: hr, spo2, map, rr, etco2, ppeak, peep, vt, mv, fio2, ...")
-    value: float | None = Field(description="null when the device reported no usable value")
+    value: float | None = Field(description=_VALUE_DESCRIPTION)
     unit: str = Field(description="UCUM unit")
     mdc: str | None = Field(default=None, description="IEEE 11073 MDC reference id, where one exists")
     label: str = Field(description="human-readable parameter name")
     device: str = Field(description="id of the device that measured it (from the config)")
     device_code: str = Field(description="the device protocol's own code for the parameter")
     valid: bool
+    invalid_reason: InvalidReason | None = Field(default=None, description="why not valid; null when valid")
+    rejected_value: float | None = Field(default=None, description=_REJECTED_DESCRIPTION)
     device_time: Timestamp | None = Field(description="when the device says it measured (null: not told)")
     received_at: Timestamp = Field(description="appliance wall clock when the value was received")
 
 
 class VentilatorSetting(_Frozen):
-    """One ventilator setting as the device reports it."""
+    """One ventilator setting as the device reports it (a number outside the table's range: value null)."""
 
     key: str
     value: float | str | None
     unit: str
+    invalid_reason: InvalidReason | None = Field(default=None, description="why value is null; null if not")
+    rejected_value: float | None = Field(default=None, description=_REJECTED_DESCRIPTION)
     label: str
     device: str
     device_code: str
@@ -69,6 +92,19 @@ class DeviceAlarm(_Frozen):
     onset: Timestamp = Field(description="first time the appliance saw this alarm active")
 
 
+class RejectedReading(_Frozen):
+    """The last reading of a device that the plausibility table rejected (for the field engineer)."""
+
+    key: str
+    value: float = Field(description="the number the device sent")
+    unit: str = Field(description="the unit it came with")
+    reason: InvalidReason
+    expected_unit: str | None = Field(description="the key's canonical unit; null for an unknown key")
+    minimum: float | None = Field(description="lower bound of the key's possible range (inclusive)")
+    maximum: float | None = Field(description="upper bound of the key's possible range (inclusive)")
+    at: Timestamp = Field(description="appliance wall clock when it was received")
+
+
 class DeviceState(_Frozen):
     """Connectivity and health of one device link."""
 
@@ -82,18 +118,30 @@ class DeviceState(_Frozen):
     connected_since: Timestamp | None = None
     last_frame_at: Timestamp | None = None
     last_error: str | None = None
-    counters: dict[str, int] = Field(default_factory=dict)
+    counters: dict[str, int] = Field(
+        default_factory=dict,
+        description="link counters, plus implausible_values, wrong_units and unknown_keys from the twin",
+    )
+    last_rejected: RejectedReading | None = Field(
+        default=None, description="the latest reading the plausibility check rejected"
+    )
 
 
 class TwinValue(_Frozen):
-    """The twin's latest value of one key, with its age at snapshot time."""
+    """The twin's latest reading of one key, with its age at snapshot time.
 
-    value: float | None
+    It is always the latest reading: when that was rejected, the twin shows the rejection (value null,
+    valid false, the reason), never an older value that the device's latest frame contradicts.
+    """
+
+    value: float | None = Field(description=_VALUE_DESCRIPTION)
     unit: str
     mdc: str | None
     label: str
     device: str
     valid: bool
+    invalid_reason: InvalidReason | None = Field(default=None, description="why not valid; null when valid")
+    rejected_value: float | None = Field(default=None, description=_REJECTED_DESCRIPTION)
     device_time: Timestamp | None
     received_at: Timestamp
     age_s: float = Field(description="seconds since received_at, at snapshot time")
@@ -149,7 +197,7 @@ class EventForecast(_Frozen):
 class TwinBody(_Frozen):
     """Full twin snapshot of one bed."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/twin/1"
+    SCHEMA: ClassVar[str] = "icu-edge/twin/2"
     values: dict[str, TwinValue]
     settings: dict[str, VentilatorSetting]
     devices: dict[str, DeviceState]
@@ -177,7 +225,7 @@ class ForecastBody(_Frozen):
 class VitalsBody(_Frozen):
     """A batch of observations as they arrived from one device."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/vitals/1"
+    SCHEMA: ClassVar[str] = "icu-edge/vitals/2"
     device: str
     observations: list[Observation]
     coalesced: int = Field(
@@ -188,7 +236,7 @@ class VitalsBody(_Frozen):
 class DeviceStatusBody(_Frozen):
     """Retained device status."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/device/1"
+    SCHEMA: ClassVar[str] = "icu-edge/device/2"
     status: DeviceState
 
 

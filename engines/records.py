@@ -27,6 +27,7 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
+from drivers.plausibility import TABLE
 from engines.features import clean_grid, to_canonical
 from engines.spec import CONTEXT, SIGNAL_KEYS, SIGNALS, STEP_S, Signal
 
@@ -34,8 +35,8 @@ LOGGER = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
-PULSE_RATE = Signal("pr", "/min", "pulse rate", 20.0, 250.0)
-"""The extra `pr` column: same unit and plausible range as heart rate."""
+PULSE_RATE = Signal("pr", TABLE["pr"].unit, "pulse rate", *TABLE["pr"].forecast_bounds())
+"""The extra `pr` column, checked against the one plausibility table like every signal."""
 
 _NAMES: dict[str, str] = {
     "HR": "hr",

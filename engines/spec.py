@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from drivers.plausibility import TABLE
+
 STEP_S: Final = 60
 """One window step: the resolution of the forecast inputs (the ICU numerics records are per minute)."""
 WINDOW_STEPS: Final = 30
@@ -28,16 +30,22 @@ class Signal:
     """Values outside [minimum, maximum] are artefacts: masked as invalid, never fed to a model."""
 
 
+def _signal(key: str, label: str) -> Signal:
+    """Return the signal with its unit and forecast input range from the one plausibility table."""
+    row = TABLE[key]
+    return Signal(key, row.unit, label, *row.forecast_bounds())
+
+
 SIGNALS: Final = (
-    Signal("hr", "/min", "heart rate", 20.0, 250.0),
-    Signal("spo2", "%", "SpO2", 50.0, 100.0),
-    Signal("map", "mm[Hg]", "mean arterial pressure", 20.0, 200.0),
-    Signal("rr", "/min", "respiratory rate", 2.0, 70.0),
-    Signal("etco2", "mm[Hg]", "end-tidal CO2", 5.0, 120.0),
+    _signal("hr", "heart rate"),
+    _signal("spo2", "SpO2"),
+    _signal("map", "mean arterial pressure"),
+    _signal("rr", "respiratory rate"),
+    _signal("etco2", "end-tidal CO2"),
 )
 CONTEXT: Final = (
-    Signal("fio2", "%", "FiO2", 21.0, 100.0),
-    Signal("peep", "mbar", "PEEP", 0.0, 30.0),
+    _signal("fio2", "FiO2"),
+    _signal("peep", "PEEP"),
 )
 SIGNAL_KEYS: Final = tuple(s.key for s in SIGNALS)
 CONTEXT_KEYS: Final = tuple(s.key for s in CONTEXT)

@@ -2,7 +2,9 @@
 
 Every parser takes a `LinkCounters` and counts, under `extra`, the records it had to skip
 (`unknown_codes`, `malformed_records`), so a device speaking a dialect we do not know never crashes
-the session.
+the session. A measured-data frame that names one code twice is rejected whole (`duplicate_codes`):
+a device reports each parameter once per answer, so a repeat is line noise that the 8-bit checksum
+let through, and no record of that frame can be trusted.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ALARM_RECORD_LEN = 15
 ALARM_TEXT_LEN = 12
 EXTRA_UNKNOWN_CODES = "unknown_codes"
 EXTRA_MALFORMED = "malformed_records"
+EXTRA_DUPLICATE_CODES = "duplicate_codes"
 _ENCODING = "latin-1"
 _NUMBER_CHARS = frozenset("0123456789.+-")
 
@@ -72,9 +75,18 @@ def _records(data: bytes, *, size: int, counters: LinkCounters) -> list[str]:
 
 
 def parse_measurements(data: bytes, *, counters: LinkCounters) -> tuple[Measurement, ...]:
-    """Decode a codepage-1 measured-data payload (6-char records: 2 hex code + 4-char value)."""
+    """Decode a codepage-1 measured-data payload (6-char records: 2 hex code + 4-char value).
+
+    Return no measurement at all when a code appears twice (counted as `duplicate_codes`).
+    """
+    records = _records(data, size=MEASURED_RECORD_LEN, counters=counters)
+    codes = [record[:2].upper() for record in records]
+    if len(set(codes)) != len(codes):
+        _bump(counters, EXTRA_DUPLICATE_CODES)
+        LOGGER.debug("measured-data frame with a repeated code rejected: %r", data)
+        return ()
     out: list[Measurement] = []
-    for record in _records(data, size=MEASURED_RECORD_LEN, counters=counters):
+    for record in records:
         code = record[:2].upper()
         try:
             spec = MEASURED_CP1[MeasuredCodeCP1(code)]

@@ -63,6 +63,10 @@ class Scenario:
         """Return measured values at t_s (None: the device shows the parameter without a value)."""
         return {}
 
+    def measured_data_at(self, t_s: float) -> bytes:
+        """Return the measured-data response payload at t_s (a scenario may send what no device would)."""
+        return measured_payload(self.values_at(t_s))
+
     def settings_at(self, t_s: float) -> dict[SettingCode, float]:
         """Return the ventilator settings at t_s."""
         return {}
@@ -191,9 +195,40 @@ class DeterioratingPatientScenario(Scenario):
         return [("01", "VC-CMV")]
 
 
+NOISE_VALUES: dict[MeasuredCodeCP1, float | None] = {
+    MeasuredCodeCP1.FIO2: 9421.0,
+    MeasuredCodeCP1.VT: 9352.0,
+    MeasuredCodeCP1.RR: 6618.0,
+}
+"""The impossible readings of issue 6 that a correct 8-bit checksum let through."""
+
+
+class NoisyLineScenario(SteadyScenario):
+    """The steady patient on a noisy line: checksum-valid frames that carry impossible readings.
+
+    Of each three seconds of scenario time, the first answers steady values, the second carries
+    `NOISE_VALUES` in place of the steady FiO2, VT and RR, the third names VT three times (the
+    duplicated-code frame of issue 6).
+    """
+
+    name = "noise"
+
+    def measured_data_at(self, t_s: float) -> bytes:
+        """Return steady, impossible or duplicated-code data, in turn, one per second of scenario time."""
+        phase = int(t_s) % 3
+        values = self.values_at(t_s)
+        if phase == 1:
+            values.update(NOISE_VALUES)
+        payload = measured_payload(values)
+        if phase == 2:
+            payload += measured_payload({MeasuredCodeCP1.VT: 9352.0}) * 2
+        return payload
+
+
 SCENARIOS: dict[str, type[Scenario]] = {
     SteadyScenario.name: SteadyScenario,
     DeterioratingPatientScenario.name: DeterioratingPatientScenario,
+    NoisyLineScenario.name: NoisyLineScenario,
 }
 
 
@@ -323,7 +358,7 @@ class VentilatorSimulator:
         if code is CommandCode.DEVICE_ID:
             data = self.identification.to_payload()
         elif code is CommandCode.MEASURED_CP1:
-            data = measured_payload(self.scenario.values_at(t_s))
+            data = self.scenario.measured_data_at(t_s)
         elif code is CommandCode.DEVICE_SETTINGS:
             data = settings_payload(self.scenario.settings_at(t_s))
         elif code is CommandCode.ALARMS_CP1:

@@ -165,7 +165,7 @@ async def test_birth_payloads_and_seq(publisher: Publisher, subscribe: Subscribe
     assert [m.seq for m in vitals_messages] == list(range(20))
     assert [m.observations[0].value for m in vitals_messages] == [float(i) for i in range(20)]
     assert {(m.session, m.appliance, m.bed, m.schema_id) for m in vitals_messages} == {
-        (publisher.session, APPLIANCE, BED, "icu-edge/vitals/1")
+        (publisher.session, APPLIANCE, BED, "icu-edge/vitals/2")
     }
     assert (
         DeviceStatusMessage.model_validate_json(on(messages, TOPICS.device(BED, "vent1"))[0].payload).seq == 0

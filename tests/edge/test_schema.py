@@ -29,10 +29,10 @@ def test_json_schemas_cover_config_and_every_payload(capsys: pytest.CaptureFixtu
     document = _run(capsys)
     assert set(document["payloads"]) == {
         "icu-edge/status/1",
-        "icu-edge/twin/1",
-        "icu-edge/vitals/1",
+        "icu-edge/twin/2",
+        "icu-edge/vitals/2",
         "icu-edge/event/1",
-        "icu-edge/device/1",
+        "icu-edge/device/2",
         "icu-edge/forecast/1",
     }
     for schema in document["payloads"].values():
