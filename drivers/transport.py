@@ -4,14 +4,18 @@ pyserial's `serial_for_url` already understands all three, so the same driver ru
 serial bridge or a pseudo-terminal. Reads block for at most `read_timeout_s` and are meant to run on a
 reader thread, never on the event loop.
 
-A port carries one device's data to one bed, so it is opened by one reader at a time, three ways:
+A port carries one device's data to one bed, so it is opened by one reader at a time, two ways:
 - in this process, `open_transport` claims the port's identity (`port_identity`: the device path with
   symlinks resolved, or `tcp://host:port`) until the transport is closed; a second open is refused;
 - across processes, a device path is `flock`ed (pyserial `exclusive=True`), which a symlink alias
-  (`/dev/serial/by-id/...`) cannot dodge because the lock is on the device node;
-- against programs that take no lock (a terminal program), the tty is put in exclusive mode
-  (`TIOCEXCL`: a further open fails with EBUSY, except for root) and released before closing.
+  (`/dev/serial/by-id/...`) cannot dodge because the lock is on the device node, and which the kernel
+  drops when the holder dies.
 A refused open raises `PortBusy` ("port busy: ..."); the device link shows it and retries.
+
+Not TIOCEXCL: on a pseudo-terminal the exclusive flag outlives its opener while the other side stays
+open, so a daemon killed by the watchdog would find its own port EBUSY after the restart (seen on
+Linux 2026-11-30) and its bed would stay without values. A port someone else put in exclusive mode is
+reported as busy.
 
 Threads: the claim table is shared by every reader thread and guarded by one lock; a transport itself
 belongs to the one reader thread that opened it.
@@ -20,7 +24,6 @@ belongs to the one reader thread that opened it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import logging
 import os
@@ -115,7 +118,7 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 
 
 _BUSY_ERRNOS = frozenset({errno.EAGAIN, errno.EBUSY})
-"""flock held by another process (pyserial `exclusive=True`); tty in exclusive mode (TIOCEXCL)."""
+"""flock held by another process (pyserial `exclusive=True`); a tty another program made exclusive."""
 
 _claims: set[str] = set()
 _claims_lock = threading.Lock()
@@ -178,12 +181,7 @@ class SerialTransport:
             raise TransportError(f"{self.url}: write failed: {exc}") from exc
 
     def close(self) -> None:
-        """Leave exclusive mode, close the port and release its claim; errors are logged, not raised."""
-        try:
-            if self._port.is_open and self.url.startswith("/"):
-                fcntl.ioctl(self._port.fileno(), termios.TIOCNXCL)
-        except _PORT_ERRORS as exc:
-            LOGGER.debug("leaving exclusive mode on %s failed: %s", self.url, exc)
+        """Close the port and release its claim; errors on close are logged, not raised."""
         try:
             self._port.close()
         except _PORT_ERRORS as exc:
@@ -226,10 +224,4 @@ def _open_exclusive(url: str, *, line: SerialSettings, read_timeout_s: float) ->
         if getattr(exc, "errno", None) in _BUSY_ERRNOS:
             raise PortBusy(f"{url}: port busy: another process holds {url}: {exc}") from exc
         raise TransportError(f"{url}: cannot open: {exc}") from exc
-    if url.startswith("/"):
-        try:
-            fcntl.ioctl(port.fileno(), termios.TIOCEXCL)
-        except _PORT_ERRORS as exc:
-            port.close()
-            raise TransportError(f"{url}: cannot open: exclusive mode refused: {exc}") from exc
     return port

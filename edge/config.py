@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -74,6 +75,21 @@ def _topic_prefix(value: str) -> str:
     return value
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+
+
+def _host(value: str) -> str:
+    """A host name or IP literal: a URL, a port or a space would only fail later, at every reconnect."""
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise ValueError("must be a host name or IP address, without scheme, port or path") from None
+    elif not _HOST_NAME.fullmatch(value):
+        raise ValueError("must be a host name or IP address, without scheme, port or path")
+    return value
+
+
 def _problem(loc: tuple[str | int, ...], value: object, message: str) -> InitErrorDetails:
     """One located problem for a validator that finds several at once."""
     return InitErrorDetails(
@@ -111,7 +127,7 @@ class TlsConfig(_Section):
 class MqttConfig(_Section):
     """The ward broker connection."""
 
-    host: str = Field(min_length=1)
+    host: Annotated[str, AfterValidator(_host)]
     port: int = Field(default=1883, ge=1, le=65535)
     keepalive: int = Field(default=30, ge=2, le=3600, description="seconds")
     client_id: str | None = Field(default=None, description="default: icu-edge-{appliance id}")
