@@ -497,7 +497,17 @@ def _file_problems(config: AppConfig) -> tuple[list[str], list[str]]:
     for i, bed in enumerate(config.bed):
         if not bed.device:
             warnings.append(f"bed[{i}]: bed {bed.id} has no device; its twin will stay empty")
+        for k, device in enumerate(bed.device):
+            if _PLUG_ORDER_NAME.fullmatch(device.port):
+                warnings.append(
+                    f"bed[{i}].device[{k}].port: {device.port} is numbered in plug order, so after a replug "
+                    f"or reboot it may be another bed's device; use its /dev/serial/by-id/... name"
+                )
     return errors, warnings
+
+
+_PLUG_ORDER_NAME = re.compile(r"/dev/tty(USB|ACM)[0-9]+")
+"""Kernel names of USB serial adapters: handed out in the order the adapters appear."""
 
 
 def _readable_file(field: str, path: Path, *, errors: list[str]) -> bytes | None:

@@ -582,3 +582,12 @@ def test_broker_hosts(host: str) -> None:
     document = _example()
     document["mqtt"]["host"] = host  # type: ignore[index]
     assert parse_config(document).mqtt.host == host
+
+
+def test_a_plug_order_port_name_is_a_warning(tmp_path: Path) -> None:
+    """/dev/ttyUSB0 is whichever adapter the kernel saw first: after a replug, maybe another bed's."""
+    checked = _check(tmp_path, beds=_two_beds("/dev/ttyUSB0", "/dev/serial/by-id/usb-FTDI-if00-port0"))
+    assert checked.config is not None
+    (warning,) = checked.warnings
+    assert warning.startswith("bed[0].device[0].port: /dev/ttyUSB0 is numbered in plug order")
+    assert "/dev/serial/by-id/" in warning
