@@ -22,7 +22,11 @@ class DriverInfo:
     """Protocol name as reported on the device status topic."""
     default_line: SerialSettings
     create_session: Callable[[Mapping[str, object]], DeviceSession]
-    """Build a session from the device's driver options (already validated by the driver)."""
+    """Build a session from the device's driver options (already passed `check_options`)."""
+    check_options: Callable[[Mapping[str, object]], dict[str, str]]
+    """Return one problem per bad option (name -> what is wrong and what is allowed): unknown names,
+    types, ranges, non-finite numbers. Empty means `create_session` accepts the options. The config
+    check calls it, so `config check` and `run` refuse the same options."""
     option_names: frozenset[str] = frozenset()
     """Driver options the config may set under the device (anything else is a config error)."""
 

@@ -3,12 +3,35 @@
 pyserial's `serial_for_url` already understands all three, so the same driver runs on a cable, a TCP
 serial bridge or a pseudo-terminal. Reads block for at most `read_timeout_s` and are meant to run on a
 reader thread, never on the event loop.
+
+A port carries one device's data to one bed, so it is opened by one reader at a time, two ways:
+- in this process, `open_transport` claims the port's identity (`port_identity`: the device path with
+  symlinks resolved, or `tcp://host:port`) until the transport is closed; a second open is refused;
+- across processes, a device path is `flock`ed (pyserial `exclusive=True`), which a symlink alias
+  (`/dev/serial/by-id/...`) cannot dodge because the lock is on the device node, and which the kernel
+  drops when the holder dies.
+A refused open raises `PortBusy` ("port busy: ..."); the device link shows it and retries.
+
+Not TIOCEXCL: on a pseudo-terminal the exclusive flag outlives its opener while the other side stays
+open, so a daemon killed by the watchdog would find its own port EBUSY after the restart (seen on
+Linux 2026-11-30) and its bed would stay without values. A port someone else put in exclusive mode is
+reported as busy.
+
+Threads: the claim table is shared by every reader thread and guarded by one lock; a transport itself
+belongs to the one reader thread that opened it.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
+import os
+import re
+import socket
 import termios
+import threading
+import urllib.parse
 from typing import Any, Protocol
 
 import serial
@@ -16,6 +39,9 @@ import serial
 from drivers.base import SerialSettings
 
 LOGGER = logging.getLogger(__name__)
+
+PORT_FORMS = "a device path (/dev/serial/by-id/...), socket://host:port, or loop://"
+"""What a device's `port` may be, in the words of an error message."""
 
 
 _PORT_ERRORS = (serial.SerialException, OSError, termios.error)
@@ -25,6 +51,93 @@ pyserial configures it (a pty whose other side just closed) raises it from `open
 
 class TransportError(Exception):
     """The transport could not be opened, or failed while open (cable out, peer gone)."""
+
+
+class PortBusy(TransportError):
+    """Another reader (in this process or another) holds the port."""
+
+
+def port_problem(url: str) -> str | None:
+    """Return why url names no port we can open (None when it does), in one line."""
+    if url.startswith("/"):
+        return "must not contain a NUL character" if "\0" in url else None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "loop":
+        return None if url == "loop://" else "loop:// takes nothing after it"
+    if parts.scheme != "socket":
+        return f"must be {PORT_FORMS}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or not 1 <= port <= 65535:
+        return "socket:// needs a host and a port 1-65535 (socket://host:port)"
+    if parts.path not in {"", "/"} or parts.query or parts.fragment or parts.username:
+        return "socket:// takes only host:port (no path, options or user)"
+    return None
+
+
+def port_identity(url: str) -> str | None:
+    """Return the name every spelling of the same port shares; None for a port nobody else can reach.
+
+    A device path resolves its symlinks (`/dev/serial/by-id/...` -> `/dev/ttyUSB0`) where they exist;
+    `socket://` becomes `tcp://host:port` with the host lower-cased and an IP literal in canonical form
+    (no name lookup: a DNS answer must not decide whether a config is valid). `loop://` is a private
+    loop per open, shared by nobody.
+    """
+    if url.startswith("/"):
+        return os.path.realpath(url)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "loop":
+        return None
+    host = (parts.hostname or "").rstrip(".")
+    address = _ip_literal(host)
+    if address is None:
+        canonical = host
+    else:
+        canonical = f"[{address.compressed}]" if address.version == 6 else address.compressed
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"tcp://{canonical}:{port}"
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Return the address a numeric host names, read as the resolver reads it (`127.000.0.1`, `127.1`)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[0-9a-fx.]+", host) or not any(c.isdigit() for c in host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+_BUSY_ERRNOS = frozenset({errno.EAGAIN, errno.EBUSY})
+"""flock held by another process (pyserial `exclusive=True`); a tty another program made exclusive."""
+
+_claims: set[str] = set()
+_claims_lock = threading.Lock()
+
+
+def _claim(identity: str | None, *, url: str) -> None:
+    if identity is None:
+        return
+    with _claims_lock:
+        if identity in _claims:
+            alias = "" if identity == url else f" ({identity})"
+            raise PortBusy(f"{url}: port busy: another device link of this appliance has {url}{alias} open")
+        _claims.add(identity)
+
+
+def _release(identity: str | None) -> None:
+    if identity is not None:
+        with _claims_lock:
+            _claims.discard(identity)
 
 
 class Transport(Protocol):
@@ -45,9 +158,10 @@ class Transport(Protocol):
 class SerialTransport:
     """A pyserial port (device path, pty, socket:// or loop:// URL)."""
 
-    def __init__(self, *, url: str, port: Any) -> None:
+    def __init__(self, *, url: str, port: Any, identity: str | None = None) -> None:
         self.url = url
         self._port = port
+        self._identity = identity
 
     def read(self, *, max_bytes: int) -> bytes:
         """Read up to max_bytes, waiting at most the port's time-out for the first byte."""
@@ -67,15 +181,32 @@ class SerialTransport:
             raise TransportError(f"{self.url}: write failed: {exc}") from exc
 
     def close(self) -> None:
-        """Close the port; errors on close are logged, not raised."""
+        """Close the port and release its claim; errors on close are logged, not raised."""
         try:
             self._port.close()
         except _PORT_ERRORS as exc:
             LOGGER.warning("closing %s failed: %s", self.url, exc)
+        finally:
+            _release(self._identity)
+            self._identity = None
 
 
 def open_transport(url: str, *, line: SerialSettings, read_timeout_s: float = 0.1) -> Transport:
-    """Open the port named by url with the driver's line settings."""
+    """Open the port named by url with the driver's line settings, for this reader alone.
+
+    Raise PortBusy when another reader holds it, TransportError when it cannot be opened.
+    """
+    identity = port_identity(url)
+    _claim(identity, url=url)
+    try:
+        port = _open_exclusive(url, line=line, read_timeout_s=read_timeout_s)
+    except BaseException:
+        _release(identity)
+        raise
+    return SerialTransport(url=url, port=port, identity=identity)
+
+
+def _open_exclusive(url: str, *, line: SerialSettings, read_timeout_s: float) -> Any:
     try:
         port = serial.serial_for_url(
             url,
@@ -90,5 +221,7 @@ def open_transport(url: str, *, line: SerialSettings, read_timeout_s: float = 0.
             exclusive=True if url.startswith("/") else None,
         )
     except (*_PORT_ERRORS, ValueError) as exc:
+        if getattr(exc, "errno", None) in _BUSY_ERRNOS:
+            raise PortBusy(f"{url}: port busy: another process holds {url}: {exc}") from exc
         raise TransportError(f"{url}: cannot open: {exc}") from exc
-    return SerialTransport(url=url, port=port)
+    return port

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from edge.config import DEFAULT_CONFIG_PATH, ConfigError, check_config
 
 LOGGER = logging.getLogger(__name__)
 
@@ -23,31 +23,52 @@ EX_USAGE = 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge.logs import configure_logging
+    """Check the config as `config check` does, then run; a config problem is exit 78, no traceback.
+
+    Errors go to stderr as `PATH: line` (the same lines `config check` prints), or to the journal when
+    stderr is the journal; warnings are logged and the daemon runs.
+    """
+    from edge.logs import configure_logging, stderr_is_journal
 
     configure_logging(level=args.log_level)
-    try:
-        config = load_config(args.config)
-        from edge.daemon import Daemon
-
-        daemon = Daemon(config)
-    except ConfigError as exc:
-        for line in exc.lines:
-            LOGGER.error("config: %s", line)
-            print(f"{args.config}: {line}", file=sys.stderr)
+    checked = check_config(args.config)
+    for line in checked.warnings:
+        LOGGER.warning("%s: warning: %s", args.config, line)
+    if checked.config is None:
+        _report_config_errors(args.config, checked.errors, journal=stderr_is_journal())
         return EX_CONFIG
-    return asyncio.run(daemon.run())
+    from edge.daemon import Daemon
+
+    try:
+        return asyncio.run(Daemon(checked.config).run())
+    except ConfigError as exc:
+        # A file the check found usable went away before the daemon read it (a secret replaced
+        # during a restart): still a config problem, still exit 78 and one line each.
+        _report_config_errors(args.config, exc.lines, journal=stderr_is_journal())
+        return EX_CONFIG
+
+
+def _report_config_errors(path: Path, lines: tuple[str, ...] | list[str], *, journal: bool) -> None:
+    for line in lines:
+        if journal:
+            LOGGER.error("%s: %s", path, line)
+        else:
+            print(f"{path}: {line}", file=sys.stderr)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.path)
-    except ConfigError as exc:
-        for line in exc.lines:
-            print(f"{args.path}: {line}")
+    """Print one line per problem (errors, then warnings); exit 78 when any error would stop `run`."""
+    checked = check_config(args.path)
+    for line in checked.errors:
+        print(f"{args.path}: {line}")
+    for line in checked.warnings:
+        print(f"{args.path}: warning: {line}")
+    if checked.config is None:
         return EX_CONFIG
+    config = checked.config
     devices = sum(len(bed.device) for bed in config.bed)
-    print(f"{args.path}: ok ({len(config.bed)} bed(s), {devices} device(s))")
+    warned = f", {len(checked.warnings)} warning(s)" if checked.warnings else ""
+    print(f"{args.path}: ok ({len(config.bed)} bed(s), {devices} device(s){warned})")
     return 0
 
 

@@ -3,16 +3,33 @@
 Extra keys are an error: a typo in an installer's config must not be silently ignored next to a
 ventilated patient. Every problem becomes one line naming the field path, what is wrong and what is
 allowed (`config_errors`).
+
+`check_config` is the one validation path: `icu-edge config check` and `icu-edge run` both call it, so
+what the check accepts the daemon runs, and what the daemon would refuse or crash on the check refuses
+with the same lines. Two stages: the schema (pydantic: types, ranges, driver options as the driver
+judges them, unique ids and ports), then the files the config names (present, readable by this user,
+TLS material that loads, secrets not readable by others). Errors stop the daemon (exit 78); warnings
+are printed and logged and change nothing.
 """
 
 from __future__ import annotations
 
+import difflib
+import grp
+import ipaddress
+import os
+import pwd
 import re
+import ssl
+import stat
 import tomllib
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,9 +37,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from drivers.registry import driver_names, get_driver
+from drivers.transport import PORT_FORMS, port_identity, port_problem
 
 CONFIG_VERSION: Literal[1] = 1
 DEFAULT_CONFIG_PATH = Path("/etc/icu-edge/config.toml")
@@ -30,6 +48,53 @@ DEFAULT_CONFIG_PATH = Path("/etc/icu-edge/config.toml")
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Ids become MQTT topic levels: no `/`, `+`, `#`, spaces or empty strings."""
 Identifier = Annotated[str, Field(pattern=_ID_PATTERN)]
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path (under systemd the daemon's working directory is /)")
+    return path
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+"""A file or directory the config names; a relative one would be found from wherever the check ran."""
+
+TOPIC_PREFIX_RULE = "1-8 levels of letters, digits, '_', '.', '-' joined by single '/' (e.g. icu/v1)"
+_TOPIC_LEVEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _topic_prefix(value: str) -> str:
+    """Refuse a prefix that makes the contract's topics wrong or ambiguous for a central station.
+
+    Empty levels (`/icu`, `icu//v1`, `icu/`) shift the level a subscriber reads the bed from; `+` and `#`
+    are wildcards no publisher may use; a leading `$` is the broker's own namespace ($SYS).
+    """
+    levels = value.split("/")
+    if not 1 <= len(levels) <= 8 or not all(_TOPIC_LEVEL.fullmatch(level) for level in levels):
+        raise ValueError("not a topic prefix")
+    return value
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+
+
+def _host(value: str) -> str:
+    """A host name or IP literal: a URL, a port or a space would only fail later, at every reconnect."""
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise ValueError("must be a host name or IP address, without scheme, port or path") from None
+    elif not _HOST_NAME.fullmatch(value):
+        raise ValueError("must be a host name or IP address, without scheme, port or path")
+    return value
+
+
+def _problem(loc: tuple[str | int, ...], value: object, message: str) -> InitErrorDetails:
+    """One located problem for a validator that finds several at once."""
+    return InitErrorDetails(
+        type=PydanticCustomError("config_problem", "{message}", {"message": message}), loc=loc, input=value
+    )
 
 
 class _Section(BaseModel):
@@ -47,9 +112,9 @@ class ApplianceConfig(_Section):
 class TlsConfig(_Section):
     """TLS to the broker; paths to PEM files readable by the service user only."""
 
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
+    ca: AbsolutePath
+    cert: AbsolutePath | None = None
+    key: AbsolutePath | None = None
     insecure_skip_hostname_check: bool = False
 
     @model_validator(mode="after")
@@ -62,13 +127,17 @@ class TlsConfig(_Section):
 class MqttConfig(_Section):
     """The ward broker connection."""
 
-    host: str = Field(min_length=1)
+    host: Annotated[str, AfterValidator(_host)]
     port: int = Field(default=1883, ge=1, le=65535)
     keepalive: int = Field(default=30, ge=2, le=3600, description="seconds")
     client_id: str | None = Field(default=None, description="default: icu-edge-{appliance id}")
-    topic_prefix: str = Field(default="icu/v1", pattern=r"^[^#+\s]+[^/#+\s]$")
-    username: str | None = None
-    password_file: Path | None = Field(default=None, description="file holding the password; never inline")
+    topic_prefix: Annotated[str, AfterValidator(_topic_prefix)] = Field(
+        default="icu/v1", description=TOPIC_PREFIX_RULE
+    )
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    password_file: AbsolutePath | None = Field(
+        default=None, description="file holding the password; never inline"
+    )
     tls: TlsConfig | None = None
     insecure: bool = Field(
         default=False,
@@ -102,10 +171,7 @@ class DeviceConfig(_Section):
 
     id: Identifier
     driver: str
-    port: str = Field(
-        min_length=1,
-        description="device path (/dev/serial/by-id/...), socket://host:port, or loop://",
-    )
+    port: str = Field(min_length=1, description=PORT_FORMS)
     baud: int | None = Field(default=None, gt=0, le=4_000_000, description="default: the driver's")
     parity: Literal["N", "E", "O"] | None = Field(default=None, description="default: the driver's")
     options: dict[str, DriverOption] = Field(default_factory=dict, description="driver options")
@@ -117,14 +183,25 @@ class DeviceConfig(_Section):
             raise ValueError(f"unknown driver {value!r}; allowed: {', '.join(driver_names())}")
         return value
 
+    @field_validator("port")
+    @classmethod
+    def _port_form(cls, value: str) -> str:
+        problem = port_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
-    def _known_options(self) -> DeviceConfig:
-        allowed = get_driver(self.driver).option_names
-        unknown = sorted(set(self.options) - allowed)
-        if unknown:
-            raise ValueError(
-                f"unknown {self.driver} option(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+    def _options_as_the_driver_judges_them(self) -> DeviceConfig:
+        """The driver decides (names, types, ranges, finite numbers), so run never meets a bad option."""
+        problems = get_driver(self.driver).check_options(self.options)
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    _problem(("options", name), self.options.get(name), text)
+                    for name, text in problems.items()
+                ],
             )
         return self
 
@@ -136,19 +213,11 @@ class BedConfig(_Section):
     stale_after_s: float = Field(default=10.0, gt=0, le=3600, description="a value older than this is stale")
     device: list[DeviceConfig] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _unique_devices(self) -> BedConfig:
-        ids = [d.id for d in self.device]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"device ids must be unique within a bed; repeated: {', '.join(duplicates)}")
-        return self
-
 
 class StoreConfig(_Section):
     """The durable outbox."""
 
-    path: Path = Path("/var/lib/icu-edge/outbox.db")
+    path: AbsolutePath = Path("/var/lib/icu-edge/outbox.db")
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024, description="disk cap of the outbox")
     synchronous: Literal["full", "normal"] = Field(
         default="full", description="SQLite synchronous: full fsyncs every commit (survives power loss)"
@@ -160,12 +229,20 @@ class EnginesConfig(_Section):
 
     enabled: bool = True
     backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
-    tick_s: float = Field(default=1.0, gt=0, le=60, description="forecast every bed this often")
+    tick_s: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=60,
+        description="forecast every bed this often; at least 0.1 s: the devices deliver about one value per "
+        "second, and a tick shorter than one inference would keep the event loop busy with nothing new",
+    )
     model: str | None = Field(default=None, description="model id or id@version; default: the default model")
-    models_dir: Path | None = Field(
+    models_dir: AbsolutePath | None = Field(
         default=None, description="installed models (<id>/<version>/) searched besides the shipped ones"
     )
-    cache_dir: Path = Field(default=Path("/var/lib/icu-edge/engines"), description="TensorRT plan cache")
+    cache_dir: AbsolutePath = Field(
+        default=Path("/var/lib/icu-edge/engines"), description="TensorRT plan cache"
+    )
     reload_check_s: float = Field(
         default=30.0, ge=1, le=3600, description="look for a new model version this often (also on SIGHUP)"
     )
@@ -181,6 +258,15 @@ class PublishConfig(_Section):
     device_status_interval_s: float = Field(default=5.0, ge=0.5, le=600)
     shutdown_flush_s: float = Field(default=5.0, ge=0, le=60, description="SIGTERM: wait this long for acks")
 
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> PublishConfig:
+        if self.twin_min_interval_s > self.twin_max_interval_s:
+            raise ValueError(
+                f"twin_min_interval_s ({self.twin_min_interval_s:g}) must not exceed "
+                f"twin_max_interval_s ({self.twin_max_interval_s:g})"
+            )
+        return self
+
 
 class AppConfig(_Section):
     """The whole configuration file."""
@@ -194,11 +280,58 @@ class AppConfig(_Section):
     bed: list[BedConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_beds(self) -> AppConfig:
-        ids = [b.id for b in self.bed]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"bed ids must be unique; repeated: {', '.join(duplicates)}")
+    def _one_bed_per_id_one_device_per_port(self) -> AppConfig:
+        """Refuse what would let a device's data reach another bed's twin (or another device's topic).
+
+        Ports compare by `port_identity`: symlinks resolved where they exist (`/dev/serial/by-id/...`
+        and `/dev/ttyUSB0` are one port), `socket://` hosts normalised. Device ids are topic levels under
+        their bed (`R/bed/{bed}/device/{device}`), so they must be unique within a bed, not across beds.
+        """
+        problems: list[InitErrorDetails] = []
+        bed_at: dict[str, int] = {}
+        port_user: dict[str, tuple[str, DeviceConfig]] = {}
+        for i, bed in enumerate(self.bed):
+            if bed.id in bed_at:
+                problems.append(
+                    _problem(
+                        ("bed", i, "id"),
+                        bed.id,
+                        f"bed[{bed_at[bed.id]}] and bed[{i}] both have id {bed.id!r}; bed ids must be unique",
+                    )
+                )
+            bed_at.setdefault(bed.id, i)
+            device_at: dict[str, int] = {}
+            for k, device in enumerate(bed.device):
+                if device.id in device_at:
+                    problems.append(
+                        _problem(
+                            ("bed", i, "device", k, "id"),
+                            device.id,
+                            f"bed[{i}].device[{device_at[device.id]}] and bed[{i}].device[{k}] both have id "
+                            f"{device.id!r}; device ids must be unique within a bed",
+                        )
+                    )
+                device_at.setdefault(device.id, k)
+                identity = port_identity(device.port)
+                if identity is None:
+                    continue
+                if identity in port_user:
+                    first_bed, first = port_user[identity]
+                    if first.port != device.port:
+                        where = f"{identity} ({first.port} and {device.port})"
+                    else:
+                        where = device.port if identity == device.port else f"{device.port} (= {identity})"
+                    problems.append(
+                        _problem(
+                            ("bed", i, "device", k, "port"),
+                            device.port,
+                            f"bed {first_bed} device {first.id} and bed {bed.id} device {device.id} both use "
+                            f"{where}; a port carries one device to one bed",
+                        )
+                    )
+                port_user.setdefault(identity, (bed.id, device))
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
 
@@ -221,9 +354,40 @@ def _location(error: ErrorDetails) -> str:
 
 
 _ALLOWED_HINTS: dict[str, str] = {
-    "extra_forbidden": "remove it; allowed keys are listed in DESIGN.md 'Configuration'",
     "string_pattern_mismatch": "letters, digits, '_', '.', '-' (no '/', '+', '#', spaces)",
 }
+_FIELD_HINTS: dict[str, str] = {"topic_prefix": TOPIC_PREFIX_RULE}
+
+
+def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """Return the config section a location points into (for listing its keys), None if unknown."""
+    section: type[BaseModel] = AppConfig
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        field = section.model_fields.get(item)
+        if field is None:
+            return None
+        nested = [t for t in _flatten(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not nested:
+            return None
+        section = nested[0]
+    return section
+
+
+def _flatten(annotation: object) -> list[object]:
+    args = typing.get_args(annotation)
+    return [annotation] if not args else [t for arg in args for t in _flatten(arg)]
+
+
+def _unknown_key(loc: tuple[str | int, ...]) -> tuple[str, str]:
+    """Return the message (with a did-you-mean) and the allowed keys of an unknown key's section."""
+    section = _section_at(loc[:-1])
+    if section is None:
+        return "unknown key", "remove it"
+    keys = sorted(section.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""), ", ".join(keys)
 
 
 def config_errors(exc: ValidationError) -> list[str]:
@@ -231,14 +395,18 @@ def config_errors(exc: ValidationError) -> list[str]:
     lines: list[str] = []
     for error in exc.errors(include_url=False):
         message = re.sub(r"^Value error, ", "", error["msg"])
-        hint = _ALLOWED_HINTS.get(error["type"])
+        field = str(error["loc"][-1]) if error["loc"] else ""
+        hint = _ALLOWED_HINTS.get(error["type"]) or _FIELD_HINTS.get(field)
         if error["type"] == "string_pattern_mismatch":
             message = "invalid characters or length"
         elif error["type"] == "missing":
             message = "required, but missing"
-        got = "" if error["type"] in {"missing"} else f" (got {error['input']!r})"
-        if isinstance(error["input"], dict | list):
-            got = ""
+        elif error["type"] == "extra_forbidden":
+            message, hint = _unknown_key(error["loc"])
+        quiet = error["type"] in {"missing", "config_problem", "extra_forbidden"} or isinstance(
+            error["input"], dict | list
+        )
+        got = "" if quiet else f" (got {error['input']!r})"
         line = f"{_location(error)}: {message}{got}"
         if hint:
             line += f"; allowed: {hint}"
@@ -254,8 +422,38 @@ def parse_config(document: dict[str, Any]) -> AppConfig:
         raise ConfigError(config_errors(exc)) from exc
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigCheck:
+    """The verdict on a config file: a config the daemon can run, or the problems that stop it."""
+
+    config: AppConfig | None
+    """None exactly when there are errors."""
+    errors: tuple[str, ...]
+    """One line per problem that stops the daemon: field path, what is wrong, what is allowed."""
+    warnings: tuple[str, ...]
+    """One line per problem the daemon runs with (a secret readable by others, a missing models_dir)."""
+
+
+def check_config(path: Path) -> ConfigCheck:
+    """Read and validate a config file and every file it names; never raises for a config problem."""
+    try:
+        document = _read_document(path)
+        config = parse_config(document)
+    except ConfigError as exc:
+        return ConfigCheck(config=None, errors=tuple(exc.lines), warnings=())
+    errors, warnings = _file_problems(config)
+    return ConfigCheck(config=None if errors else config, errors=tuple(errors), warnings=tuple(warnings))
+
+
 def load_config(path: Path) -> AppConfig:
-    """Read and validate a TOML config file; raise ConfigError with one line per problem."""
+    """Return the config `check_config` accepts; raise ConfigError with its error lines otherwise."""
+    checked = check_config(path)
+    if checked.config is None:
+        raise ConfigError(list(checked.errors))
+    return checked.config
+
+
+def _read_document(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -263,10 +461,9 @@ def load_config(path: Path) -> AppConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from exc
-    return parse_config(document)
 
 
 def read_secret(path: Path) -> str:
@@ -275,3 +472,148 @@ def read_secret(path: Path) -> str:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError([f"mqtt.password_file: cannot read {path}: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"mqtt.password_file: {path} is not UTF-8 text"]) from exc
+
+
+# --- the files a config names ---------------------------------------------------------------------
+
+
+def _file_problems(config: AppConfig) -> tuple[list[str], list[str]]:
+    """Check every file the config names as the daemon will use it; return (errors, warnings)."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    mqtt = config.mqtt
+    if mqtt.password_file is not None:
+        _check_password_file(mqtt.password_file, errors=errors, warnings=warnings)
+    if mqtt.tls is not None:
+        _check_tls(mqtt.tls, errors=errors, warnings=warnings)
+    models_dir = config.engines.models_dir
+    if config.engines.enabled and models_dir is not None:
+        problem = _directory_problem(models_dir)
+        if problem is not None:
+            # Forecasting is optional: the daemon runs without these models (vitals matter more).
+            warnings.append(f"engines.models_dir: {problem}; forecasting will use only the shipped models")
+    for i, bed in enumerate(config.bed):
+        if not bed.device:
+            warnings.append(f"bed[{i}]: bed {bed.id} has no device; its twin will stay empty")
+        for k, device in enumerate(bed.device):
+            if _PLUG_ORDER_NAME.fullmatch(device.port):
+                warnings.append(
+                    f"bed[{i}].device[{k}].port: {device.port} is numbered in plug order, so after a replug "
+                    f"or reboot it may be another bed's device; use its /dev/serial/by-id/... name"
+                )
+    return errors, warnings
+
+
+_PLUG_ORDER_NAME = re.compile(r"/dev/tty(USB|ACM)[0-9]+")
+"""Kernel names of USB serial adapters: handed out in the order the adapters appear."""
+
+
+def _readable_file(field: str, path: Path, *, errors: list[str]) -> bytes | None:
+    """Return the file's content, or note why this user cannot read it and return None."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        errors.append(f"{field}: {path}: {exc.strerror or exc}")
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        errors.append(f"{field}: {path} is not a regular file")
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        errors.append(f"{field}: {path}: cannot read as user {_user_name()}: {exc.strerror or exc}")
+        return None
+
+
+def _check_password_file(path: Path, *, errors: list[str], warnings: list[str]) -> None:
+    content = _readable_file("mqtt.password_file", path, errors=errors)
+    if content is None:
+        return
+    try:
+        password = content.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        errors.append(f"mqtt.password_file: {path} is not UTF-8 text")
+        return
+    if not password:
+        errors.append(f"mqtt.password_file: {path} is empty; allowed: the password, on one line")
+    warnings.extend(_exposure_warnings("mqtt.password_file", path))
+
+
+def _refuse_passphrase() -> str:
+    raise ValueError("encrypted")
+
+
+def _check_tls(tls: TlsConfig, *, errors: list[str], warnings: list[str]) -> None:
+    """Load the TLS material the way the publisher will (paho's tls_set), so run never fails on it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if _readable_file("mqtt.tls.ca", tls.ca, errors=errors) is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.ca))
+        except ssl.SSLError as exc:
+            errors.append(f"mqtt.tls.ca: {tls.ca} holds no usable PEM certificate ({exc.reason or exc})")
+        warnings.extend(_exposure_warnings("mqtt.tls.ca", tls.ca, secret=False))
+    if tls.cert is None or tls.key is None:
+        return
+    cert_ok = _readable_file("mqtt.tls.cert", tls.cert, errors=errors) is not None
+    key_ok = _readable_file("mqtt.tls.key", tls.key, errors=errors) is not None
+    if key_ok:
+        warnings.extend(_exposure_warnings("mqtt.tls.key", tls.key))
+    if not (cert_ok and key_ok):
+        return
+    try:
+        context.load_cert_chain(str(tls.cert), str(tls.key), password=_refuse_passphrase)
+    except ValueError:
+        errors.append(
+            f"mqtt.tls.key: {tls.key} is encrypted; allowed: an unencrypted key protected by its file mode "
+            "(the daemon has nobody to type a passphrase)"
+        )
+    except ssl.SSLError as exc:
+        errors.append(f"mqtt.tls.cert: {tls.cert} and {tls.key} do not load as a pair ({exc.reason or exc})")
+
+
+def _exposure_warnings(field: str, path: Path, *, secret: bool = True) -> list[str]:
+    """Warn when someone besides the service can read a secret, or replace a trust file.
+
+    Group access is fine when the group is the service's own (the shipped layout is `0640
+    root:icu-edge`, see systemd/icu-edge.tmpfiles.conf); any other group, and everybody else, is not.
+    """
+    try:
+        info = path.stat()
+    except OSError:
+        return []
+    mode = stat.S_IMODE(info.st_mode)
+    foreign_group = info.st_gid != os.getegid()
+    group_bits = mode & 0o070 if foreign_group else 0
+    read_mask, write_mask = 0o044, 0o022
+    who = "others" if mode & 0o007 else f"group {_group_name(info.st_gid)}"
+    fix = f"fix: chmod 600 {path} (or chmod 640 and chgrp {_group_name(os.getegid())} when root owns it)"
+    exposed = (mode & 0o007) | group_bits
+    if secret and exposed & read_mask:
+        return [f"{field}: {path} is readable by {who} (mode {mode:04o}); {fix}"]
+    if exposed & write_mask:
+        return [f"{field}: {path} is writable by {who} (mode {mode:04o}); {fix}"]
+    return []
+
+
+def _directory_problem(path: Path) -> str | None:
+    if not path.is_dir():
+        return f"{path} is not a directory" if path.exists() else f"{path} does not exist"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return f"{path} is not readable by user {_user_name()}"
+    return None
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

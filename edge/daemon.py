@@ -20,7 +20,7 @@ from drivers.base import DeviceSession, SerialSettings
 from drivers.registry import get_driver
 from edge import appliance_version
 from edge.bus import ReportBus
-from edge.config import AppConfig, ConfigError
+from edge.config import AppConfig
 from edge.contract import Topics
 from edge.device_link import DeviceLink, DeviceReport
 from edge.forecasting import forecast_body
@@ -72,10 +72,8 @@ class Daemon:
         for bed in config.bed:
             for device in bed.device:
                 driver = get_driver(device.driver)
-                try:
-                    session = driver.create_session(device.options)
-                except ValueError as exc:
-                    raise ConfigError([f"bed {bed.id} device {device.id} options: {exc}"]) from exc
+                # The config passed check_config, which asked the driver about these options.
+                session = driver.create_session(device.options)
                 identity = DeviceIdentity(
                     bed=bed.id,
                     device=device.id,

@@ -83,7 +83,7 @@ class DeviceLink:
         self._open_port = open_port
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name=f"link-{identity.bed}-{identity.device}", daemon=True
+            target=self._run, name=f"link-{identity.bed}/{identity.device}", daemon=True
         )
         self._frames_seen = 0
         self._last_frame_at: datetime | None = None

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep config, outbox and logs here")
     args = parser.parse_args(argv)
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="icu-edge-demo-"))
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="icu-edge-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     pty_link = workdir / "vent-1"
     config_path = workdir / "config.toml"

@@ -15,6 +15,7 @@ Policies worth knowing:
 
 from __future__ import annotations
 
+import difflib
 import enum
 import logging
 import math
@@ -68,6 +69,55 @@ EXTRA_RESPONSE_TIMEOUTS = "response_timeouts"
 EXTRA_UNEXPECTED_RESPONSES = "unexpected_responses"
 
 
+_SECONDS_LIMITS: dict[str, float] = {
+    "poll_interval_s": 60.0,
+    "keepalive_s": MAX_LINK_TIMEOUT_S,
+    "link_timeout_s": MAX_LINK_TIMEOUT_S,
+    "response_timeout_s": 10.0,
+    "icc_retry_s": 60.0,
+}
+"""Upper bound of each time option. keepalive_s must stay *below* the 3 s MEDIBUS link pause, the link
+time-out must not outwait it; a poll or handshake retry rarer than once a minute leaves a ventilated
+patient's values unrefreshed for longer than any ward would accept."""
+BUFFER_CAP_RANGE = (64, 16 * 1024 * 1024)
+"""buffer_cap_bytes: a frame must fit; more than 16 MiB per device is a typo, not a need."""
+
+
+def _buffer_cap_problem(raw: float) -> dict[str, str]:
+    low, high = BUFFER_CAP_RANGE
+    if not isinstance(raw, int):
+        return {"buffer_cap_bytes": f"must be an integer number of bytes, got {raw!r}"}
+    if raw < low:
+        return {"buffer_cap_bytes": f"must be at least {low} bytes (one frame), got {raw!r}"}
+    if raw > high:
+        return {"buffer_cap_bytes": f"must not exceed {high} bytes, got {raw!r}"}
+    return {}
+
+
+def option_problems(values: Mapping[str, object]) -> dict[str, str]:
+    """Return one problem per bad option (name -> what is wrong and what is allowed); empty: usable."""
+    known = [f.name for f in fields(MedibusOptions)]
+    problems: dict[str, str] = {}
+    for name, raw in values.items():
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            problems[name] = (
+                f"unknown medibus option {name!r}{f' (did you mean {hint[0]}?)' if hint else ''}; "
+                f"allowed: {', '.join(sorted(known))}"
+            )
+        elif isinstance(raw, bool) or not isinstance(raw, int | float):
+            problems[name] = f"must be a number, got {raw!r}"
+        elif name == "buffer_cap_bytes":
+            problems.update(_buffer_cap_problem(raw))
+        elif not math.isfinite(raw) or raw <= 0:
+            problems[name] = f"must be a positive, finite number of seconds, got {raw!r}"
+        elif name == "keepalive_s" and raw >= MAX_LINK_TIMEOUT_S:
+            problems[name] = f"must stay below {MAX_LINK_TIMEOUT_S!r} s (the MEDIBUS link pause), got {raw!r}"
+        elif raw > _SECONDS_LIMITS[name]:
+            problems[name] = f"must not exceed {_SECONDS_LIMITS[name]!r} s, got {raw!r}"
+    return problems
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MedibusOptions:
     """Driver options a device config may set; times in seconds of the monotonic clock."""
@@ -80,33 +130,20 @@ class MedibusOptions:
     buffer_cap_bytes: int = DEFAULT_BUFFER_CAP_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("poll_interval_s", "keepalive_s", "link_timeout_s", "response_timeout_s", "icc_retry_s"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"medibus option {name} must be a positive number of seconds, got {value!r}")
-        if self.keepalive_s >= MAX_LINK_TIMEOUT_S:
-            raise ValueError(f"medibus option keepalive_s must stay below {MAX_LINK_TIMEOUT_S} s")
-        if self.link_timeout_s > MAX_LINK_TIMEOUT_S:
-            raise ValueError(f"medibus option link_timeout_s must not exceed {MAX_LINK_TIMEOUT_S} s")
-        if self.buffer_cap_bytes < 64:
-            raise ValueError("medibus option buffer_cap_bytes must be at least 64")
+        problems = option_problems({f.name: getattr(self, f.name) for f in fields(self)})
+        if problems:
+            raise ValueError("; ".join(f"{name}: {text}" for name, text in problems.items()))
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, object]) -> MedibusOptions:
-        """Build options from a config mapping; ValueError naming the first unknown or invalid option."""
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, float | int] = {}
-        for name, raw in options.items():
-            if name not in known:
-                raise ValueError(f"unknown medibus option {name!r}; known: {', '.join(sorted(known))}")
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise ValueError(f"medibus option {name} must be a number, got {raw!r}")
-            if name == "buffer_cap_bytes":
-                if not isinstance(raw, int):
-                    raise ValueError(f"medibus option {name} must be an integer, got {raw!r}")
-                values[name] = raw
-            else:
-                values[name] = float(raw)
+        """Build options from a config mapping; ValueError naming every unknown or invalid option."""
+        problems = option_problems(options)
+        if problems:
+            raise ValueError("; ".join(f"{name}: {text}" for name, text in problems.items()))
+        values = {
+            name: raw if name == "buffer_cap_bytes" else float(raw)  # type: ignore[arg-type]
+            for name, raw in options.items()
+        }
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -317,5 +354,6 @@ DRIVER = DriverInfo(
     protocol=PROTOCOL,
     default_line=SerialSettings(baud=19200, bytesize=8, parity="E", stopbits=1),
     create_session=create_session,
+    check_options=option_problems,
     option_names=frozenset(f.name for f in fields(MedibusOptions)),
 )

@@ -6,6 +6,7 @@ The ports are real: a regular file that is no tty, and the MEDIBUS simulator on 
 from __future__ import annotations
 
 import queue
+import socket
 import termios
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from broker import wait_for
 
-from drivers.base import LinkUp
+from drivers.base import LinkUp, MeasurementsReceived
 from drivers.medibus.session import DRIVER, MedibusSession
 from drivers.medibus.simulator import SteadyScenario, run_simulator_on_pty
 from drivers.transport import Transport, TransportError, open_transport
@@ -108,3 +109,80 @@ def test_an_unexpected_error_from_the_port_driver_does_not_kill_the_reader_threa
     assert len(attempts) >= 2
     assert "Invalid argument" in str(seen[0].last_error)
     assert not link.is_alive()
+
+
+def _bed_link(bed: str, port: Path | str, reports: queue.Queue[DeviceReport]) -> DeviceLink:
+    return DeviceLink(
+        identity=DeviceIdentity(
+            bed=bed, device="vent-1", driver="medibus", protocol="MEDIBUS", port=str(port)
+        ),
+        session=MedibusSession(),
+        line=DRIVER.default_line,
+        deliver=reports.put,
+        backoff=FAST_RETRY,
+    )
+
+
+def test_two_links_on_one_port_one_via_a_symlink_alias_only_one_gets_data(
+    ventilator: Path, tmp_path: Path
+) -> None:
+    """Defence in depth behind `config check`: the port is exclusive, so no value can cross beds."""
+    alias = tmp_path / "by-id-alias"
+    alias.symlink_to(ventilator)
+    reports = {"b1": queue.Queue[DeviceReport](), "b2": queue.Queue[DeviceReport]()}
+    links = [_bed_link("b1", ventilator, reports["b1"]), _bed_link("b2", alias, reports["b2"])]
+    seen: dict[str, list[DeviceReport]] = {"b1": [], "b2": []}
+
+    def measured(bed: str) -> int:
+        return sum(isinstance(e, MeasurementsReceived) for r in seen[bed] for e in r.events)
+
+    def settled() -> bool:
+        for bed, box in reports.items():
+            seen[bed].extend(_drain(box))
+        return max(measured("b1"), measured("b2")) >= 3 and min(len(seen["b1"]), len(seen["b2"])) >= 3
+
+    for link in links:
+        link.start()
+    try:
+        assert wait_for(settled, timeout_s=15), "one link measures, the other keeps reporting"
+    finally:
+        for link in links:
+            link.stop()
+    winner, loser = ("b1", "b2") if measured("b1") else ("b2", "b1")
+    assert measured(winner) >= 3
+    assert measured(loser) == 0, "a value reached the other bed"
+    assert not any(isinstance(e, LinkUp) for r in seen[loser] for e in r.events)
+    errors = {r.last_error for r in seen[loser]}
+    assert errors
+    assert all("port busy" in str(e) for e in errors), errors
+
+
+def test_a_second_open_of_one_socket_port_is_refused_until_the_first_closes() -> None:
+    """A TCP serial bridge may serve two connections; one appliance never opens it twice."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        url = f"socket://127.0.0.1:{server.getsockname()[1]}"
+        first = open_transport(url, line=DRIVER.default_line)
+        try:
+            with pytest.raises(TransportError, match="port busy"):
+                open_transport(url.replace("127.0.0.1", "127.000.0.1"), line=DRIVER.default_line)
+        finally:
+            first.close()
+        open_transport(url, line=DRIVER.default_line).close()
+
+
+def test_link_names_of_different_beds_never_collide() -> None:
+    """Ids may contain '-': bed a-b device c and bed a device b-c must stay two watchdog components."""
+    reports: queue.Queue[DeviceReport] = queue.Queue()
+    one = DeviceLink(
+        identity=DeviceIdentity(bed="a-b", device="c", driver="medibus", protocol="MEDIBUS", port="loop://"),
+        session=MedibusSession(),
+        line=DRIVER.default_line,
+        deliver=reports.put,
+    )
+    other = DeviceLink(
+        identity=DeviceIdentity(bed="a", device="b-c", driver="medibus", protocol="MEDIBUS", port="loop://"),
+        session=MedibusSession(),
+        line=DRIVER.default_line,
+        deliver=reports.put,
+    )
+    assert one.name != other.name
