@@ -18,6 +18,9 @@ __version__ = "10.3.0-fake"
 
 _RELEASE = threading.Event()
 
+deserialized: list[bytes] = []
+"""Every plan handed to Runtime.deserialize_cuda_engine (a test checks a refused plan never is)."""
+
 
 def release_hung_builds() -> None:
     """Let every hanging build return (in-process tests call this in their teardown)."""
@@ -121,4 +124,5 @@ class Runtime:
         pass
 
     def deserialize_cuda_engine(self, plan: bytes) -> None:
+        deserialized.append(plan)
         return None

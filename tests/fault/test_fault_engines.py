@@ -1,17 +1,19 @@
-"""A broken GPU stack must not take the vitals down (issue 6, defect 10).
+"""A broken GPU stack or a tampered model must not take the vitals down (issue 6, defect 10; integrity).
 
 The daemon runs as a real process against a real Mosquitto and a ventilator simulator on a pty, with a
 fake `tensorrt` + `pycuda` first on its PYTHONPATH (tests/fake_gpu_stack: what cannot exist without a
 GPU) that fails the way a broken install does: the import raises RuntimeError, the builder returns no
 plan, or the build hangs. In every case systemd hears READY=1, the vitals reach the broker, the
 watchdog keeps being fed, and forecasts come from onnxruntime with the reason in the log and in the
-systemd status line.
+systemd status line. A model whose files differ from its SHA256SUMS is refused, named in the log, and
+the daemon runs without forecasts until the files are intact again (SIGHUP looks again).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,8 @@ from pathlib import Path
 import pytest
 from broker import MosquittoBroker, Received, Subscriber
 from ward import REPO_ROOT, Ward, WardLayout, bed_topic
+
+from engines.testing import build_test_model
 
 pytestmark = [pytest.mark.integration]
 
@@ -153,5 +157,44 @@ def test_a_hanging_tensorrt_build_neither_stops_the_vitals_nor_trips_the_watchdo
         assert "did not finish within 15 s" in log, log
         assert systemd.wait(lambda lines: lines.count("WATCHDOG=1") >= 3, timeout_s=10), systemd.lines
         assert ward.stop_daemon() == 0, "a hung build thread does not keep the process from exiting"
+    finally:
+        ward.close()
+
+
+def test_a_tampered_model_is_refused_and_the_vitals_run_on(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscribe: Callable[..., Subscriber],
+    systemd: NotifySocket,
+) -> None:
+    models = tmp_path / "models"
+    model = build_test_model(models, model_id="site-model", default=False)
+    card_md = model.onnx_path.parent / "card.md"
+    card_md.write_text("# site-model\nApproved for use.\n")  # a file the manifest does not list
+    vitals = subscribe(f"{bed_topic(BED)}/vitals")
+    forecasts = subscribe(f"{bed_topic(BED)}/forecast")
+    ward = _ward(
+        tmp_path,
+        broker,
+        extra_engines_toml=f'model = "site-model"\nmodels_dir = "{models}"\nreload_check_s = 3600',
+    )
+    try:
+        ward.start_simulators()
+        ward.start_daemon(env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "2000000"})
+        _assert_vitals_and_ready(ward, systemd, vitals)
+        refusal = f"refusing model: {card_md}: not listed in SHA256SUMS: refusing the model"
+        assert systemd.wait(
+            lambda lines: any("forecasts: unavailable: no model 'site-model'" in line for line in lines),
+            timeout_s=10,
+        ), (systemd.lines, ward.log("daemon"))
+        assert ward.log("daemon").count(refusal) == 1, ward.log("daemon")
+        assert forecasts.messages == []
+        assert systemd.wait(lambda lines: lines.count("WATCHDOG=1") >= 3, timeout_s=10), systemd.lines
+        card_md.unlink()  # the installer removes what it did not check
+        assert ward.daemon is not None
+        ward.daemon.send_signal(signal.SIGHUP)
+        forecasts.wait_for(lambda ms: len(_forecast_backends(ms)) >= 1, timeout_s=30)
+        assert ward.log("daemon").count(refusal) == 1, "named once, not at every look"
+        assert ward.stop_daemon() == 0
     finally:
         ward.close()
