@@ -232,3 +232,42 @@ async def test_an_onnx_swapped_after_the_check_is_not_run(tmp_path: Path) -> Non
     model.onnx_path.write_bytes(model.onnx_path.read_bytes() + b"\0")
     with pytest.raises(ModelError, match="no longer matches its card"):
         OnnxRuntimeBackend(model=model)
+
+
+async def test_a_tensorrt_forward_pass_that_fails_falls_back_to_onnxruntime(
+    tmp_path: Path, fake_gpu_stack: Callable[[str], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_gpu_stack("works")
+    build_test_model(tmp_path, model_id="runtime-test", default=False)
+    runtime = ForecastRuntime(
+        beds=["bed-07"],
+        backend="auto",
+        model_ref="runtime-test",
+        extra_models_dir=tmp_path,
+        cache_dir=tmp_path / "engines",
+    )
+    await runtime.start()
+    try:
+        assert runtime.backend.name == "tensorrt"
+        assert runtime.choice_reason.startswith("auto: tensorrt because CUDA device Fake Orin (tests)")
+        _feed(runtime, "bed-07", key="rr", unit="/min", values=[14, 15], end_s=NOW_S)
+        (on_gpu,) = await runtime.tick(now_s=NOW_S)
+        assert [s.key for s in on_gpu.signals] == ["rr"]
+
+        sys.modules["tensorrt"].fail_inference = True  # the GPU falls off the bus
+        with caplog.at_level(logging.ERROR):
+            (failed,) = await runtime.tick(now_s=NOW_S)
+            await runtime.tick(now_s=NOW_S)
+        assert failed.signals == ()
+        assert failed.unavailable["rr"].startswith("inference failed: TensorRtError: execute_async_v3 failed")
+        assert len([r for r in caplog.records if "tensorrt inference" in r.getMessage()]) == 1
+        assert runtime.needs_fallback
+
+        assert await runtime.reload(force=True) is True
+        assert runtime.backend.name == "onnxruntime"
+        assert runtime.choice_reason.startswith("onnxruntime because TensorRT failed in a forward pass")
+        assert not runtime.needs_fallback
+        (on_cpu,) = await runtime.tick(now_s=NOW_S)
+        np.testing.assert_allclose(on_cpu.signals[0].quantiles, on_gpu.signals[0].quantiles, atol=1e-5)
+    finally:
+        await runtime.close()
