@@ -1,9 +1,11 @@
 """`icu-edge engines list|build|verify|bench|eval|manifest`: manage and check the forecasting engines.
 
+`manifest DIR...` writes each model directory's SHA256SUMS (`--check`: verifies it).
+
 Exit codes: 0 ok; 1 verification failed (a hash, an output outside tolerance, a non-conformant or
-unverifiable model); 2 usage; 69 unavailable (no usable CUDA device for `build` or `--backend tensorrt`,
-no such model, onnxruntime missing); 78 configuration (`--models-dir` or `--cache-dir` is not a
-directory).
+unverifiable model, a file that differs from its manifest); 2 usage; 69 unavailable (no usable CUDA
+device for `build` or `--backend tensorrt`, no such model, onnxruntime missing); 78 configuration
+(`--models-dir`, `--cache-dir` or a manifest's DIR is not a directory).
 """
 
 from __future__ import annotations

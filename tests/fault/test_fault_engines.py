@@ -198,3 +198,19 @@ def test_a_tampered_model_is_refused_and_the_vitals_run_on(
         assert ward.stop_daemon() == 0
     finally:
         ward.close()
+
+
+def test_a_stop_while_tensorrt_hangs_exits_cleanly(
+    tmp_path: Path, broker: MosquittoBroker, subscribe: Callable[..., Subscriber], systemd: NotifySocket
+) -> None:
+    """SIGTERM during a hung build: the daemon flushes and exits 0; the hung thread does not hold it."""
+    vitals = subscribe(f"{bed_topic(BED)}/vitals")
+    ward = _ward(tmp_path, broker)
+    try:
+        _start(ward, systemd, mode="build-hangs")
+        _assert_vitals_and_ready(ward, systemd, vitals)
+        assert systemd.wait(lambda lines: any("forecasts: loading" in line for line in lines), timeout_s=5)
+        assert ward.stop_daemon(timeout_s=30) == 0, ward.log("daemon")
+        assert systemd.wait(lambda lines: "STOPPING=1" in lines, timeout_s=5), systemd.lines
+    finally:
+        ward.close()
