@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from broker import MosquittoBroker, Received, Subscriber
+from broker import MosquittoBroker, Received, Subscriber, wait_for
 from ward import REPO_ROOT, Ward, WardLayout, bed_topic
 
 from engines.testing import build_test_model
@@ -212,5 +212,62 @@ def test_a_stop_while_tensorrt_hangs_exits_cleanly(
         assert systemd.wait(lambda lines: any("forecasts: loading" in line for line in lines), timeout_s=5)
         assert ward.stop_daemon(timeout_s=30) == 0, ward.log("daemon")
         assert systemd.wait(lambda lines: "STOPPING=1" in lines, timeout_s=5), systemd.lines
+    finally:
+        ward.close()
+
+
+def test_a_hot_reload_whose_build_hangs_keeps_the_ticks_and_the_watchdog(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    subscribe: Callable[..., Subscriber],
+    systemd: NotifySocket,
+) -> None:
+    """SIGHUP finds a new version whose TensorRT build hangs: the running model forecasts on meanwhile."""
+    models = tmp_path / "models"
+    build_test_model(models, model_id="site-model", version="1.0.0", default=False)
+    hang_file = tmp_path / "hang-builds"
+    forecasts = subscribe(f"{bed_topic(BED)}/forecast")
+    vitals = subscribe(f"{bed_topic(BED)}/vitals")
+    ward = _ward(
+        tmp_path,
+        broker,
+        extra_engines_toml=(
+            f'model = "site-model"\nmodels_dir = "{models}"\nreload_check_s = 3600\nload_timeout_s = 15'
+        ),
+    )
+
+    def versions(messages: list[Received]) -> list[tuple[str, str]]:
+        bodies = [json.loads(m.payload) for m in messages if m.payload]
+        return [(b["model"]["version"], b["model"]["backend"]) for b in bodies]
+
+    try:
+        ward.start_simulators()
+        ward.start_daemon(
+            env={
+                "PYTHONPATH": f"{FAKE_GPU_STACK}:{REPO_ROOT}",
+                "FAKE_GPU_STACK": "works",
+                "FAKE_GPU_STACK_HANG_FILE": str(hang_file),
+                "NOTIFY_SOCKET": str(systemd.path),
+                "WATCHDOG_USEC": "2000000",
+            }
+        )
+        _assert_vitals_and_ready(ward, systemd, vitals)
+        forecasts.wait_for(lambda ms: ("1.0.0", "tensorrt") in versions(ms), timeout_s=60)
+        hang_file.touch()
+        build_test_model(models, model_id="site-model", version="1.1.0", default=False)
+        assert ward.daemon is not None
+        ward.daemon.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "building site-model@1.1.0" in ward.log("daemon"), timeout_s=10)
+        systemd.lines.clear()
+        before = len(forecasts.messages)
+        systemd.wait(lambda lines: False, timeout_s=12)  # past ENGINES_MIN_SILENCE_S, the build hangs
+        during = versions(forecasts.messages[before:])
+        assert len(during) >= 8, "a forecast every tick while the new version builds"
+        assert set(during) == {("1.0.0", "tensorrt")}
+        assert systemd.lines.count("WATCHDOG=1") >= 10, (systemd.lines, ward.log("daemon"))
+        assert not any("watchdog withheld" in line for line in systemd.lines), systemd.lines
+        forecasts.wait_for(lambda ms: ("1.1.0", "onnxruntime") in versions(ms), timeout_s=30)
+        assert "TensorRT load of site-model@1.1.0 did not finish within 15 s; abandoned" in ward.log("daemon")
+        assert ward.stop_daemon() == 0
     finally:
         ward.close()

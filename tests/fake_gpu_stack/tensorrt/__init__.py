@@ -115,6 +115,9 @@ class Builder:
 
     def build_serialized_network(self, network: _Network, config: _Config) -> bytes | None:
         mode = os.environ.get("FAKE_GPU_STACK", "build-fails")
+        hang_file = os.environ.get("FAKE_GPU_STACK_HANG_FILE")
+        if mode == "works" and hang_file is not None and os.path.exists(hang_file):
+            mode = "build-hangs"
         if mode == "works":
             return _PLAN_MAGIC + network.onnx
         if mode == "build-hangs":
