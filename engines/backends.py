@@ -9,7 +9,8 @@ load TensorRT becomes the reason and the model runs on onnxruntime instead. With
 the TensorRT attempt runs on its own daemon thread and is abandoned when it takes longer (a build that
 hangs in the driver): the caller falls back at once, the hung thread never keeps the process from
 exiting, and a backend it produces after all is closed, not used. While an abandoned attempt still
-runs, no second one starts (one GPU, one build at a time).
+runs, no second one starts (one GPU, one build at a time). The last failure per model version is
+kept in the plan cache (`PlanCache.record_failure`) for `icu-edge engines list`.
 """
 
 from __future__ import annotations
@@ -127,18 +128,25 @@ def _try_tensorrt(
     if not _TENSORRT_SLOT.acquire(blocking=False):
         return None, "an earlier TensorRT load has not finished (hung in the driver?); not starting another"
 
+    cache = PlanCache(cache_dir or DEFAULT_CACHE_DIR)
+
     def attempt() -> tuple[TensorRtBackend | None, str]:
         try:
             usable, why = cuda_status()
             if not usable:
                 return None, why
             try:
-                return _tensorrt(model=model, cache_dir=cache_dir, precision=precision), why
+                loaded = _tensorrt(model=model, cache=cache, precision=precision)
             except TensorRtError as exc:
-                return None, f"TensorRT failed for {model.ref}: {describe(exc)}"
+                failure = f"TensorRT failed for {model.ref}: {describe(exc)}"
             except Exception as exc:
                 LOGGER.warning("TensorRT failed for %s", model.ref, exc_info=True)
-                return None, f"TensorRT failed for {model.ref}: {describe(exc)}"
+                failure = f"TensorRT failed for {model.ref}: {describe(exc)}"
+            else:
+                _remember(cache, model=model, failure=None)
+                return loaded, why
+            _remember(cache, model=model, failure=failure)
+            return None, failure
         finally:
             _TENSORRT_SLOT.release()
 
@@ -154,13 +162,23 @@ def _try_tensorrt(
         return future.result(timeout=timeout_s)
     except FutureTimeoutError:
         abandon(future, discard=discard)
-        return None, f"TensorRT load of {model.ref} did not finish within {timeout_s:g} s; abandoned"
+        failure = f"TensorRT load of {model.ref} did not finish within {timeout_s:g} s; abandoned"
+        _remember(cache, model=model, failure=failure)
+        return None, failure
 
 
-def _tensorrt(
-    *, model: InstalledModel, cache_dir: Path | None, precision: Precision | None
-) -> TensorRtBackend:
-    cache = PlanCache(cache_dir or DEFAULT_CACHE_DIR)
+def _remember(cache: PlanCache, *, model: InstalledModel, failure: str | None) -> None:
+    """Record (or clear) the model's TensorRT failure for `engines list`; a read-only cache is no error."""
+    try:
+        if failure is None:
+            cache.clear_failure(model_ref=model.ref)
+        else:
+            cache.record_failure(model_ref=model.ref, onnx_sha256=model.card.onnx_sha256, reason=failure)
+    except OSError as exc:
+        LOGGER.warning("cannot record the TensorRT outcome of %s in %s: %s", model.ref, cache.directory, exc)
+
+
+def _tensorrt(*, model: InstalledModel, cache: PlanCache, precision: Precision | None) -> TensorRtBackend:
     if precision is None:
         precision = verify_precisions(model=model, cache=cache).chosen
     return TensorRtBackend(model=model, precision=precision, cache=cache)

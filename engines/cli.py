@@ -196,13 +196,19 @@ def _model(args: argparse.Namespace) -> InstalledModel:
 
 def _list(args: argparse.Namespace) -> int:
     models, refused = scan_models(args.models_dir)
-    plans = PlanCache(args.cache_dir).entries()
+    cache = PlanCache(args.cache_dir)
+    plans = cache.entries()
+    failures = cache.failures()
     usable, why = cuda_status()
     if args.json:
         document = {
             "models_dir": str(args.models_dir),
             "cache_dir": str(args.cache_dir),
             "tensorrt": {"usable": usable, "reason": why},
+            "tensorrt_failures": [
+                {"model": f.model_ref, "onnx_sha256": f.onnx_sha256, "reason": f.reason, "at": f.at}
+                for f in failures
+            ],
             "refused": refused,
             "models": [
                 {
@@ -231,6 +237,8 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
         return EX_OK
     print(f"TensorRT: {'usable' if usable else 'not usable, auto runs onnxruntime'}: {why}")
+    for failure in failures:
+        print(f"  {failure.model_ref}: TensorRT failed at {failure.at}: {failure.reason}")
     print(f"models in {args.models_dir}:")
     if not models:
         print("  none")

@@ -174,6 +174,22 @@ def test_list_shows_why_tensorrt_is_not_used_and_refused_models(
     assert f"REFUSED {refused}" in out
 
 
+def test_list_shows_the_last_tensorrt_failure(
+    model: InstalledModel, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    PlanCache(tmp_path / "engines").record_failure(
+        model_ref=model.ref, onnx_sha256=model.card.onnx_sha256, reason="TensorRT build failed: no memory"
+    )
+    assert main(["list", "--json", *_dirs(models_dir, tmp_path)]) == EX_OK
+    [failure] = json.loads(capsys.readouterr().out)["tensorrt_failures"]
+    assert failure["model"] == "test-model@1.0.0"
+    assert failure["reason"] == "TensorRT build failed: no memory"
+    assert main(["list", *_dirs(models_dir, tmp_path)]) == EX_OK
+    assert f"test-model@1.0.0: TensorRT failed at {failure['at']}: TensorRT build failed: no memory" in (
+        capsys.readouterr().out
+    )
+
+
 def test_verify_fails_without_a_reference(
     model: InstalledModel, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -357,6 +357,14 @@ def test_a_failing_build_falls_back_to_onnxruntime(
     assert reason.endswith("TensorRT build failed: fake: out of device memory while building (tests)")
     with pytest.raises(BackendUnavailable, match="TensorRT build failed"):
         open_backend(model=model, backend="tensorrt", cache_dir=tmp_path)
+    [failure] = PlanCache(tmp_path).failures()
+    assert (failure.model_ref, failure.onnx_sha256) == (model.ref, model.card.onnx_sha256)
+    assert failure.reason == reason.removeprefix("auto: onnxruntime because ")
+    fake_gpu_stack("works")
+    backend, reason = open_backend(model=model, backend="auto", cache_dir=tmp_path)
+    backend.close()
+    assert backend.name == "tensorrt"
+    assert PlanCache(tmp_path).failures() == [], "a TensorRT load clears the record"
 
 
 def test_a_hanging_build_is_abandoned_and_no_second_one_starts(

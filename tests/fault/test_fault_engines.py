@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -124,6 +127,15 @@ def test_a_broken_tensorrt_falls_back_to_onnxruntime_after_ready(
         ), systemd.lines
         assert systemd.wait(lambda lines: lines.count("WATCHDOG=1") >= 3, timeout_s=10), systemd.lines
         assert ward.stop_daemon() == 0
+        listing = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "engines", "list", "--cache-dir", str(tmp_path / "engines")],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": f"{FAKE_GPU_STACK}:{REPO_ROOT}", "FAKE_GPU_STACK": mode},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert reason in listing, listing
     finally:
         ward.close()
 
