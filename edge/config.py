@@ -246,6 +246,12 @@ class EnginesConfig(_Section):
     reload_check_s: float = Field(
         default=30.0, ge=1, le=3600, description="look for a new model version this often (also on SIGHUP)"
     )
+    load_timeout_s: float = Field(
+        default=600.0,
+        ge=1,
+        le=7200,
+        description="a TensorRT build or load taking longer is abandoned; the model runs on onnxruntime",
+    )
 
 
 class PublishConfig(_Section):

@@ -29,9 +29,7 @@ from edge.outbox import DeliveryPriority, OutboxError
 from edge.publisher import Publisher
 from edge.systemd import SystemdNotifier, WatchdogGate, run_watchdog
 from edge.twin import DeviceIdentity, TwinDelta, TwinStore
-from engines.backends import BackendUnavailable
-from engines.catalog import ModelError
-from engines.runtime import ForecastRuntime
+from engines.runtime import EnginesUnavailable, ForecastRuntime
 
 LOGGER = logging.getLogger(__name__)
 
@@ -113,6 +111,7 @@ class Daemon:
                 model_ref=engines.model,
                 extra_models_dir=engines.models_dir,
                 cache_dir=engines.cache_dir,
+                load_timeout_s=engines.load_timeout_s,
             )
             if engines.enabled
             else None
@@ -132,7 +131,8 @@ class Daemon:
         except OutboxError as exc:
             LOGGER.error("cannot open the outbox: %s", exc)
             return EX_UNAVAILABLE
-        await self._start_forecasts()
+        if self._forecasts is None:
+            LOGGER.info("forecasting disabled by config ([engines] enabled = false)")
 
         def deliver(report: DeviceReport) -> None:
             loop.call_soon_threadsafe(self._bus.offer, report)
@@ -344,19 +344,19 @@ class Daemon:
                     if counters != self._bed_state[bed].last_status_counters.get(device):
                         self._publish_device_status(bed=bed, device=device)
 
-    async def _start_forecasts(self) -> None:
-        """Load the forecasting model; without one the spine still runs (vitals matter more)."""
-        if self._forecasts is None:
-            LOGGER.info("forecasting disabled by config ([engines] enabled = false)")
-            return
+    async def _start_forecasts(self, runtime: ForecastRuntime) -> bool:
+        """Load the forecasting model, off the loop; return whether it runs (without one the vitals do).
+
+        The runtime logs why it could not (once per reason) and shows it in its status. The engines
+        only join the watchdog once a model runs: a slow or hung load is not a hung daemon.
+        """
         try:
-            await self._forecasts.start()
-        except (ModelError, BackendUnavailable, OSError) as exc:
-            LOGGER.error("forecasting unavailable, running without it: %s", exc)
-            self._forecasts = None
-            return
+            await runtime.start()
+        except EnginesUnavailable:
+            return False
         tick_s = self._config.engines.tick_s
         self._gate.register("engines", max_silence_s=max(ENGINES_MIN_SILENCE_S, 3 * tick_s))
+        return True
 
     def _request_model_reload(self) -> None:
         if self._forecasts is not None:
@@ -364,27 +364,49 @@ class Daemon:
             self._model_reload_requested.set()
 
     async def _forecast_every_tick(self, runtime: ForecastRuntime) -> None:
+        """Load the model (this task starts after the device links and READY=1), then forecast each tick.
+
+        A reload runs on a task of its own (building a TensorRT plan can take minutes) while the ticks
+        go on with the running model.
+        """
         engines = self._config.engines
+        while not await self._start_forecasts(runtime):
+            # No model: the vitals run on; look again on SIGHUP or at the next catalog check.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._model_reload_requested.wait(), timeout=engines.reload_check_s)
+            self._model_reload_requested.clear()
         next_check_s = time.monotonic() + engines.reload_check_s
-        while True:
-            started_s = time.monotonic()
-            if self._model_reload_requested.is_set() or started_s >= next_check_s:
-                self._model_reload_requested.clear()
-                next_check_s = started_s + engines.reload_check_s
-                await runtime.reload()
-            for forecast in await runtime.tick(now_s=time.time()):
-                body = forecast_body(forecast)
-                self._twin.set_forecast(bed=forecast.bed, forecast=body)
-                self._bed_state[forecast.bed].dirty = True
-                self._publisher.submit(
-                    topic=self._topics.forecast(forecast.bed),
-                    bed=forecast.bed,
-                    body=body,
-                    retain=True,
-                    priority=DeliveryPriority.STATE,
+        reload: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                started_s = time.monotonic()
+                due = (
+                    self._model_reload_requested.is_set()
+                    or started_s >= next_check_s
+                    or runtime.needs_fallback
                 )
-            self._gate.beat("engines", now_s=time.monotonic())
-            await asyncio.sleep(max(0.0, engines.tick_s - (time.monotonic() - started_s)))
+                if due and (reload is None or reload.done()):
+                    self._model_reload_requested.clear()
+                    next_check_s = started_s + engines.reload_check_s
+                    reload = asyncio.create_task(
+                        runtime.reload(force=runtime.needs_fallback), name="model-reload"
+                    )
+                for forecast in await runtime.tick(now_s=time.time()):
+                    body = forecast_body(forecast)
+                    self._twin.set_forecast(bed=forecast.bed, forecast=body)
+                    self._bed_state[forecast.bed].dirty = True
+                    self._publisher.submit(
+                        topic=self._topics.forecast(forecast.bed),
+                        bed=forecast.bed,
+                        body=body,
+                        retain=True,
+                        priority=DeliveryPriority.STATE,
+                    )
+                self._gate.beat("engines", now_s=time.monotonic())
+                await asyncio.sleep(max(0.0, engines.tick_s - (time.monotonic() - started_s)))
+        finally:
+            if reload is not None:
+                reload.cancel()
 
     async def _watch_progress(self) -> None:
         while True:
@@ -407,6 +429,8 @@ class Daemon:
         )
         stats = self._publisher.stats()
         broker = "broker connected" if stats.connected else "broker unreachable"
+        forecasts = "" if self._forecasts is None else f"; forecasts: {self._forecasts.status}"
         return (
             f"{connected}/{len(self._identities)} devices connected; {broker}; outbox {stats.pending} pending"
+            f"{forecasts}"
         )

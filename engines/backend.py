@@ -1,7 +1,9 @@
 """One small interface for every inference backend (onnxruntime on CPU, TensorRT on a GPU).
 
-A backend runs one model for a whole batch of beds in one call. It is thread-affine: create and call
-it from one thread (the engines' inference thread), because a CUDA context belongs to a thread.
+A backend runs one model for a whole batch of beds in one call. Call it from one thread at a time
+(the runtime's inference thread). It may be created on another thread (the runtime's load thread):
+TensorRtBackend keeps its CUDA context on a thread of its own, because a CUDA context belongs to a
+thread, and an onnxruntime session may be run from any thread.
 """
 
 from __future__ import annotations

@@ -1,23 +1,35 @@
 """The shipped and installed models: `engines/models/<id>/<version>/` with `model.onnx` and `card.json`.
 
 A model is identified by id and version; its card says what it is, what it was trained on, how it
-scored against persistence, where it must not be used, and whether it is the default. The card's
-`onnx_sha256` must match the file: a model whose bytes differ from its card is refused.
+scored against persistence, where it must not be used, and whether it is the default.
+
+Integrity: every model directory carries a manifest, `SHA256SUMS` (the `sha256sum` format, so
+`sha256sum -c SHA256SUMS` checks it in the field too), naming every file in the directory with its
+SHA-256. The catalog checks it before it reads anything else: a file whose bytes differ, a listed file
+that is missing, or a file the manifest does not list refuses the whole model, with an error naming the
+file. The card's `onnx_sha256` must match too, and the backends hash the ONNX bytes they load
+(`InstalledModel.read_onnx`), so a file swapped after the check is not run either. `write_manifest`
+(`icu-edge engines manifest DIR`, and the training pipeline's export) writes the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engines.plan_cache import write_atomic
+
 LOGGER = logging.getLogger(__name__)
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
+MANIFEST_FILE = "SHA256SUMS"
+_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
 class MetricRow(BaseModel):
@@ -90,6 +102,17 @@ class InstalledModel:
         """Return `id@version`."""
         return f"{self.card.id}@{self.card.version}"
 
+    def read_onnx(self) -> bytes:
+        """Return the ONNX bytes after checking them against the card (the file may change after loading)."""
+        data = self.onnx_path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != self.card.onnx_sha256:
+            raise ModelError(
+                f"{self.onnx_path}: SHA-256 {actual[:12]}… no longer matches its card "
+                f"({self.card.onnx_sha256[:12]}…): changed since it was checked; refusing to load it"
+            )
+        return data
+
 
 def sha256_file(path: Path) -> str:
     """Return the hex SHA-256 of a file."""
@@ -100,10 +123,65 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_manifest(directory: Path) -> Path:
+    """Write `SHA256SUMS` listing every file in a model directory; return its path."""
+    lines = []
+    for path in sorted(directory.iterdir()):
+        if path.name == MANIFEST_FILE:
+            continue
+        if not path.is_file() or path.is_symlink():
+            raise ModelError(f"{path}: not a regular file; a model directory holds only files")
+        if "\n" in path.name or "\\" in path.name:
+            raise ModelError(f"{path}: a file name sha256sum cannot list")
+        lines.append(f"{sha256_file(path)}  {path.name}\n")
+    if not lines:
+        raise ModelError(f"{directory}: no files to list")
+    manifest = directory / MANIFEST_FILE
+    write_atomic(manifest, "".join(lines).encode())
+    return manifest
+
+
+def verify_manifest(directory: Path) -> None:
+    """Raise ModelError, naming the file, unless every file in directory is listed and matches."""
+    manifest = directory / MANIFEST_FILE
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelError(
+            f"{manifest}: missing: a model is loaded only with a manifest of its files' SHA-256 "
+            f"(write one with `icu-edge engines manifest {directory}` after checking the files)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{manifest}: cannot read: {exc}") from exc
+    expected: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _MANIFEST_LINE.match(line)
+        if match is None or "/" in match.group(2) or match.group(2) in (".", "..", MANIFEST_FILE):
+            raise ModelError(f"{manifest}: line {number} is not `<sha256>  <file name>`")
+        digest, name = match.groups()
+        if name in expected:
+            raise ModelError(f"{manifest}: line {number} lists {name} twice")
+        expected[name] = digest
+    for path in sorted(directory.iterdir()):
+        if path.name != MANIFEST_FILE and path.name not in expected:
+            raise ModelError(f"{path}: not listed in {MANIFEST_FILE}: refusing the model")
+    for name, digest in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise ModelError(f"{path}: listed in {MANIFEST_FILE} but missing: refusing the model")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ModelError(
+                f"{path}: SHA-256 {actual[:12]}… does not match {MANIFEST_FILE} ({digest[:12]}…): "
+                "tampered or damaged: refusing the model"
+            )
+
+
 def load_model(directory: Path) -> InstalledModel:
-    """Read `card.json` and check `model.onnx` against it."""
+    """Check the directory's manifest, read `card.json`, and check `model.onnx` against the card."""
     card_path = directory / "card.json"
     onnx_path = directory / "model.onnx"
+    verify_manifest(directory)
     try:
         card = ModelCard.model_validate_json(card_path.read_bytes())
     except OSError as exc:
@@ -120,14 +198,23 @@ def load_model(directory: Path) -> InstalledModel:
     return InstalledModel(card=card, onnx_path=onnx_path)
 
 
-def find_models(root: Path = SHIPPED_MODELS_DIR) -> list[InstalledModel]:
-    """Return every valid model under root (`<id>/<version>/`); log and skip invalid ones."""
+def scan_models(root: Path = SHIPPED_MODELS_DIR) -> tuple[list[InstalledModel], list[str]]:
+    """Return every valid model under root (`<id>/<version>/`) and why each other one was refused."""
     models: list[InstalledModel] = []
+    problems: list[str] = []
     for card_path in sorted(root.glob("*/*/card.json")):
         try:
             models.append(load_model(card_path.parent))
         except ModelError as exc:
-            LOGGER.error("skipping model: %s", exc)
+            problems.append(str(exc))
+    return models, problems
+
+
+def find_models(root: Path = SHIPPED_MODELS_DIR) -> list[InstalledModel]:
+    """Return every valid model under root (`<id>/<version>/`); log and skip invalid ones."""
+    models, problems = scan_models(root)
+    for problem in problems:
+        LOGGER.error("skipping model: %s", problem)
     return models
 
 

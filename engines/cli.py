@@ -1,9 +1,11 @@
-"""`icu-edge engines list|build|verify|bench|eval`: manage and check the forecasting engines.
+"""`icu-edge engines list|build|verify|bench|eval|manifest`: manage and check the forecasting engines.
+
+`manifest DIR...` writes each model directory's SHA256SUMS (`--check`: verifies it).
 
 Exit codes: 0 ok; 1 verification failed (a hash, an output outside tolerance, a non-conformant or
-unverifiable model); 2 usage; 69 unavailable (no usable CUDA device for `build` or `--backend tensorrt`,
-no such model, onnxruntime missing); 78 configuration (`--models-dir` or `--cache-dir` is not a
-directory).
+unverifiable model, a file that differs from its manifest); 2 usage; 69 unavailable (no usable CUDA
+device for `build` or `--backend tensorrt`, no such model, onnxruntime missing); 78 configuration
+(`--models-dir`, `--cache-dir` or a manifest's DIR is not a directory).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ import numpy as np
 from engines.backend import BackendName, BatchInput, BatchOutput, EngineBackend
 from engines.backends import DEFAULT_CACHE_DIR, BackendUnavailable, open_backend
 from engines.catalog import (
+    MANIFEST_FILE,
     SHIPPED_MODELS_DIR,
     InstalledModel,
     ModelError,
     find_models,
     load_model,
+    scan_models,
     select_model,
+    verify_manifest,
+    write_manifest,
 )
 from engines.plan_cache import PlanCache, Precision
 from engines.spec import MAX_BATCH
@@ -79,8 +85,8 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     for option in ("models_dir", "cache_dir"):
-        path: Path = getattr(args, option)
-        if path.exists() and not path.is_dir():
+        path: Path | None = getattr(args, option, None)
+        if path is not None and path.exists() and not path.is_dir():
             print(f"--{option.replace('_', '-')} {path}: not a directory", file=sys.stderr)
             return EX_CONFIG
     command: Callable[[argparse.Namespace], int] = args.run
@@ -145,6 +151,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(run=_bench)
 
+    manifest = commands.add_parser(
+        "manifest",
+        help=f"write (or --check) the {MANIFEST_FILE} of model directories",
+        description=f"Write {MANIFEST_FILE}, the SHA-256 of every file, into each model directory "
+        "(<id>/<version>/). Write it only for files you have checked: the catalog loads exactly what "
+        "it lists and refuses a model with a changed, missing or unlisted file.",
+        epilog=_EPILOG,
+    )
+    manifest.add_argument("directories", nargs="+", type=Path, metavar="DIR", help="a model directory")
+    manifest.add_argument("--check", action="store_true", help="verify the manifests; write nothing")
+    manifest.set_defaults(run=_manifest)
+
     commands.add_parser("eval", help="held-out evaluation of a model (engines.evaluate; see eval --help)")
     return parser
 
@@ -177,12 +195,21 @@ def _model(args: argparse.Namespace) -> InstalledModel:
 
 
 def _list(args: argparse.Namespace) -> int:
-    models = find_models(args.models_dir)
-    plans = PlanCache(args.cache_dir).entries()
+    models, refused = scan_models(args.models_dir)
+    cache = PlanCache(args.cache_dir)
+    plans = cache.entries()
+    failures = cache.failures()
+    usable, why = cuda_status()
     if args.json:
         document = {
             "models_dir": str(args.models_dir),
             "cache_dir": str(args.cache_dir),
+            "tensorrt": {"usable": usable, "reason": why},
+            "tensorrt_failures": [
+                {"model": f.model_ref, "onnx_sha256": f.onnx_sha256, "reason": f.reason, "at": f.at}
+                for f in failures
+            ],
+            "refused": refused,
             "models": [
                 {
                     "id": m.card.id,
@@ -209,6 +236,9 @@ def _list(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
         return EX_OK
+    print(f"TensorRT: {'usable' if usable else 'not usable, auto runs onnxruntime'}: {why}")
+    for failure in failures:
+        print(f"  {failure.model_ref}: TensorRT failed at {failure.at}: {failure.reason}")
     print(f"models in {args.models_dir}:")
     if not models:
         print("  none")
@@ -218,6 +248,8 @@ def _list(args: argparse.Namespace) -> int:
             f"  {m.ref:<28} {m.card.kind:<8} {flag} {m.card.size_bytes / 1024:8.1f} KiB "
             f"sha256 {m.card.onnx_sha256[:12]}  {m.card.summary[:80]}"
         )
+    for problem in refused:
+        print(f"  REFUSED {problem}")
     print(f"TensorRT plans in {args.cache_dir}:")
     if not plans:
         print("  none")
@@ -234,6 +266,30 @@ def _list(args: argparse.Namespace) -> int:
             f"{k.profile[2]}, flags {','.join(k.builder_flags) or '-'}, {size}, {p.created}: {state}"
         )
     return EX_OK
+
+
+# --- manifest -----------------------------------------------------------------------------------------
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    status = EX_OK
+    for directory in args.directories:
+        if not directory.is_dir():
+            print(f"{directory}: not a directory", file=sys.stderr)
+            return EX_CONFIG
+        try:
+            if args.check:
+                verify_manifest(directory)
+            else:
+                written = write_manifest(directory)
+                print(f"wrote {written} ({len(written.read_text().splitlines())} files)")
+            model = load_model(directory)
+        except ModelError as exc:
+            print(f"FAIL {exc}")
+            status = EX_FAILED
+            continue
+        print(f"ok   {model.ref}: every file matches {directory / MANIFEST_FILE}")
+    return status
 
 
 # --- build --------------------------------------------------------------------------------------------

@@ -109,9 +109,10 @@ class OnnxRuntimeBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        onnx = model.read_onnx()  # the checked bytes, not whatever the path holds by now
         try:
             self._session: Any = ort.InferenceSession(
-                str(model.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+                onnx, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
             raise ModelError(f"{model.ref}: onnxruntime cannot load {model.onnx_path}: {exc}") from exc

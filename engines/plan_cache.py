@@ -6,6 +6,10 @@ full `PlanKey`, its size and its SHA-256. `lookup` returns the bytes only when t
 the wanted key field by field and the plan file is whole; anything else (a stale or foreign plan, a
 missing or corrupt sidecar, a truncated plan) is logged with the reason and reported as a miss, so the
 caller rebuilds. Nothing here imports TensorRT: it is plain file handling, tested on any machine.
+
+The cache also remembers why TensorRT last failed for a model (`record_failure`, one small JSON per
+model version, removed when TensorRT loads it again), so `icu-edge engines list` can tell a field
+engineer why the appliance runs on onnxruntime although a GPU is there.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any, Literal
 LOGGER = logging.getLogger(__name__)
 
 Precision = Literal["fp16", "fp32"]
+
+_FAILURE_SUFFIX = ".tensorrt-failure.json"
 
 SIDECAR_VERSION = 1
 """Format of the sidecar JSON; a sidecar of another version is treated as foreign."""
@@ -114,6 +120,16 @@ class PlanKey:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TensorRtFailure:
+    """Why TensorRT last failed for one model version, and when (wall clock, UTC)."""
+
+    model_ref: str
+    onnx_sha256: str
+    reason: str
+    at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PlanEntry:
     """One plan found in the cache directory (for `icu-edge engines list`)."""
 
@@ -178,6 +194,44 @@ class PlanCache:
         for path in (_sidecar(plan_path), plan_path):
             path.unlink(missing_ok=True)
         LOGGER.warning("removed cached plan %s", plan_path.name)
+
+    def record_failure(self, *, model_ref: str, onnx_sha256: str, reason: str) -> None:
+        """Remember why TensorRT failed for a model version (the daemon falls back to onnxruntime)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        record = {
+            "model_ref": model_ref,
+            "onnx_sha256": onnx_sha256,
+            "reason": reason,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_atomic(self._failure_path(model_ref), json.dumps(record, indent=2, sort_keys=True).encode())
+
+    def clear_failure(self, *, model_ref: str) -> None:
+        """Forget a model version's TensorRT failure (it loaded on TensorRT again)."""
+        self._failure_path(model_ref).unlink(missing_ok=True)
+
+    def failures(self) -> list[TensorRtFailure]:
+        """Return the recorded TensorRT failures, by model; unreadable records are skipped."""
+        found: list[TensorRtFailure] = []
+        if not self.directory.is_dir():
+            return found
+        for path in sorted(self.directory.glob(f"*{_FAILURE_SUFFIX}")):
+            try:
+                record = json.loads(path.read_bytes())
+                found.append(
+                    TensorRtFailure(
+                        model_ref=str(record["model_ref"]),
+                        onnx_sha256=str(record["onnx_sha256"]),
+                        reason=str(record["reason"]),
+                        at=str(record["at"]),
+                    )
+                )
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                LOGGER.warning("unreadable TensorRT failure record %s: %s", path.name, exc)
+        return found
+
+    def _failure_path(self, model_ref: str) -> Path:
+        return self.directory / f"{_safe(model_ref)}{_FAILURE_SUFFIX}"
 
     def entries(self) -> list[PlanEntry]:
         """Return every plan in the directory, with its key and whether it is whole."""

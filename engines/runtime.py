@@ -1,10 +1,21 @@
 """The forecasting runtime: every tick, one batched inference for all beds, off the event loop.
 
-The loop thread feeds observations into each bed's `BedHistory` (cheap, incremental) and builds the
-windows at each tick; the forward pass runs on one dedicated inference thread, which also owns the
-backend (a CUDA context belongs to a thread). A new model version is picked up without a restart:
-`reload()` (SIGHUP, or the periodic catalog check) loads it on the inference thread and swaps it in
-between ticks; if loading fails, the running model stays and the failure is logged.
+Threads (who owns what):
+- The event loop (the caller) owns the bed histories, builds the windows at each tick and swaps
+  backends; it never waits for a load.
+- One inference thread (the single-worker executor `engines`) runs every forward pass and closes
+  backends that were swapped out.
+- Each load (`start`, `reload`) runs on a daemon thread of its own (`engines-load`): the catalog scan
+  with its hashing, the onnxruntime session, the TensorRT plan build or deserialization. A load that
+  hangs therefore never stops a tick, and never keeps the process from exiting. The CUDA rule holds:
+  TensorRtBackend keeps its context on a thread of its own whoever creates or calls it, and an
+  onnxruntime session may be created on one thread and run on another.
+
+A loaded backend is swapped in between ticks (`_swap_lock`), so a tick never runs on a backend being
+closed. A new model version is picked up without a restart (`reload`: SIGHUP, or the periodic catalog
+check); if loading it fails the running model stays. TensorRT gets `load_timeout_s` per load; past
+that, or on any TensorRT failure (import, driver, build, deserialization, a failed forward pass), the
+model runs on onnxruntime and `status` says why. Each distinct problem is logged once.
 """
 
 from __future__ import annotations
@@ -19,14 +30,25 @@ from pathlib import Path
 import numpy as np
 
 from engines.backend import BackendName, BatchInput, BatchOutput, EngineBackend
-from engines.backends import open_backend
-from engines.catalog import SHIPPED_MODELS_DIR, InstalledModel, ModelError, find_models, select_model
+from engines.backends import abandon, close_quietly, in_daemon_thread, open_backend
+from engines.catalog import SHIPPED_MODELS_DIR, InstalledModel, ModelError, scan_models, select_model
 from engines.features import BedHistory, FeatureWindow
+from engines.onnx_backend import OnnxRuntimeBackend
 from engines.spec import EVENTS, FRESH_WITHIN_STEPS, HORIZONS_MIN, MAX_BATCH, QUANTILES, SIGNALS, STEP_S
+from engines.tensorrt_backend import describe
 
 LOGGER = logging.getLogger(__name__)
 
 _P10, _P50, _P90 = (QUANTILES.index(q) for q in (0.1, 0.5, 0.9))
+
+DEFAULT_LOAD_TIMEOUT_S = 600.0
+"""How long one TensorRT load may take (two plan builds on a Jetson) before onnxruntime runs instead."""
+STATUS_MAX_CHARS = 300
+"""The status line is for `systemctl status`: a long driver message is cut here."""
+
+
+class EnginesUnavailable(Exception):
+    """No model could be loaded (the message says why); the daemon runs without forecasts."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +80,10 @@ class BedForecast:
     unavailable: dict[str, str]
 
 
+_Loaded = tuple[EngineBackend, str] | None
+"""A backend and why it was chosen; None when the catalog selects the model already running."""
+
+
 class ForecastRuntime:
     """Per-bed histories, the loaded model, and the tick."""
 
@@ -69,15 +95,24 @@ class ForecastRuntime:
         model_ref: str | None = None,
         extra_models_dir: Path | None = None,
         cache_dir: Path | None = None,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
     ) -> None:
         self._histories = {bed: BedHistory() for bed in beds}
         self._backend_choice: BackendName = backend
         self._model_ref = model_ref
         self._extra_models_dir = extra_models_dir
         self._cache_dir = cache_dir
+        self._load_timeout_s = load_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engines")
+        self._swap_lock = asyncio.Lock()
         self._backend: EngineBackend | None = None
+        self._closed = False
+        self._tensorrt_failed: str | None = None
+        """Why TensorRT failed in a forward pass: later loads go straight to onnxruntime."""
+        self._reported: set[str] = set()
         self.choice_reason = ""
+        self.status = "loading"
+        """One line for the daemon's status: loading, running (model, backend, why) or unavailable."""
 
     @property
     def backend(self) -> EngineBackend:
@@ -86,55 +121,144 @@ class ForecastRuntime:
             raise RuntimeError("the forecasting runtime has not started")
         return self._backend
 
+    @property
+    def running(self) -> bool:
+        """Whether a model is loaded and ticks can run."""
+        return self._backend is not None
+
+    @property
+    def needs_fallback(self) -> bool:
+        """Whether TensorRT failed in a forward pass and the model should be reloaded on onnxruntime."""
+        backend = self._backend
+        return self._tensorrt_failed is not None and backend is not None and backend.name == "tensorrt"
+
+    def _report(self, level: int, problem: str, *, exc_info: BaseException | None = None) -> None:
+        """Log a problem once while it persists (the periodic check would repeat it every time)."""
+        if problem in self._reported:
+            LOGGER.debug("%s", problem)
+            return
+        self._reported.add(problem)
+        LOGGER.log(level, "%s", problem, exc_info=exc_info)
+
     def _installed(self) -> list[InstalledModel]:
-        models = find_models(SHIPPED_MODELS_DIR)
+        models, problems = scan_models(SHIPPED_MODELS_DIR)
         if self._extra_models_dir is not None and self._extra_models_dir.is_dir():
-            models += find_models(self._extra_models_dir)
+            extra, extra_problems = scan_models(self._extra_models_dir)
+            models += extra
+            problems += extra_problems
+        for problem in problems:
+            self._report(logging.ERROR, f"refusing model: {problem}")
         return models
 
-    def _load(self) -> tuple[EngineBackend, str]:
-        model = select_model(self._installed(), ref=self._model_ref)
-        return open_backend(model=model, backend=self._backend_choice, cache_dir=self._cache_dir)
+    def _open(self, *, current: InstalledModel | None, force: bool) -> _Loaded:
+        """Select and load a model (on a load thread); None when it is the one already running."""
+        candidate = select_model(self._installed(), ref=self._model_ref)
+        unchanged = (
+            current is not None
+            and candidate.ref == current.ref
+            and candidate.card.onnx_sha256 == current.card.onnx_sha256
+        )
+        if unchanged and not force:
+            return None
+        if self._tensorrt_failed is not None:
+            reason = f"onnxruntime because TensorRT failed in a forward pass: {self._tensorrt_failed}"
+            return OnnxRuntimeBackend(model=candidate), reason
+        return open_backend(
+            model=candidate,
+            backend=self._backend_choice,
+            cache_dir=self._cache_dir,
+            tensorrt_timeout_s=self._load_timeout_s,
+            fall_back=True,
+        )
+
+    async def _load(self, *, current: InstalledModel | None, force: bool = False) -> _Loaded:
+        def discard(loaded: _Loaded) -> None:
+            close_quietly(None if loaded is None else loaded[0])
+
+        future = in_daemon_thread(
+            lambda: self._open(current=current, force=force), name="engines-load", discard=discard
+        )
+        try:
+            loaded = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            abandon(future, discard=discard)
+            raise
+        if self._closed:
+            discard(loaded)
+            return None
+        return loaded
+
+    def _choice_level(self, backend: EngineBackend) -> int:
+        """Return WARNING when the config asked for TensorRT and got onnxruntime, else INFO."""
+        asked_for_tensorrt = self._backend_choice == "tensorrt"
+        return logging.WARNING if asked_for_tensorrt and backend.name != "tensorrt" else logging.INFO
+
+    def _set_running(self, backend: EngineBackend, reason: str) -> None:
+        self.choice_reason = reason
+        status = f"{backend.model.ref} on {backend.name} ({backend.precision}): {reason}"
+        self.status = status if len(status) <= STATUS_MAX_CHARS else status[: STATUS_MAX_CHARS - 1] + "…"
 
     async def start(self) -> None:
-        """Load the configured model on the inference thread; raise ModelError if none can be loaded."""
-        loop = asyncio.get_running_loop()
-        backend, self.choice_reason = await loop.run_in_executor(self._executor, self._load)
+        """Load the configured model off the event loop; raise EnginesUnavailable if none can be loaded.
+
+        A failed start can be retried (the daemon does on SIGHUP and at each catalog check).
+        """
+        self.status = "loading"
+        try:
+            loaded = await self._load(current=None)
+        except Exception as exc:
+            problem = str(exc) if isinstance(exc, ModelError) else describe(exc)
+            self.status = f"unavailable: {problem}"[:STATUS_MAX_CHARS]
+            unexpected = None if isinstance(exc, ModelError) else exc
+            self._report(logging.ERROR, f"forecasting unavailable: {problem}", exc_info=unexpected)
+            raise EnginesUnavailable(problem) from exc
+        if loaded is None:
+            raise EnginesUnavailable("the forecasting runtime is closed")
+        backend, reason = loaded
         self._backend = backend
-        LOGGER.info(
+        self._set_running(backend, reason)
+        LOGGER.log(
+            self._choice_level(backend),
             "forecasting with %s on %s (%s): %s",
             backend.model.ref,
             backend.name,
             backend.precision,
-            self.choice_reason,
+            reason,
         )
 
-    async def reload(self) -> bool:
-        """Load the model the catalog now selects if it differs from the running one; return if swapped."""
-        loop = asyncio.get_running_loop()
+    async def reload(self, *, force: bool = False) -> bool:
+        """Load the model the catalog now selects if it differs from the running one; return if swapped.
+
+        Runs off the loop while ticks go on; never raises: a failure keeps the running model. `force`
+        reloads even an unchanged model (after TensorRT failed in a forward pass).
+        """
         current = self.backend.model
         try:
-            candidate = select_model(self._installed(), ref=self._model_ref)
-        except ModelError as exc:
-            LOGGER.error("model reload: %s; keeping %s", exc, current.ref)
-            return False
-        if candidate.ref == current.ref and candidate.card.onnx_sha256 == current.card.onnx_sha256:
-            return False
-        try:
-            backend, reason = await loop.run_in_executor(
-                self._executor,
-                lambda: open_backend(
-                    model=candidate, backend=self._backend_choice, cache_dir=self._cache_dir
-                ),
-            )
-        except Exception:
+            loaded = await self._load(current=current, force=force)
+        except Exception as exc:  # noqa: BLE001 - logged (with its traceback when unexpected) in _report
             # A broken new model must not take forecasting down: keep the running one.
-            LOGGER.exception("model reload: loading %s failed; keeping %s", candidate.ref, current.ref)
+            unexpected = None if isinstance(exc, ModelError) else exc
+            problem = str(exc) if unexpected is None else describe(exc)
+            self._report(
+                logging.ERROR, f"model reload: {problem}; keeping {current.ref}", exc_info=unexpected
+            )
             return False
-        old, self._backend, self.choice_reason = self._backend, backend, reason
-        if old is not None:
-            await loop.run_in_executor(self._executor, old.close)
-        LOGGER.info("model reload: now forecasting with %s (was %s): %s", candidate.ref, current.ref, reason)
+        if loaded is None:
+            return False
+        backend, reason = loaded
+        async with self._swap_lock:
+            old, self._backend = self._backend, backend
+            self._set_running(backend, reason)
+            if old is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, close_quietly, old)
+        LOGGER.log(
+            self._choice_level(backend),
+            "model reload: now forecasting with %s on %s (was %s): %s",
+            backend.model.ref,
+            backend.name,
+            current.ref,
+            reason,
+        )
         return True
 
     def observe(
@@ -148,39 +272,56 @@ class ForecastRuntime:
         return dict(self._histories[bed].rejected)
 
     async def tick(self, *, now_s: float) -> list[BedForecast]:
-        """Forecast every bed with one batched inference per MAX_BATCH beds."""
-        backend = self.backend
-        windows = {bed: history.window(now_s=now_s) for bed, history in self._histories.items()}
-        fresh = {bed: window.fresh_signals() for bed, window in windows.items()}
-        to_run = [bed for bed in windows if any(fresh[bed].values())]
-        outputs: dict[str, tuple[BatchOutput, int]] = {}
-        loop = asyncio.get_running_loop()
-        for start in range(0, len(to_run), MAX_BATCH):
-            chunk = to_run[start : start + MAX_BATCH]
-            batch = _stack([windows[bed] for bed in chunk])
-            output = await loop.run_in_executor(self._executor, backend.infer, batch)
-            for row, bed in enumerate(chunk):
-                outputs[bed] = (output, row)
-        forecasts = []
-        for bed, window in windows.items():
-            forecasts.append(
-                _bed_forecast(
-                    bed=bed,
-                    window=window,
-                    fresh=fresh[bed],
-                    output=outputs.get(bed),
-                    now_s=now_s,
-                    backend=backend,
-                )
+        """Forecast every bed with one batched inference per MAX_BATCH beds.
+
+        A forward pass that raises is no crash: its beds get no forecast this tick, the reason says
+        why, and a TensorRT failure makes `needs_fallback` true.
+        """
+        async with self._swap_lock:
+            backend = self.backend
+            windows = {bed: history.window(now_s=now_s) for bed, history in self._histories.items()}
+            fresh = {bed: window.fresh_signals() for bed, window in windows.items()}
+            to_run = [bed for bed in windows if any(fresh[bed].values())]
+            outputs: dict[str, tuple[BatchOutput, int]] = {}
+            failed: str | None = None
+            loop = asyncio.get_running_loop()
+            for start in range(0, len(to_run), MAX_BATCH):
+                chunk = to_run[start : start + MAX_BATCH]
+                batch = _stack([windows[bed] for bed in chunk])
+                try:
+                    output = await loop.run_in_executor(self._executor, backend.infer, batch)
+                except Exception as exc:  # noqa: BLE001 - logged with its traceback in _report
+                    failed = describe(exc)
+                    self._report(
+                        logging.ERROR,
+                        f"{backend.name} inference of {backend.model.ref} failed: {failed}",
+                        exc_info=exc,
+                    )
+                    if backend.name == "tensorrt":
+                        self._tensorrt_failed = failed
+                    break
+                for row, bed in enumerate(chunk):
+                    outputs[bed] = (output, row)
+        return [
+            _bed_forecast(
+                bed=bed,
+                window=window,
+                fresh=fresh[bed],
+                output=outputs.get(bed),
+                now_s=now_s,
+                backend=backend,
+                failed=failed,
             )
-        return forecasts
+            for bed, window in windows.items()
+        ]
 
     async def close(self) -> None:
-        """Release the backend and stop the inference thread."""
-        loop = asyncio.get_running_loop()
-        if self._backend is not None:
-            await loop.run_in_executor(self._executor, self._backend.close)
-            self._backend = None
+        """Release the backend and stop the inference thread (a load still running is discarded)."""
+        self._closed = True
+        async with self._swap_lock:
+            if self._backend is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._backend.close)
+                self._backend = None
         self._executor.shutdown(wait=True)
 
 
@@ -201,6 +342,7 @@ def _bed_forecast(
     output: tuple[BatchOutput, int] | None,
     now_s: float,
     backend: EngineBackend,
+    failed: str | None,
 ) -> BedForecast:
     unavailable: dict[str, str] = {}
     signals: list[SignalOutlook] = []
@@ -208,6 +350,9 @@ def _bed_forecast(
     ages = window.last_valid_age_steps()
     step_offset_s = now_s % STEP_S
     for index, signal in enumerate(SIGNALS):
+        if fresh[signal.key] and output is None and failed is not None:
+            unavailable[signal.key] = f"inference failed: {failed}"
+            continue
         if not fresh[signal.key] or output is None:
             age = ages[signal.key]
             unavailable[signal.key] = (
@@ -234,7 +379,11 @@ def _bed_forecast(
         )
     for index, event in enumerate(EVENTS):
         if output is None or not fresh[event.signal]:
-            unavailable[event.key] = f"needs a fresh {event.signal}"
+            unavailable[event.key] = (
+                f"inference failed: {failed}"
+                if fresh[event.signal] and failed is not None
+                else f"needs a fresh {event.signal}"
+            )
             continue
         batch_output, row = output
         events[event.key] = tuple(float(p) for p in batch_output.event_probability[row, index])

@@ -68,32 +68,44 @@ def tolerance_for(precision: Precision) -> Tolerance:
 
 
 def cuda_status() -> tuple[bool, str]:
-    """Return whether TensorRT can run here and why (or why not)."""
+    """Return whether TensorRT can run here and why (or why not); never raise.
+
+    A broken GPU stack fails in many ways besides ImportError: a CUDA driver/runtime mismatch makes
+    `import tensorrt` raise RuntimeError, a missing library OSError, pycuda its own errors. Every one
+    becomes the reason, so the caller falls back to onnxruntime instead of stopping.
+    """
     try:
         import tensorrt as trt
     except ImportError:
         return False, "tensorrt not installed"
-    except OSError as exc:  # the wheel is there but its CUDA libraries are not
-        return False, f"tensorrt not loadable: {exc}"
+    except Exception as exc:  # noqa: BLE001 - the wheel is there but cannot load: that is the answer
+        return False, f"tensorrt not loadable: {describe(exc)}"
     try:
         import pycuda
         import pycuda.driver as cuda
     except ImportError:
         return False, "pycuda not installed"
-    except OSError as exc:
-        return False, f"pycuda not loadable: {exc}"
+    except Exception as exc:  # noqa: BLE001 - as above
+        return False, f"pycuda not loadable: {describe(exc)}"
     try:
         cuda.init()
         count = cuda.Device.count()
-    except cuda.Error as exc:
-        return False, f"no CUDA device: {exc}"
-    if count < 1:
-        return False, "no CUDA device: the driver reports none"
-    device = device_info()
+        if count < 1:
+            return False, "no CUDA device: the driver reports none"
+        device = device_info()
+        versions = f"TensorRT {trt.__version__}, pycuda {pycuda.VERSION_TEXT}"
+    except Exception as exc:  # noqa: BLE001 - a driver that cannot initialize is a reason, not a crash
+        return False, f"no CUDA device: {describe(exc)}"
     return True, (
         f"CUDA device {device.gpu_name} (compute {device.compute_capability}, {device.sm_count} SMs), "
-        f"TensorRT {trt.__version__}, pycuda {pycuda.VERSION_TEXT}"
+        f"{versions}"
     )
+
+
+def describe(exc: BaseException) -> str:
+    """Return `Type: message` on one line (driver messages can span lines)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,7 +203,7 @@ def build_plan(
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch always; EXPLICIT_BATCH is ignored
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(model.onnx_path.read_bytes()):
+    if not parser.parse(model.read_onnx()):
         errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
         raise TensorRtError(f"{model.ref}: ONNX parser failed: " + " | ".join(errors or [logger.reason()]))
 

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.backend import BatchInput, BatchOutput
-from engines.catalog import InstalledModel, ModelCard, load_model, sha256_file
+from engines.catalog import InstalledModel, ModelCard, load_model, sha256_file, write_manifest
 from engines.spec import (
     CONTEXT,
     EVENTS,
@@ -207,7 +207,7 @@ def build_test_model(
     default: bool = True,
     reference_beds: int = 16,
 ) -> InstalledModel:
-    """Write a tiny spec-conformant model under `root/<id>/<version>/` (ONNX, card, reference) and load it."""
+    """Write a tiny spec-conformant model under `root/<id>/<version>/` with its manifest, and load it."""
     import onnx  # dev dependency, only needed here
     from onnx import TensorProto, helper, numpy_helper
 
@@ -296,4 +296,5 @@ def build_test_model(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     (directory / "card.json").write_text(card.model_dump_json(indent=2))
+    write_manifest(directory)
     return load_model(directory)

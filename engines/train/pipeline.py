@@ -24,7 +24,7 @@ from torch import nn
 
 from engines import metrics
 from engines.backend import BatchInput, BatchOutput
-from engines.catalog import EventMetricRow, MetricRow, ModelCard
+from engines.catalog import EventMetricRow, MetricRow, ModelCard, write_manifest
 from engines.evaluate import (
     ALARM_SENSITIVITY,
     GridForecast,
@@ -727,5 +727,6 @@ def run(config: Config) -> int:
         (directory / "card.md").write_text(
             render_card(card, sections=sections, command=command), encoding="utf-8"
         )
+        write_manifest(directory)  # last: it lists every file written above
     LOGGER.info("gate: %s; learned default: %s; %.1f s", keep, learned_default, time.monotonic() - started)
     return 0

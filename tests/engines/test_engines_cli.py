@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.catalog import InstalledModel
+from engines.catalog import MANIFEST_FILE, InstalledModel, write_manifest
 from engines.cli import EX_CONFIG, EX_FAILED, EX_OK, EX_UNAVAILABLE, EX_USAGE, main
 from engines.plan_cache import PlanCache, PlanKey
 from engines.tensorrt_backend import cuda_status
@@ -110,6 +110,7 @@ def test_verify_fails_on_a_tampered_reference(
     arrays[output][3, 0, 1] += 1e-3
     with path.open("wb") as handle:
         np.savez(handle, **arrays)
+    write_manifest(path.parent)  # a listed reference whose outputs are wrong, not a tampered file
     assert main(["verify", "--backend", "onnxruntime", *_dirs(models_dir, tmp_path)]) == EX_FAILED
     out = capsys.readouterr().out
     assert "FAIL outputs outside tolerance" in out
@@ -121,16 +122,79 @@ def test_verify_fails_on_a_model_that_does_not_match_its_card(
     build_test_model(models_dir, model_id="other", default=False)
     other = models_dir / "other" / "1.0.0" / "model.onnx"
     other.write_bytes(other.read_bytes() + b"\0")
+    write_manifest(other.parent)  # the manifest agrees with the bytes; the card does not
     assert main(["verify", "--backend", "onnxruntime", *_dirs(models_dir, tmp_path)]) == EX_FAILED
     out = capsys.readouterr().out
     assert "FAIL" in out
     assert "does not match its card" in out
 
 
+@pytest.mark.parametrize("file", ["model.onnx", "card.json", REFERENCE_FILE])
+def test_verify_refuses_a_file_that_differs_from_the_manifest(
+    model: InstalledModel, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], file: str
+) -> None:
+    build_test_model(models_dir, model_id="other", default=False)
+    tampered = models_dir / "other" / "1.0.0" / file
+    tampered.write_bytes(tampered.read_bytes() + b" ")
+    assert main(["verify", "--backend", "onnxruntime", *_dirs(models_dir, tmp_path)]) == EX_FAILED
+    out = capsys.readouterr().out
+    assert f"FAIL {tampered}: SHA-256 " in out
+    assert f"does not match {MANIFEST_FILE}" in out
+
+
+def test_manifest_writes_checks_and_names_an_unlisted_file(
+    model: InstalledModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = model.onnx_path.parent
+    (directory / MANIFEST_FILE).unlink()
+    assert main(["manifest", "--check", str(directory)]) == EX_FAILED
+    assert f"{directory / MANIFEST_FILE}: missing" in capsys.readouterr().out
+    assert main(["manifest", str(directory)]) == EX_OK
+    assert "ok   test-model@1.0.0" in capsys.readouterr().out
+    assert main(["manifest", "--check", str(directory)]) == EX_OK
+    capsys.readouterr()
+    (directory / "notes.txt").write_text("added after the manifest")
+    assert main(["manifest", "--check", str(directory)]) == EX_FAILED
+    assert f"{directory / 'notes.txt'}: not listed in {MANIFEST_FILE}" in capsys.readouterr().out
+
+
+def test_list_shows_why_tensorrt_is_not_used_and_refused_models(
+    model: InstalledModel, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_test_model(models_dir, model_id="other", default=False)
+    (models_dir / "other" / "1.0.0" / "card.json").write_text("{}")
+    assert main(["list", "--json", *_dirs(models_dir, tmp_path)]) == EX_OK
+    document = json.loads(capsys.readouterr().out)
+    assert document["tensorrt"] == {"usable": USABLE, "reason": WHY}
+    [refused] = document["refused"]
+    assert refused.startswith(f"{models_dir / 'other' / '1.0.0' / 'card.json'}: SHA-256 ")
+    assert main(["list", *_dirs(models_dir, tmp_path)]) == EX_OK
+    out = capsys.readouterr().out
+    assert f"TensorRT: {'usable' if USABLE else 'not usable, auto runs onnxruntime'}: {WHY}" in out
+    assert f"REFUSED {refused}" in out
+
+
+def test_list_shows_the_last_tensorrt_failure(
+    model: InstalledModel, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    PlanCache(tmp_path / "engines").record_failure(
+        model_ref=model.ref, onnx_sha256=model.card.onnx_sha256, reason="TensorRT build failed: no memory"
+    )
+    assert main(["list", "--json", *_dirs(models_dir, tmp_path)]) == EX_OK
+    [failure] = json.loads(capsys.readouterr().out)["tensorrt_failures"]
+    assert failure["model"] == "test-model@1.0.0"
+    assert failure["reason"] == "TensorRT build failed: no memory"
+    assert main(["list", *_dirs(models_dir, tmp_path)]) == EX_OK
+    assert f"test-model@1.0.0: TensorRT failed at {failure['at']}: TensorRT build failed: no memory" in (
+        capsys.readouterr().out
+    )
+
+
 def test_verify_fails_without_a_reference(
     model: InstalledModel, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (model.onnx_path.parent / REFERENCE_FILE).unlink()
+    write_manifest(model.onnx_path.parent)
     assert main(["verify", "--backend", "onnxruntime", *_dirs(models_dir, tmp_path)]) == EX_FAILED
     assert "no reference.npz" in capsys.readouterr().out
 

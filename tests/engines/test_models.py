@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.catalog import SHIPPED_MODELS_DIR, InstalledModel, find_models, select_model
+from engines.catalog import MANIFEST_FILE, SHIPPED_MODELS_DIR, InstalledModel, find_models, select_model
 from engines.evaluate import last_valid
 from engines.spec import (
     CONTEXT,
@@ -101,6 +101,7 @@ def test_shipped_models_load_with_matching_hashes_and_one_default() -> None:
         assert model.card.metrics
         assert model.card.event_metrics
         assert (model.onnx_path.parent / "card.md").is_file()
+        assert (model.onnx_path.parent / MANIFEST_FILE).is_file(), "shipped with its SHA-256 manifest"
 
 
 def test_default_learned_model_beats_persistence_where_kept() -> None:
@@ -263,6 +264,7 @@ def test_training_pipeline_quick_run_is_reproducible(tmp_path: Path) -> None:
         assert sum(m.card.default for m in found) == 1
         for m in found:
             assert (m.onnx_path.parent / "reference.npz").is_file()
+            assert (m.onnx_path.parent / MANIFEST_FILE).is_file(), "the export writes the manifest"
             assert m.card.seed == 3
         digests.append(sorted(m.card.onnx_sha256 for m in found))
     assert digests[0] == digests[1]

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from engines.backend import BatchInput
-from engines.catalog import InstalledModel, ModelError, load_model, sha256_file
+from engines.catalog import InstalledModel, ModelError, load_model, sha256_file, write_manifest
 from engines.onnx_backend import OnnxRuntimeBackend, zero_batch
 from engines.spec import EVENTS, HORIZONS_MIN, MAX_BATCH, QUANTILES, SIGNALS
 from engines.testing import build_test_model, closed_form_outputs, synthetic_batch
@@ -41,6 +41,7 @@ def _replace_onnx(model: InstalledModel, proto: onnx.ModelProto) -> InstalledMod
         update={"onnx_sha256": sha256_file(model.onnx_path), "size_bytes": model.onnx_path.stat().st_size}
     )
     (model.onnx_path.parent / "card.json").write_text(card.model_dump_json())
+    write_manifest(model.onnx_path.parent)
     return load_model(model.onnx_path.parent)
 
 
@@ -163,5 +164,6 @@ def test_an_unloadable_graph_is_a_model_error(model: InstalledModel) -> None:
     model.onnx_path.write_bytes(b"not an onnx graph")
     card = model.card.model_copy(update={"onnx_sha256": sha256_file(model.onnx_path)})
     (model.onnx_path.parent / "card.json").write_text(card.model_dump_json())
+    write_manifest(model.onnx_path.parent)
     with pytest.raises(ModelError, match="onnxruntime cannot load"):
         OnnxRuntimeBackend(model=load_model(model.onnx_path.parent))

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engines.catalog import sha256_file
-from engines.runtime import ForecastRuntime
+from engines.catalog import ModelError, sha256_file, write_manifest
+from engines.onnx_backend import OnnxRuntimeBackend
+from engines.runtime import EnginesUnavailable, ForecastRuntime
 from engines.testing import build_test_model
 
 NOW_S = 1_764_000_000.0 + 30.0
@@ -110,10 +115,159 @@ async def test_reload_swaps_to_a_new_version_and_survives_a_broken_one(tmp_path:
         card = json.loads(card_path.read_text(encoding="utf-8"))
         card["onnx_sha256"] = sha256_file(broken.onnx_path)
         card_path.write_text(json.dumps(card), encoding="utf-8")
+        write_manifest(card_path.parent)  # intact by its manifest: onnxruntime itself refuses it
         assert await runtime.reload() is False
         assert runtime.backend.model.ref == "runtime-test@1.1.0", "a broken new model leaves the running one"
         _feed(runtime, "bed-07", key="rr", unit="/min", values=[14, 15], end_s=NOW_S)
         (forecast,) = await runtime.tick(now_s=NOW_S)
         assert [s.key for s in forecast.signals] == ["rr"]
+    finally:
+        await runtime.close()
+
+
+async def test_a_reload_that_hangs_in_a_tensorrt_build_does_not_stop_ticks(
+    tmp_path: Path, fake_gpu_stack: Callable[[str], None]
+) -> None:
+    """Issue 6, defect 10: a hot reload that builds a plan never holds up the tick."""
+    build_test_model(tmp_path, model_id="runtime-test", version="1.0.0", default=False)
+    runtime = ForecastRuntime(
+        beds=["bed-07"],
+        backend="auto",
+        model_ref="runtime-test",
+        extra_models_dir=tmp_path,
+        cache_dir=tmp_path,
+    )
+    await runtime.start()  # no tensorrt yet: onnxruntime
+    try:
+        fake_gpu_stack("build-hangs")  # now a GPU stack appears whose builds never return
+        build_test_model(tmp_path, model_id="runtime-test", version="1.1.0", default=False)
+        reload = asyncio.create_task(runtime.reload())
+        for minute in range(5):
+            _feed(runtime, "bed-07", key="rr", unit="/min", values=[14, 15], end_s=NOW_S + 60 * minute)
+            (forecast,) = await asyncio.wait_for(runtime.tick(now_s=NOW_S + 60 * minute), timeout=10)
+            assert forecast.model.ref == "runtime-test@1.0.0"
+            assert [s.key for s in forecast.signals] == ["rr"]
+            await asyncio.sleep(0.1)
+        assert not reload.done(), "the build still hangs"
+        sys.modules["tensorrt"].release_hung_builds()  # the build returns, without a plan
+        assert await asyncio.wait_for(reload, timeout=30) is True
+        assert runtime.backend.model.ref == "runtime-test@1.1.0"
+        assert runtime.backend.name == "onnxruntime"
+        assert "TensorRT build failed" in runtime.choice_reason
+        assert runtime.status.startswith(
+            "runtime-test@1.1.0 on onnxruntime (fp32): auto: onnxruntime because TensorRT failed"
+        )
+    finally:
+        await runtime.close()
+
+
+async def test_a_tensorrt_load_past_the_timeout_runs_onnxruntime(
+    tmp_path: Path, fake_gpu_stack: Callable[[str], None]
+) -> None:
+    fake_gpu_stack("build-hangs")
+    build_test_model(tmp_path, model_id="runtime-test", default=False)
+    runtime = ForecastRuntime(
+        beds=["bed-07"],
+        backend="tensorrt",
+        model_ref="runtime-test",
+        extra_models_dir=tmp_path,
+        cache_dir=tmp_path,
+        load_timeout_s=1,
+    )
+    try:
+        await asyncio.wait_for(runtime.start(), timeout=30)
+        assert runtime.backend.name == "onnxruntime"
+        assert runtime.choice_reason == (
+            "tensorrt asked for but unavailable, onnxruntime instead: "
+            "TensorRT load of runtime-test@1.0.0 did not finish within 1 s; abandoned"
+        )
+    finally:
+        await runtime.close()
+
+
+async def test_a_tampered_model_is_refused_with_the_file_named_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    build_test_model(tmp_path, model_id="runtime-test", version="1.0.0", default=False)
+    runtime = _runtime(tmp_path, ["bed-07"])
+    await runtime.start()
+    try:
+        tampered = build_test_model(tmp_path, model_id="runtime-test", version="1.1.0", default=False)
+        tampered.onnx_path.write_bytes(tampered.onnx_path.read_bytes() + b"\0")
+        with caplog.at_level(logging.ERROR):
+            assert await runtime.reload() is False
+            assert await runtime.reload() is False
+        assert runtime.backend.model.ref == "runtime-test@1.0.0", "the running model stays"
+        refusals = [r.getMessage() for r in caplog.records if "refusing model" in r.getMessage()]
+        assert refusals == [
+            f"refusing model: {tampered.onnx_path}: SHA-256 {sha256_file(tampered.onnx_path)[:12]}… "
+            f"does not match SHA256SUMS ({tampered.card.onnx_sha256[:12]}…): tampered or damaged: "
+            "refusing the model"
+        ], "named once, not at every catalog check"
+    finally:
+        await runtime.close()
+
+
+@pytest.mark.parametrize("file", ["model.onnx", "card.json", "reference.npz"])
+async def test_without_an_intact_model_start_says_why_and_can_be_retried(tmp_path: Path, file: str) -> None:
+    model = build_test_model(tmp_path, model_id="runtime-test", default=False)
+    path = model.onnx_path.parent / file
+    original = path.read_bytes()
+    path.write_bytes(original + b" ")
+    runtime = _runtime(tmp_path, ["bed-07"])
+    try:
+        with pytest.raises(EnginesUnavailable, match="no model 'runtime-test'"):
+            await runtime.start()
+        assert runtime.status.startswith("unavailable: no model 'runtime-test'")
+        assert not runtime.running
+        path.write_bytes(original)
+        await runtime.start()
+        assert runtime.backend.model.ref == "runtime-test@1.0.0"
+    finally:
+        await runtime.close()
+
+
+async def test_an_onnx_swapped_after_the_check_is_not_run(tmp_path: Path) -> None:
+    model = build_test_model(tmp_path, model_id="runtime-test", default=False)
+    model.onnx_path.write_bytes(model.onnx_path.read_bytes() + b"\0")
+    with pytest.raises(ModelError, match="no longer matches its card"):
+        OnnxRuntimeBackend(model=model)
+
+
+async def test_a_tensorrt_forward_pass_that_fails_falls_back_to_onnxruntime(
+    tmp_path: Path, fake_gpu_stack: Callable[[str], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_gpu_stack("works")
+    build_test_model(tmp_path, model_id="runtime-test", default=False)
+    runtime = ForecastRuntime(
+        beds=["bed-07"],
+        backend="auto",
+        model_ref="runtime-test",
+        extra_models_dir=tmp_path,
+        cache_dir=tmp_path / "engines",
+    )
+    await runtime.start()
+    try:
+        assert runtime.backend.name == "tensorrt"
+        assert runtime.choice_reason.startswith("auto: tensorrt because CUDA device Fake Orin (tests)")
+        _feed(runtime, "bed-07", key="rr", unit="/min", values=[14, 15], end_s=NOW_S)
+        (on_gpu,) = await runtime.tick(now_s=NOW_S)
+        assert [s.key for s in on_gpu.signals] == ["rr"]
+
+        sys.modules["tensorrt"].fail_inference = True  # the GPU falls off the bus
+        with caplog.at_level(logging.ERROR):
+            (failed,) = await runtime.tick(now_s=NOW_S)
+            await runtime.tick(now_s=NOW_S)
+        assert failed.signals == ()
+        assert failed.unavailable["rr"].startswith("inference failed: TensorRtError: execute_async_v3 failed")
+        assert len([r for r in caplog.records if "tensorrt inference" in r.getMessage()]) == 1
+        assert runtime.needs_fallback
+
+        assert await runtime.reload(force=True) is True
+        assert runtime.backend.name == "onnxruntime"
+        assert runtime.choice_reason.startswith("onnxruntime because TensorRT failed in a forward pass")
+        assert not runtime.needs_fallback
+        (on_cpu,) = await runtime.tick(now_s=NOW_S)
+        np.testing.assert_allclose(on_cpu.signals[0].quantiles, on_gpu.signals[0].quantiles, atol=1e-5)
     finally:
         await runtime.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from engines.tensorrt_backend import (
     FP32_TOLERANCE,
     DeviceInfo,
     TensorRtBackend,
+    TensorRtError,
     build_plan,
     cuda_status,
     device_info,
@@ -313,3 +315,86 @@ def test_auto_picks_tensorrt_and_says_why(model: InstalledModel, tmp_path: Path)
         assert reason.startswith("auto: tensorrt because CUDA device ")
     finally:
         backend.close()
+
+
+# --- a broken GPU stack (tests/fake_gpu_stack) ----------------------------------------------------------
+
+CUDA_MISMATCH = "RuntimeError: CUDA initialization failure with error: 35"
+
+
+def test_a_tensorrt_import_that_raises_runtime_error_is_a_reason(
+    fake_gpu_stack: Callable[[str], None], model: InstalledModel, tmp_path: Path
+) -> None:
+    fake_gpu_stack("import-error")
+    usable, why = cuda_status()
+    assert not usable
+    assert why.startswith(f"tensorrt not loadable: {CUDA_MISMATCH}")
+    backend, reason = open_backend(model=model, backend="auto", cache_dir=tmp_path)
+    try:
+        assert backend.name == "onnxruntime"
+        assert reason == f"auto: onnxruntime because {why}"
+    finally:
+        backend.close()
+    with pytest.raises(BackendUnavailable, match=CUDA_MISMATCH):
+        open_backend(model=model, backend="tensorrt", cache_dir=tmp_path)
+    backend, reason = open_backend(model=model, backend="tensorrt", cache_dir=tmp_path, fall_back=True)
+    backend.close()
+    assert backend.name == "onnxruntime"
+    assert reason.startswith("tensorrt asked for but unavailable, onnxruntime instead: tensorrt not loadable")
+
+
+def test_a_failing_build_falls_back_to_onnxruntime(
+    fake_gpu_stack: Callable[[str], None], model: InstalledModel, tmp_path: Path
+) -> None:
+    fake_gpu_stack("build-fails")
+    assert cuda_status()[0], "the fake GPU initializes: only the build fails"
+    backend, reason = open_backend(model=model, backend="auto", cache_dir=tmp_path)
+    backend.close()
+    assert backend.name == "onnxruntime"
+    assert reason.startswith(
+        "auto: onnxruntime because TensorRT failed for test-model@1.0.0: TensorRtError: "
+    )
+    assert reason.endswith("TensorRT build failed: fake: out of device memory while building (tests)")
+    with pytest.raises(BackendUnavailable, match="TensorRT build failed"):
+        open_backend(model=model, backend="tensorrt", cache_dir=tmp_path)
+    [failure] = PlanCache(tmp_path).failures()
+    assert (failure.model_ref, failure.onnx_sha256) == (model.ref, model.card.onnx_sha256)
+    assert failure.reason == reason.removeprefix("auto: onnxruntime because ")
+    fake_gpu_stack("works")
+    backend, reason = open_backend(model=model, backend="auto", cache_dir=tmp_path)
+    backend.close()
+    assert backend.name == "tensorrt"
+    assert PlanCache(tmp_path).failures() == [], "a TensorRT load clears the record"
+
+
+def test_a_hanging_build_is_abandoned_and_no_second_one_starts(
+    fake_gpu_stack: Callable[[str], None], model: InstalledModel, tmp_path: Path
+) -> None:
+    fake_gpu_stack("build-hangs")
+    backend, reason = open_backend(model=model, backend="auto", cache_dir=tmp_path, tensorrt_timeout_s=1)
+    backend.close()
+    assert backend.name == "onnxruntime"
+    assert reason == (
+        "auto: onnxruntime because TensorRT load of test-model@1.0.0 did not finish within 1 s; abandoned"
+    )
+    backend, reason = open_backend(model=model, backend="auto", cache_dir=tmp_path, tensorrt_timeout_s=1)
+    backend.close()
+    assert "an earlier TensorRT load has not finished" in reason
+
+
+def test_a_tampered_cached_plan_is_never_deserialized(
+    fake_gpu_stack: Callable[[str], None],
+    model: InstalledModel,
+    cache: PlanCache,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake_gpu_stack("build-fails")
+    import tensorrt  # the fake
+
+    key = plan_key(model=model, precision="fp32", device=device_info(), max_batch=MAX_BATCH, opt_batch=8)
+    plan_path = cache.store(key, b"a plan as built")
+    plan_path.write_bytes(b"a plan swapped!")  # same size: only the hash tells
+    with caplog.at_level(logging.WARNING), pytest.raises(TensorRtError, match="TensorRT build failed"):
+        TensorRtBackend(model=model, precision="fp32", cache=cache)
+    assert f"not loading cached plan {plan_path.name}: plan SHA-256 does not match its sidecar" in caplog.text
+    assert tensorrt.deserialized == [], "refused and rebuilt, never handed to TensorRT"
