@@ -355,9 +355,24 @@ class _ConnectionPolicy:
             self._holding = False
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket that closes itself when its handshake fails (paho-mqtt 2.2 leaves it open)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        """Shake hands; on failure close the socket and re-raise."""
+        try:
+            super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+
 def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """Return the client's TLS context: TLS 1.2 or newer, the broker's certificate and name verified."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.sslsocket_class = _ClosingSSLSocket
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(cafile=str(tls.ca))
