@@ -54,7 +54,10 @@ retained copy right:
   arriving on the current connection, means the retained state is wrong, and a clean reconnect
   (DISCONNECT without Will, then a new birth with a fresh pair) puts the truth back.
 
-A graceful stop publishes `offline`/`shutdown` (a clean DISCONNECT suppresses the Will).
+A birth whose PUBACK was lost with its connection is re-sent by paho after the next birth (QoS 1,
+at-least-once, like every in-flight row): it says `online` too, with a lower seq, so neither the
+retained state nor the seq order changes meaning. A graceful stop publishes `offline`/`shutdown` (a
+clean DISCONNECT suppresses the Will).
 """
 
 from __future__ import annotations
