@@ -8,13 +8,15 @@ Threads and who owns what:
   paho message ids to outbox row ids, and every counter in `stats()`; it encodes JSON, appends in
   batches (one transaction per batch), enforces the disk cap, hands rows to paho, and deletes them on
   PUBACK;
-* paho's network thread runs the callbacks, which enqueue events for the worker. Two callbacks do a
-  little more, for a reason: `on_pre_connect` registers the Will of the coming connection, and
-  `on_connect` hands the birth to paho (a non-blocking enqueue into paho's own packet queue; nothing
-  waits). The birth has to be handed there because paho re-sends its unacknowledged QoS 1 messages
-  right after `on_connect` returns, inside its CONNACK handling; handing it from the worker would put
-  it behind them. The status topic's sequence numbers are the only state shared with that thread
-  (`_StatusMessages`, behind one lock).
+* paho's network thread runs the callbacks, which enqueue events for the worker. Three callbacks do a
+  little more, for a reason: `on_pre_connect` registers the Will of the coming connection attempt;
+  `on_connect` hands the birth to paho and then subscribes to the status topic (non-blocking enqueues
+  into paho's own packet queue; nothing waits); `on_disconnect` sets paho's next reconnect delay
+  (`_ConnectionPolicy`). The birth has to be handed there because paho re-sends its unacknowledged
+  QoS 1 messages right after `on_connect` returns, inside its CONNACK handling; handing it from the
+  worker would put it behind them. The delay has to be set there because paho starts that wait as soon
+  as the callback returns. The status topic's sequence numbers are the only state shared with that
+  thread (`_StatusMessages`, behind one lock); `_ConnectionPolicy` is touched by that thread only.
 
 In-flight and reconnect policy: at most `IN_FLIGHT_WINDOW` rows are handed to paho at a time, in id
 order; a row is deleted from the outbox only on a successful PUBACK. When the connection drops, the
@@ -26,10 +28,36 @@ order; the only duplicates are rows whose PUBACK was lost with the connection (a
 daemon restart the outbox rows of the previous session go first, unchanged, with their old session
 and seq.
 
-The status topic: each connection gets a pair of reserved seqs, birth `n` and Will `n + 1`, so a
-subscriber that sees the Will sees it right after the birth it ends. A pair is reused until its birth
-was sent, so failed connection attempts burn no seqs. A graceful stop publishes `offline`/`shutdown`
-(a clean DISCONNECT suppresses the Will).
+The status topic: the retained status and a subscriber that orders the status messages by seq must
+both end on the truth, in every order in which the broker may see old and new connections. Every
+connection attempt whose CONNECT may have left gets a fresh pair of seqs, birth `n` and Will `n + 1`,
+higher than any before; only an attempt that failed before its CONNECT was sent (TCP or TLS refused:
+`on_connect_fail`) hands its pair on to the next one, since its Will never reached the broker. So no
+two connections share a Will seq, and an old connection's Will always has a lower seq than the
+current birth: ordered by seq, the last message is the current birth unless the current connection
+itself was dropped (then its Will is right, and the next birth follows). Three more rules keep the
+retained copy right:
+
+* Mosquitto (like MQTT v5 with Will Delay 0 and session expiry 0, which we use) publishes the Will of
+  a connection it takes over (same client id) before it answers the new CONNECT, so an old
+  connection that is still alive at the broker is ended, with its Will, before the new birth.
+* After a keepalive timeout the old connection may still be alive at the broker (a stalled link,
+  unlike a reset or an end-of-stream from the broker). The next attempt then waits until the broker
+  must have dropped it: 1.5 x keepalive (MQTT's server-side limit) after the last byte we could have
+  sent, plus `HOLD_MARGIN_S` for the broker's timer granularity. The wait is paho's reconnect delay,
+  which `stop()` cuts short (paho checks for a disconnect every second).
+* Bytes held by a middlebox can still deliver an abandoned attempt's CONNECT after the live one; the
+  broker then takes the live connection over (its Will, seq above the birth, is right: paho
+  reconnects with a new birth) and publishes the abandoned attempt's Will (a lower seq) when that
+  connection ends, possibly after our birth. Like a Sparkplug host, the publisher watches its own
+  status topic: an `offline` of this appliance with a lower (session, seq) than the current birth,
+  arriving on the current connection, means the retained state is wrong, and a clean reconnect
+  (DISCONNECT without Will, then a new birth with a fresh pair) puts the truth back.
+
+A birth whose PUBACK was lost with its connection is re-sent by paho after the next birth (QoS 1,
+at-least-once, like every in-flight row): it says `online` too, with a lower seq, so neither the
+retained state nor the seq order changes meaning. A graceful stop publishes `offline`/`shutdown` (a
+clean DISCONNECT suppresses the Will).
 """
 
 from __future__ import annotations
@@ -39,6 +67,8 @@ import concurrent.futures
 import logging
 import queue
 import sqlite3
+import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -47,16 +77,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTv5
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, MQTTv5
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import ValidationError
 
-from edge.config import MqttConfig, StoreConfig, read_secret
+from edge.config import MqttConfig, StoreConfig, TlsConfig, read_secret
 from edge.contract import Topics, encode_message
 from edge.model import (
     ApplianceState,
     ApplianceStatusBody,
+    ApplianceStatusMessage,
     Body,
     EventBody,
     EventKind,
@@ -77,6 +109,8 @@ OFFLINE_ACK_TIMEOUT_S = 2.0
 """How long `stop` waits for the PUBACK of the `offline` status message."""
 START_TIMEOUT_S = 30.0
 """How long `start` waits for the worker to open the outbox."""
+HOLD_MARGIN_S = 1.0
+"""Added to 1.5 x keepalive before a new attempt after a keepalive timeout (the broker's timer ticks)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,11 +159,14 @@ class _Acked:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _LinkUp:
     session_present: bool
+    birth_seq: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _LinkDown:
     reason: str
+    hold_s: float | None
+    """Set when the next attempt waits for the broker to drop the old connection (keepalive timeout)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,7 +176,21 @@ class _LinkRefused:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _ConnectFailed:
-    pass
+    reason: str
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _StatusSeen:
+    """A message on the appliance's own status topic, and the birth seq of the connection it came on."""
+
+    payload: bytes
+    birth_seq: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _WatchRefused:
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +211,8 @@ _Event = (
     | _LinkDown
     | _LinkRefused
     | _ConnectFailed
+    | _StatusSeen
+    | _WatchRefused
     | _CallbackFailed
     | _StopRequest
 )
@@ -208,9 +261,11 @@ class _StatusMessages:
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._next_seq = 0
+        self._pair_seq = 0
         self._birth: bytes | None = None
         self._will: bytes | None = None
-        self._birth_sent = True
+        self._pair_unused = False
+        self._birth_seq: int | None = None
 
     def _encode(self, *, state: ApplianceState, reason: str | None, seq: int) -> bytes:
         body = ApplianceStatusBody(state=state, version=self._version, beds=self._beds, reason=reason)
@@ -224,23 +279,37 @@ class _StatusMessages:
         )
 
     def will_for_next_connection(self) -> bytes:
-        """Reserve the (birth, Will) pair of the coming connection unless the current one is unused."""
+        """Reserve a fresh (birth, Will) pair for the coming connection attempt and return its Will.
+
+        The previous pair is reused only when its attempt failed before the CONNECT was sent.
+        """
         with self._lock:
-            if self._birth_sent or self._will is None:
+            if not self._pair_unused or self._will is None:
                 seq = self._next_seq
                 self._next_seq += 2
+                self._pair_seq = seq
                 self._birth = self._encode(state=ApplianceState.ONLINE, reason=None, seq=seq)
                 self._will = self._encode(state=ApplianceState.OFFLINE, reason="lost", seq=seq + 1)
-                self._birth_sent = False
+            self._pair_unused = False
             return self._will
 
-    def birth(self) -> bytes:
-        """Return the birth reserved for the connection just made."""
+    def connect_failed(self) -> None:
+        """Note that the current attempt failed before its CONNECT (and Will) left: reuse its pair."""
+        with self._lock:
+            self._pair_unused = True
+
+    def birth(self) -> tuple[bytes, int]:
+        """Return the birth reserved for the connection just made, and its seq."""
         with self._lock:
             if self._birth is None:
                 raise RuntimeError("birth requested before a Will was registered")
-            self._birth_sent = True
-            return self._birth
+            self._birth_seq = self._pair_seq
+            return self._birth, self._pair_seq
+
+    def current_birth_seq(self) -> int | None:
+        """Return the seq of the last birth handed to paho (None before the first connection)."""
+        with self._lock:
+            return self._birth_seq
 
     def offline(self) -> bytes:
         """Return the `offline`/`shutdown` message with the next seq."""
@@ -248,6 +317,87 @@ class _StatusMessages:
             seq = self._next_seq
             self._next_seq += 1
             return self._encode(state=ApplianceState.OFFLINE, reason="shutdown", seq=seq)
+
+
+class _ConnectionPolicy:
+    """paho's reconnect delay: the configured backoff, or a hold after a keepalive timeout.
+
+    Owned by paho's network thread (`on_connect`, `on_disconnect`, `on_pre_connect`).
+    """
+
+    def __init__(self, *, keepalive_s: float, min_delay_s: float, max_delay_s: float) -> None:
+        self._keepalive_s = keepalive_s
+        self._configured_keepalive_s = keepalive_s
+        self._min_delay_s = min_delay_s
+        self._max_delay_s = max_delay_s
+        self._holding = False
+
+    def connected(self, *, server_keepalive_s: float | None) -> None:
+        """Use the keepalive the broker granted (MQTT v5 Server Keep Alive) for the next hold."""
+        self._keepalive_s = server_keepalive_s or self._configured_keepalive_s
+
+    def lost(self, client: Client, *, keepalive_timeout: bool) -> float | None:
+        """After a loss: return the hold in seconds (and set it as paho's next delay) when needed."""
+        if not keepalive_timeout:
+            return None
+        hold_s = 1.5 * self._keepalive_s + HOLD_MARGIN_S
+        client.reconnect_delay_set(
+            min_delay=hold_s,  # type: ignore[arg-type]  # paho annotates int, uses float
+            max_delay=max(hold_s, self._max_delay_s),  # type: ignore[arg-type]
+        )
+        self._holding = True
+        return hold_s
+
+    def attempting(self, client: Client) -> None:
+        """A new attempt starts: back to the configured backoff if a hold was set."""
+        if self._holding:
+            client.reconnect_delay_set(
+                min_delay=self._min_delay_s,  # type: ignore[arg-type]
+                max_delay=self._max_delay_s,  # type: ignore[arg-type]
+            )
+            self._holding = False
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket that closes itself when its handshake fails (paho-mqtt 2.2 leaves it open)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        """Shake hands; on failure close the socket and re-raise."""
+        try:
+            super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Return the client's TLS context: TLS 1.2 or newer, the broker's certificate and name verified."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.sslsocket_class = _ClosingSSLSocket
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=str(tls.ca))
+    if tls.cert is not None and tls.key is not None:
+        context.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
+    context.check_hostname = not tls.insecure_skip_hostname_check
+    return context
+
+
+def _describe_connect_error(exc: BaseException | None) -> str:
+    """Say why a connection attempt failed, in words that stay the same from one retry to the next."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or repr(exc)
+    return "no reason given"
 
 
 class Publisher:
@@ -303,6 +453,14 @@ class Publisher:
         self._offline_mid: int | None = None
         self._offline_acked = False
         self._connect_failures = 0
+        self._connect_reasons_logged: set[str] = set()
+        self._link_birth_seq: int | None = None
+        self._reconnecting = False
+        self._watch_refused_logged = False
+        # owned by paho's network thread
+        self._policy = _ConnectionPolicy(
+            keepalive_s=mqtt.keepalive, min_delay_s=mqtt.reconnect_min_s, max_delay_s=mqtt.reconnect_max_s
+        )
         self._snapshot = _WorkerSnapshot()
 
     # ---- public API (asyncio loop thread) -------------------------------------------------------
@@ -481,27 +639,34 @@ class Publisher:
             password = read_secret(config.password_file) if config.password_file is not None else None
             client.username_pw_set(config.username, password)
         if config.tls is not None:
-            client.tls_set(
-                ca_certs=str(config.tls.ca),
-                certfile=str(config.tls.cert) if config.tls.cert is not None else None,
-                keyfile=str(config.tls.key) if config.tls.key is not None else None,
-            )
+            client.tls_set_context(_tls_context(config.tls))
+            client.tls_insecure_set(config.tls.insecure_skip_hostname_check)
             if config.tls.insecure_skip_hostname_check:
-                client.tls_insecure_set(True)
+                LOGGER.warning(
+                    "INSECURE: the broker's certificate is not checked against the name %r "
+                    "(tls.insecure_skip_hostname_check = true): any certificate of the CA can impersonate it",
+                    config.host,
+                )
+        else:
+            LOGGER.warning(
+                "INSECURE: plaintext MQTT to %s:%d (insecure = true): patient data and credentials cross "
+                "the network unencrypted and the broker is not authenticated",
+                config.host,
+                config.port,
+            )
         client.reconnect_delay_set(
             min_delay=config.reconnect_min_s,  # type: ignore[arg-type]  # paho annotates int, uses float
             max_delay=config.reconnect_max_s,  # type: ignore[arg-type]
         )
         client.max_inflight_messages_set(IN_FLIGHT_WINDOW + 8)
-        assert self._status is not None
-        client.will_set(
-            self._topics.appliance_status(), self._status.will_for_next_connection(), qos=1, retain=True
-        )
+        # the Will is set in on_pre_connect, before every attempt (the first one included)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _serve(self) -> None:
@@ -582,39 +747,19 @@ class Publisher:
                     self._take_submission(event, new_rows)
                 case _Acked(mid=mid, failure=failure):
                     self._take_ack(mid=mid, failure=failure, acked_ids=acked_ids)
-                case _LinkUp(session_present=session_present):
-                    self._link_up = True
-                    self._connect_failures = 0
-                    LOGGER.info(
-                        "connected to %s:%d (session present: %s); birth sent, %d rows waiting",
-                        self._mqtt_config.host,
-                        self._mqtt_config.port,
-                        session_present,
-                        self._pending,
-                    )
-                case _LinkDown(reason=reason):
-                    if self._link_up:
+                case _LinkUp() | _LinkDown() | _LinkRefused() | _ConnectFailed():
+                    self._take_link_event(event)
+                case _StatusSeen():
+                    self._take_status(event)
+                case _WatchRefused(reason=reason):
+                    if not self._watch_refused_logged:
+                        self._watch_refused_logged = True
                         LOGGER.warning(
-                            "disconnected from the broker (%s); %d rows in flight stay with paho, "
-                            "%d in the outbox",
+                            "the broker refused our subscription to %s (%s): a stale Will landing after "
+                            "the birth would not be corrected (grant the appliance read access to it)",
+                            self._topics.appliance_status(),
                             reason,
-                            len(self._in_flight),
-                            self._pending,
                         )
-                    self._link_up = False
-                case _LinkRefused(reason=reason):
-                    self._last_error = f"broker refused the connection: {reason}"
-                    LOGGER.error("the broker refused the connection: %s", reason)
-                case _ConnectFailed():
-                    self._connect_failures += 1
-                    level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
-                    LOGGER.log(
-                        level,
-                        "cannot reach the broker at %s:%d (attempt %d); messages are buffered in the outbox",
-                        self._mqtt_config.host,
-                        self._mqtt_config.port,
-                        self._connect_failures,
-                    )
                 case _CallbackFailed(where=where, error=error):
                     self._errors += 1
                     self._last_error = f"{where}: {error}"
@@ -632,6 +777,105 @@ class Publisher:
             self._pending -= outbox.delete(acked_ids)
         if self._link_up and self._sending:
             self._fill_window(outbox)
+
+    def _take_link_event(self, event: _LinkUp | _LinkDown | _LinkRefused | _ConnectFailed) -> None:
+        config = self._mqtt_config
+        match event:
+            case _LinkUp(session_present=session_present, birth_seq=birth_seq):
+                self._link_up = True
+                self._link_birth_seq = birth_seq
+                self._connect_failures = 0
+                self._connect_reasons_logged.clear()
+                LOGGER.info(
+                    "connected to %s:%d (session present: %s); birth %d sent, %d rows waiting",
+                    config.host,
+                    config.port,
+                    session_present,
+                    birth_seq,
+                    self._pending,
+                )
+            case _LinkDown(reason=reason, hold_s=hold_s):
+                if self._link_up:
+                    LOGGER.warning(
+                        "disconnected from the broker (%s); %d rows in flight stay with paho, "
+                        "%d in the outbox",
+                        reason,
+                        len(self._in_flight),
+                        self._pending,
+                    )
+                if hold_s is not None:
+                    LOGGER.log(
+                        logging.WARNING if self._link_up else logging.DEBUG,
+                        "no answer from the broker within the keepalive: waiting %.1f s before the next "
+                        "attempt, until the broker must have dropped the old connection",
+                        hold_s,
+                    )
+                self._link_up = False
+                self._link_birth_seq = None
+                if self._reconnecting and self._stop_request is None:
+                    self._restart_connection()
+            case _LinkRefused(reason=reason):
+                self._last_error = f"broker refused the connection: {reason}"
+                self._log_connect_problem(reason=self._last_error, level=logging.ERROR)
+            case _ConnectFailed(reason=reason, tls=tls):
+                self._last_error = f"cannot reach the broker: {reason}"
+                self._log_connect_problem(reason=reason, level=logging.ERROR if tls else logging.WARNING)
+
+    def _log_connect_problem(self, *, reason: str, level: int) -> None:
+        """Log a failed attempt: once per distinct reason until a connection succeeds, then at DEBUG."""
+        self._connect_failures += 1
+        first = reason not in self._connect_reasons_logged
+        self._connect_reasons_logged.add(reason)
+        LOGGER.log(
+            level if first else logging.DEBUG,
+            "cannot connect to the broker at %s:%d: %s (attempt %d); messages are buffered in the outbox",
+            self._mqtt_config.host,
+            self._mqtt_config.port,
+            reason,
+            self._connect_failures,
+        )
+
+    def _take_status(self, event: _StatusSeen) -> None:
+        """Reconnect when an older `offline` of this appliance landed after the current birth."""
+        try:
+            status = ApplianceStatusMessage.model_validate_json(event.payload)
+        except ValidationError:
+            LOGGER.debug("ignored a message on %s: not a status message", self._topics.appliance_status())
+            return
+        birth_seq = self._link_birth_seq
+        if (
+            status.state != ApplianceState.OFFLINE
+            or status.appliance != self._appliance_id
+            or birth_seq is None
+            or event.birth_seq != birth_seq
+            or (status.session, status.seq) >= (self._worker_session, birth_seq)
+            or self._reconnecting
+            or self._stop_request is not None
+        ):
+            return
+        LOGGER.warning(
+            "the broker published an old offline status (session %d, seq %d) after our birth (seq %d): "
+            "reconnecting so that the retained status says online again",
+            status.session,
+            status.seq,
+            birth_seq,
+        )
+        assert self._client is not None
+        if self._client.is_connected():
+            self._reconnecting = True
+            self._client.disconnect()
+
+    def _restart_connection(self) -> None:
+        """After our own clean DISCONNECT paho's thread has ended: start a new connection."""
+        client = self._client
+        assert client is not None
+        client.loop_stop()
+        # loop_start() makes a new wake-up socket pair without closing the old one (paho-mqtt 2.2)
+        client._reset_sockets(sockpair_only=True)
+        config = self._mqtt_config
+        client.connect_async(config.host, config.port, keepalive=config.keepalive)
+        client.loop_start()
+        self._reconnecting = False
 
     def _take_submission(self, event: _Submission, new_rows: list[NewRow]) -> None:
         try:
@@ -792,11 +1036,12 @@ class Publisher:
         if self._fatal_error is None:
             self._safe_step()
 
-    # ---- paho callbacks (network thread): enqueue, with the two documented exceptions ----------
+    # ---- paho callbacks (network thread): enqueue, with the three documented exceptions --------
 
     def _on_pre_connect(self, client: Client, userdata: Any) -> None:
         try:
             assert self._status is not None
+            self._policy.attempting(client)
             client.will_set(
                 self._topics.appliance_status(), self._status.will_for_next_connection(), qos=1, retain=True
             )
@@ -817,14 +1062,29 @@ class Publisher:
                 self._events.put(_LinkRefused(reason=str(reason_code)))
                 return
             assert self._status is not None
-            client.publish(self._topics.appliance_status(), self._status.birth(), qos=1, retain=True)
-            self._events.put(_LinkUp(session_present=flags.session_present))
+            birth, birth_seq = self._status.birth()
+            client.publish(self._topics.appliance_status(), birth, qos=1, retain=True)
+            # after the birth: the broker answers with the retained copy of the birth or of a later one
+            client.subscribe(self._topics.appliance_status(), qos=1)
+            server_keepalive = getattr(properties, "ServerKeepAlive", None)
+            self._policy.connected(server_keepalive_s=server_keepalive)
+            self._events.put(_LinkUp(session_present=flags.session_present, birth_seq=birth_seq))
         except Exception as exc:
             LOGGER.exception("on_connect failed")
             self._events.put(_CallbackFailed(where="on_connect", error=repr(exc)))
 
     def _on_connect_fail(self, client: Client, userdata: Any) -> None:
-        self._events.put(_ConnectFailed())
+        try:
+            assert self._status is not None
+            self._status.connect_failed()
+            # paho calls this from its `except OSError` around the attempt: the error is the one handled
+            error = sys.exception()
+            self._events.put(
+                _ConnectFailed(reason=_describe_connect_error(error), tls=isinstance(error, ssl.SSLError))
+            )
+        except Exception as exc:
+            LOGGER.exception("on_connect_fail failed")
+            self._events.put(_CallbackFailed(where="on_connect_fail", error=repr(exc)))
 
     def _on_disconnect(
         self,
@@ -834,7 +1094,31 @@ class Publisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._events.put(_LinkDown(reason=str(reason_code)))
+        try:
+            keepalive_timeout = not flags.is_disconnect_packet_from_server and reason_code.value == 0x8D
+            hold_s = self._policy.lost(client, keepalive_timeout=keepalive_timeout)
+            self._events.put(_LinkDown(reason=str(reason_code), hold_s=hold_s))
+        except Exception as exc:
+            LOGGER.exception("on_disconnect failed")
+            self._events.put(_CallbackFailed(where="on_disconnect", error=repr(exc)))
+            self._events.put(_LinkDown(reason=str(reason_code), hold_s=None))
+
+    def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
+        assert self._status is not None
+        birth_seq = self._status.current_birth_seq()
+        self._events.put(_StatusSeen(payload=bytes(message.payload), birth_seq=birth_seq))
+
+    def _on_subscribe(
+        self,
+        client: Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            self._events.put(_WatchRefused(reason=", ".join(refused)))
 
     def _on_publish(
         self,
