@@ -105,6 +105,9 @@ class Daemon:
             version=appliance_version(),
         )
         self._links: list[DeviceLink] = []
+        self._forecast_epoch_s = time.time() - time.monotonic()
+        """Epoch seconds of monotonic 0: the engines' clock is monotonic + this, read once, so a wall
+        clock step (NTP, a corrected RTC) neither reorders a bed's history nor empties its window."""
         self._stop = asyncio.Event()
         self._model_reload_requested = asyncio.Event()
         engines = config.engines
@@ -229,9 +232,9 @@ class Daemon:
                 received_at=report.received_at,
                 received_mono_s=report.received_mono_s,
             )
-            self._publish_delta(delta)
+            self._publish_delta(delta, received_mono_s=report.received_mono_s)
 
-    def _publish_delta(self, delta: TwinDelta) -> None:
+    def _publish_delta(self, delta: TwinDelta, *, received_mono_s: float) -> None:
         bed, device = delta.bed, delta.device
         submit = self._publisher.submit
         if delta.observations and self._forecasts is not None:
@@ -242,7 +245,7 @@ class Daemon:
                     value=observation.value,
                     unit=observation.unit,
                     valid=observation.valid,
-                    at_s=(observation.device_time or observation.received_at).timestamp(),
+                    at_s=self._forecast_epoch_s + received_mono_s,
                 )
         if delta.observations:
             coalesced = self._bus.take_coalesced(link=f"{bed}/{device}")
@@ -374,7 +377,7 @@ class Daemon:
                 self._model_reload_requested.clear()
                 next_check_s = started_s + engines.reload_check_s
                 await runtime.reload()
-            for forecast in await runtime.tick(now_s=time.time()):
+            for forecast in await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic()):
                 body = forecast_body(forecast)
                 self._twin.set_forecast(bed=forecast.bed, forecast=body)
                 self._bed_state[forecast.bed].dirty = True
