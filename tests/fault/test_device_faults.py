@@ -50,6 +50,17 @@ def start_simulator(ward: Ward, bed: str, *fault_args: str) -> None:
     )
 
 
+def pull_cable(ward: Ward, bed: str) -> None:
+    """SIGKILL the bed's simulator and remove its port link, as an unplugged USB adapter's node goes.
+
+    Left in place, the link would point at /dev/pts/N, and the kernel hands N to the next pty anyone
+    opens: on a shared machine the daemon then talks to a stranger's simulator (seen: a "pulled"
+    device reconnected with handshakes 2 while its simulator was dead).
+    """
+    ward.kill_simulator(bed)
+    ward.links[bed].unlink(missing_ok=True)
+
+
 def statuses(station: Subscriber, bed: str) -> list[tuple[float, DeviceState]]:
     """Return (arrival monotonic-ish wall time, status) of every device status of the bed's vent-1."""
     return [
@@ -108,7 +119,7 @@ def test_cable_pulled_and_replugged_raises_and_clears_the_technical_status(
     assert before.counters["handshakes"] == 1
 
     pulled_wall_s = time.time()
-    ward.kill_simulator(FAULTY)
+    pull_cable(ward, FAULTY)
     lost = wait_connected(station, FAULTY, connected=False, timeout_s=5)
     assert lost.last_error, "the device status says why the link was lost"
     clean_before = len(vitals(station, CLEAN))
