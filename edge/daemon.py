@@ -101,6 +101,9 @@ class Daemon:
             version=appliance_version(),
         )
         self._links: list[DeviceLink] = []
+        self._forecast_epoch_s = time.time() - time.monotonic()
+        """Epoch seconds of monotonic 0: the engines' clock is monotonic + this, read once, so a wall
+        clock step (NTP, a corrected RTC) neither reorders a bed's history nor empties its window."""
         self._stop = asyncio.Event()
         self._model_reload_requested = asyncio.Event()
         engines = config.engines
@@ -227,9 +230,9 @@ class Daemon:
                 received_at=report.received_at,
                 received_mono_s=report.received_mono_s,
             )
-            self._publish_delta(delta)
+            self._publish_delta(delta, received_mono_s=report.received_mono_s)
 
-    def _publish_delta(self, delta: TwinDelta) -> None:
+    def _publish_delta(self, delta: TwinDelta, *, received_mono_s: float) -> None:
         bed, device = delta.bed, delta.device
         submit = self._publisher.submit
         if delta.observations and self._forecasts is not None:
@@ -240,7 +243,7 @@ class Daemon:
                     value=observation.value,
                     unit=observation.unit,
                     valid=observation.valid,
-                    at_s=(observation.device_time or observation.received_at).timestamp(),
+                    at_s=self._forecast_epoch_s + received_mono_s,
                 )
         if delta.observations:
             coalesced = self._bus.take_coalesced(link=f"{bed}/{device}")
@@ -391,7 +394,7 @@ class Daemon:
                     reload = asyncio.create_task(
                         runtime.reload(force=runtime.needs_fallback), name="model-reload"
                     )
-                for forecast in await runtime.tick(now_s=time.time()):
+                for forecast in await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic()):
                     body = forecast_body(forecast)
                     self._twin.set_forecast(bed=forecast.bed, forecast=body)
                     self._bed_state[forecast.bed].dirty = True

@@ -197,6 +197,11 @@ class DeviceLink:
 
     def _report(self, *, extra_events: tuple[DriverEvent, ...] = (), force: bool = False) -> None:
         events = tuple(self._session.events()) + extra_events
+        for event in events:
+            if isinstance(event, LinkDown):
+                # The session already logged it; keep the reason until frames flow again, so every
+                # later status of the dead link still says why (not only the one at the loss).
+                self._last_error = event.reason
         now_s = time.monotonic()
         if not events and not force and now_s - self._last_report_mono_s < self._report_interval_s:
             return

@@ -136,10 +136,15 @@ path = "{self.outbox}"
             self.start_simulator(bed)
 
     def kill_simulator(self, bed: str) -> None:
-        """Pull the cable: SIGKILL the bed's simulator so its pty vanishes at once."""
+        """Pull the cable: SIGKILL the bed's simulator so its pty vanishes at once.
+
+        The port link is removed too: a killed simulator leaves it pointing at /dev/pts/N, and the
+        kernel hands N to the next pty anyone opens, so the daemon could reach a stranger's device.
+        """
         process = self.simulators.pop(bed)
         process.kill()
         process.wait()
+        self.links[bed].unlink(missing_ok=True)
 
     def start_daemon(self, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start `icu-edge run` on the generated config."""

@@ -11,6 +11,8 @@ Policies worth knowing:
 - Frames with a bad checksum are dropped and counted, never answered: VSCapture replies `01 15`, but
   that response is not in the documented command set, and an unanswered request simply times out and
   the cycle moves on, while an unanswered device command is repeated by the device.
+- A bad frame that arrives while a request is pending was most likely its answer: the request is sent
+  again at once (at most `MAX_CORRUPT_RETRIES` times), so a noisy line costs a retry, not a 3 s wait.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ POLL_CYCLE: tuple[CommandCode, ...] = (
 
 EXTRA_RESPONSE_TIMEOUTS = "response_timeouts"
 EXTRA_UNEXPECTED_RESPONSES = "unexpected_responses"
+EXTRA_CORRUPT_RETRIES = "corrupt_response_retries"
+MAX_CORRUPT_RETRIES = 2
+"""Times one request is sent again at once because a frame with a bad checksum arrived while it was
+pending; after that the response time-out decides."""
 
 
 _SECONDS_LIMITS: dict[str, float] = {
@@ -175,6 +181,7 @@ class MedibusSession:
         self._last_rx_s = 0.0
         self._pending: CommandCode | None = None
         self._pending_since_s = 0.0
+        self._corrupt_retries = 0
         self._cycle_index = 0
         self._next_cycle_s = 0.0
 
@@ -195,12 +202,15 @@ class MedibusSession:
         if self._state is _State.NEW:
             self.reset(now_s=now_s)
         self.counters.bytes_in += len(data)
+        bad_frames = self.counters.checksum_errors
         for frame in self._decoder.feed(data):
             self._last_rx_s = now_s
             if isinstance(frame, Command):
                 self._answer_device_command(frame, now_s=now_s)
             else:
                 self._handle_response(frame, now_s=now_s)
+        if self.counters.checksum_errors != bad_frames:
+            self._retry_after_corruption(now_s=now_s)
 
     def poll(self, *, now_s: float) -> None:
         """Run timers: link time-out, ICC retry, response time-out, cycle start, keep-alive."""
@@ -262,9 +272,20 @@ class MedibusSession:
         self._last_tx_s = now_s
 
     def _send_request(self, code: CommandCode, *, now_s: float) -> None:
+        if code is not self._pending:
+            self._corrupt_retries = 0
         self._send(Command(code=code), now_s=now_s)
         self._pending = code
         self._pending_since_s = now_s
+
+    def _retry_after_corruption(self, *, now_s: float) -> None:
+        """Ask again for the pending answer that probably arrived corrupted."""
+        pending = self._pending
+        if pending is None or self._pending_since_s == now_s or self._corrupt_retries >= MAX_CORRUPT_RETRIES:
+            return
+        self._corrupt_retries += 1
+        self._bump_extra(EXTRA_CORRUPT_RETRIES)
+        self._send_request(pending, now_s=now_s)
 
     def _start_handshake(self, *, now_s: float) -> None:
         self._state = _State.HANDSHAKE

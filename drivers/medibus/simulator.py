@@ -32,6 +32,7 @@ from drivers.medibus.device import (
     DeviceIdentification,
     format_value,
 )
+from drivers.medibus.sim_faults import FaultyLine, LineFaults
 
 LOGGER = logging.getLogger(__name__)
 
@@ -409,10 +410,12 @@ def run_simulator_on_pty(
     stop_event: threading.Event | None = None,
     speed: float = 1.0,
     duration_s: float | None = None,
+    faults: LineFaults | None = None,
 ) -> None:
     """Serve a simulated ventilator on a new pty whose slave is reachable through the symlink link_path.
 
-    Runs until stop_event is set or duration_s has passed; removes the link on the way out.
+    Runs until stop_event is set or duration_s has passed; removes the link on the way out. `faults`
+    injects line faults (bit flips, a power cut mid-frame) for fault tests.
     """
     stop = stop_event if stop_event is not None else threading.Event()
     master_fd, slave_fd = os.openpty()
@@ -423,7 +426,14 @@ def run_simulator_on_pty(
         _replace_symlink(link_path=link_path, target=slave_path)
         LOGGER.info("simulator %s serving on %s -> %s", scenario.name, link_path, slave_path)
         try:
-            _serve(master_fd=master_fd, scenario=scenario, stop=stop, speed=speed, duration_s=duration_s)
+            _serve(
+                master_fd=master_fd,
+                scenario=scenario,
+                stop=stop,
+                speed=speed,
+                duration_s=duration_s,
+                faults=faults or LineFaults(),
+            )
         finally:
             _remove_symlink(link_path=link_path, target=slave_path)
     finally:
@@ -432,27 +442,40 @@ def run_simulator_on_pty(
 
 
 def _serve(
-    *, master_fd: int, scenario: Scenario, stop: threading.Event, speed: float, duration_s: float | None
+    *,
+    master_fd: int,
+    scenario: Scenario,
+    stop: threading.Event,
+    speed: float,
+    duration_s: float | None,
+    faults: LineFaults,
 ) -> None:
     """Shuttle bytes between the pty master and the simulator until told to stop."""
     start_s = time.monotonic()
     end_s = math.inf if duration_s is None else start_s + duration_s
     simulator = VentilatorSimulator(scenario=scenario, start_s=start_s, speed=speed)
+    line = FaultyLine(faults=faults, start_s=start_s)
     while not stop.is_set():
         readable, _, _ = select.select([master_fd], [], [], SELECT_TIMEOUT_S)
         now_s = time.monotonic()
         if now_s >= end_s:
             return
+        if line.power_returned(now_s=now_s):
+            simulator = VentilatorSimulator(scenario=scenario, start_s=start_s, speed=speed)
         if readable:
             try:
                 data = os.read(master_fd, _READ_CHUNK_BYTES)
             except BlockingIOError:
                 data = b""
-            simulator.receive(data, now_s=now_s)
+            if not line.powered(now_s=now_s):
+                continue
+            simulator.receive(line.from_host(data), now_s=now_s)
+        if not line.powered(now_s=now_s):
+            continue
         simulator.poll(now_s=now_s)
         out = simulator.data_to_send()
         if out:
-            _write_available(master_fd, out)
+            _write_available(master_fd, line.to_host(out, now_s=now_s))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -462,9 +485,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=DeterioratingPatientScenario.name)
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--speed", type=float, default=1.0, help="scenario time per wall-clock second")
+    _add_fault_arguments(parser)
     args = parser.parse_args(argv)
     if args.speed <= 0:
         parser.error("--speed must be positive")
+    try:
+        faults = LineFaults(
+            bit_flip_rate=args.bit_flip_rate,
+            seed=args.seed,
+            power_off_after_s=args.power_off_after,
+            power_off_s=args.power_off_for,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -479,11 +512,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_event=stop,
             speed=args.speed,
             duration_s=args.seconds,
+            faults=faults,
         )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the line-fault options (see drivers.medibus.sim_faults)."""
+    faults = parser.add_argument_group("line faults (for fault tests)")
+    faults.add_argument(
+        "--bit-flip-rate", type=float, default=0.0, metavar="P", help="per byte, chance of one flipped bit"
+    )
+    faults.add_argument("--seed", type=int, default=0, help="seed of the bit-flip generator")
+    faults.add_argument(
+        "--power-off-after", type=float, default=None, metavar="S", help="cut the power mid-frame after S s"
+    )
+    faults.add_argument(
+        "--power-off-for", type=float, default=5.0, metavar="S", help="seconds the power stays off"
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from drivers.medibus.codec import Command, Frame, MedibusDecoder, Response
 from drivers.medibus.codes import CommandCode
 from drivers.medibus.session import (
     DRIVER,
+    EXTRA_CORRUPT_RETRIES,
     EXTRA_RESPONSE_TIMEOUTS,
     HOST_IDENTIFICATION,
+    MAX_CORRUPT_RETRIES,
     MedibusOptions,
     MedibusSession,
 )
@@ -239,7 +241,7 @@ def test_bad_checksum_frame_is_counted_not_answered() -> None:
     session = _up_session()
     session.receive(b"\x1b0FF\r", now_s=0.5)
     assert session.counters.checksum_errors == 1
-    assert _sent(session) == []
+    assert _sent(session) == [_cmd(CommandCode.MEASURED_CP1)], "no echo; only the pending request again"
 
 
 def test_counters_track_bytes_and_frames() -> None:
@@ -278,3 +280,31 @@ def test_session_fed_arbitrary_bytes_never_raises(chunks: list[tuple[bytes, floa
         session.data_to_send()
         session.events()
         assert session.next_deadline_s() > now_s
+
+
+def test_corrupted_answer_is_re_requested_at_once_not_after_the_response_timeout() -> None:
+    """On a noisy line the answer to the pending request arrives with a bad checksum: ask again now."""
+    session = _up_session()
+    assert session.counters.extra.get(EXTRA_CORRUPT_RETRIES, 0) == 0
+    good = Response(code=CommandCode.MEASURED_CP1, data=b"7D  22").to_bytes()
+    corrupted = good[:3] + bytes([good[3] ^ 0x04]) + good[4:]
+    session.receive(corrupted, now_s=0.2)
+    assert session.counters.checksum_errors == 1
+    assert _sent(session) == [_cmd(CommandCode.MEASURED_CP1)]
+    assert session.counters.extra[EXTRA_CORRUPT_RETRIES] == 1
+    session.receive(good, now_s=0.3)
+    assert [type(e) for e in session.events()] == [MeasurementsReceived]
+    assert _sent(session) == [_cmd(CommandCode.DEVICE_SETTINGS)]
+
+
+def test_corrupted_answers_are_re_requested_a_bounded_number_of_times() -> None:
+    session = _up_session()
+    bad = b"\x01$7D  22FF\r"
+    for attempt in range(1, MAX_CORRUPT_RETRIES + 3):
+        session.receive(bad, now_s=0.1 * attempt)
+        resent = _sent(session)
+        assert resent == ([_cmd(CommandCode.MEASURED_CP1)] if attempt <= MAX_CORRUPT_RETRIES else []), attempt
+    assert session.counters.extra[EXTRA_CORRUPT_RETRIES] == MAX_CORRUPT_RETRIES
+    _answer(session, CommandCode.NOP, now_s=3.0)
+    session.poll(now_s=0.1 * (MAX_CORRUPT_RETRIES + 2) + 3.0)
+    assert _cmd(CommandCode.DEVICE_SETTINGS) in _sent(session), "the response time-out still moves on"
