@@ -54,6 +54,7 @@ class LocalMosquitto:
         port: int | None = None,
         persistence: bool = False,
         tls_files: TlsFiles | None = None,
+        autosave_interval_s: int | None = None,
     ) -> None:
         binary = find_mosquitto()
         if binary is None:
@@ -71,6 +72,8 @@ class LocalMosquitto:
             "allow_anonymous true",
             "persistence true" if persistence else "persistence false",
             f"persistence_location {directory}/",
+            # without it the in-memory state is written only on a clean stop, so a SIGKILL loses it
+            *([f"autosave_interval {autosave_interval_s}"] if autosave_interval_s is not None else []),
             f"log_dest file {self.log_path}",
             "log_type all",
             "max_inflight_messages 0",
@@ -130,6 +133,13 @@ class LocalMosquitto:
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no clean save of its persistence file) and wait for it."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
             process.kill()
             process.wait()
 
