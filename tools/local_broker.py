@@ -97,6 +97,11 @@ class LocalMosquitto:
         """Whether the broker process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (to pause it with SIGSTOP, say), else None."""
+        return self._process.pid if self.running and self._process is not None else None
+
     def start(self, *, timeout_s: float = 10.0) -> None:
         """Start the broker and wait until it accepts connections; raise with the log tail if not."""
         if self.running:

@@ -99,6 +99,7 @@ def _drain_and_check(ward: Ward, station: Subscriber) -> None:
     )
 
 
+@pytest.mark.timeout(240)
 def test_broker_sigkilled_and_restarted_5_times_under_16_beds(
     ward: Ward, persistent_broker: LocalMosquitto
 ) -> None:
