@@ -54,6 +54,7 @@ class LocalMosquitto:
         port: int | None = None,
         persistence: bool = False,
         tls_files: TlsFiles | None = None,
+        autosave_interval_s: int | None = None,
     ) -> None:
         binary = find_mosquitto()
         if binary is None:
@@ -71,6 +72,8 @@ class LocalMosquitto:
             "allow_anonymous true",
             "persistence true" if persistence else "persistence false",
             f"persistence_location {directory}/",
+            # without it the in-memory state is written only on a clean stop, so a SIGKILL loses it
+            *([f"autosave_interval {autosave_interval_s}"] if autosave_interval_s is not None else []),
             f"log_dest file {self.log_path}",
             "log_type all",
             "max_inflight_messages 0",
@@ -93,6 +96,11 @@ class LocalMosquitto:
     def running(self) -> bool:
         """Whether the broker process is alive."""
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (to pause it with SIGSTOP, say), else None."""
+        return self._process.pid if self.running and self._process is not None else None
 
     def start(self, *, timeout_s: float = 10.0) -> None:
         """Start the broker and wait until it accepts connections; raise with the log tail if not."""
@@ -130,6 +138,13 @@ class LocalMosquitto:
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no clean save of its persistence file) and wait for it."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
             process.kill()
             process.wait()
 

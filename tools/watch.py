@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import queue
 import secrets
@@ -412,6 +413,8 @@ def _number(value: float | str | None) -> str:
         return "--"
     if isinstance(value, str):
         return value
+    if not math.isfinite(value):
+        return str(value)  # JSON cannot carry these, but pydantic accepts 1e999, Infinity and NaN
     if value == int(value) and abs(value) < 1e9:
         return str(int(value))
     return f"{value:.2f}".rstrip("0").rstrip(".")

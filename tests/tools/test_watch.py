@@ -461,3 +461,18 @@ def test_unreachable_broker_exits_69(capsys: pytest.CaptureFixture[str]) -> None
     error = capsys.readouterr().err
     assert "cannot reach broker" in error
     assert len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "Infinity", "NaN"])
+def test_non_finite_numbers_in_a_twin_render_instead_of_crashing_the_view(number: str) -> None:
+    """Regression (fuzz, tools/fuzz watch): a setting or value of 1e999 raised OverflowError in render."""
+    state = make_state()
+    document = json.loads(encode(twin_body(), bed="bed-1", seq=0))
+    document["settings"]["peep"]["value"] = "PLACEHOLDER"
+    document["values"]["ppeak"]["value"] = "PLACEHOLDER"
+    payload = json.dumps(document).replace('"PLACEHOLDER"', number).encode()
+    state.apply(TOPICS.twin("bed-1"), payload, retained=True)
+    text = render_plain(state)
+    assert "ppeak" in text
+    assert "peep" in text
+    Console(file=io.StringIO(), width=160).print(render(state))

@@ -1,0 +1,501 @@
+"""Fuzz targets: every codec and every parser of input that comes from outside the process.
+
+A target takes one input (bytes), drives the code under test with it and returns a small hashable
+signature of what happened (used by the mutation engine to keep inputs that reach new behaviour). It
+raises only on a defect: an exception the code's contract does not allow, or a broken invariant
+(`FuzzInvariantError`). Expected rejections (ValueError from a frame parser, ConfigError from the
+config loader) are caught here, because they are the documented answer to bad input.
+
+Inputs that describe a conversation (session, simulator, ward view) are split into records by a small
+framing documented on each target, so a mutation can move time, cut a frame between reads, or change
+one message without touching the others.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from drivers.base import (
+    DeviceAlarmsReceived,
+    LinkCounters,
+    LinkDown,
+    LinkUp,
+    MeasurementsReceived,
+    SettingsReceived,
+    TextMessagesReceived,
+)
+from drivers.medibus.codec import (
+    Command,
+    ControlByte,
+    MedibusDecoder,
+    Response,
+)
+from drivers.medibus.codes import CommandCode
+from drivers.medibus.device import (
+    parse_alarms,
+    parse_identification,
+    parse_measurements,
+    parse_settings,
+    parse_text_messages,
+)
+from drivers.medibus.session import MedibusSession
+from drivers.medibus.simulator import (
+    SIM_IDENTIFICATION,
+    SimAlarm,
+    SteadyScenario,
+    VentilatorSimulator,
+    alarms_payload,
+    measured_payload,
+    settings_payload,
+    texts_payload,
+)
+from edge.config import ConfigError, load_config
+from tools.watch import WardState, render, render_plain
+
+CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
+"""Committed seed inputs, one folder per target (text seeds that are easier to keep as files)."""
+
+_TIME_STEP_S = 0.05
+_START_S = 1000.0
+
+
+class FuzzInvariantError(AssertionError):
+    """The code under test returned, but what it returned breaks a promise it makes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """One fuzz target: the function, its seeds and the tokens a mutation may insert."""
+
+    name: str
+    run: Callable[[bytes], object]
+    seeds: Callable[[], list[bytes]]
+    description: str
+    tokens: tuple[bytes, ...] = field(default=())
+    max_len: int = 4096
+    """Longest input the engine builds (longer inputs only slow the run down)."""
+
+
+# ---- framing helpers -----------------------------------------------------------------------------
+
+
+def _timed_chunks(data: bytes) -> Iterator[tuple[float, bytes]]:
+    """Split `data` into (time step, chunk): per record one byte of time (x 50 ms), one length byte."""
+    pos = 0
+    while pos < len(data):
+        step_s = (data[pos] & 0x3F) * _TIME_STEP_S
+        length = data[pos + 1] if pos + 1 < len(data) else 0
+        chunk = data[pos + 2 : pos + 2 + length]
+        pos += 2 + length
+        yield step_s, chunk
+
+
+def timed_chunks_bytes(chunks: list[tuple[float, bytes]]) -> bytes:
+    """Encode (time step, chunk) records in the framing `_timed_chunks` reads (for seeds and tests)."""
+    out = bytearray()
+    for step_s, chunk in chunks:
+        for start in range(0, max(len(chunk), 1), 255):
+            piece = chunk[start : start + 255]
+            out += bytes((min(round(step_s / _TIME_STEP_S), 0x3F), len(piece))) + piece
+            step_s = 0.0
+    return bytes(out)
+
+
+def _check_host_output(raw: bytes, *, who: str) -> int:
+    """Everything a side of the link writes must decode as clean frames; return how many."""
+    counters = LinkCounters()
+    frames = MedibusDecoder(counters=counters, cap_bytes=1 << 20).feed(raw)
+    if counters.checksum_errors or counters.resyncs or counters.overflows:
+        raise FuzzInvariantError(f"{who} wrote bytes that are not clean MEDIBUS frames: {raw!r}")
+    return len(frames)
+
+
+def _conversation(*, steps: int, device_to_host: bool) -> bytes:
+    """Record one side of an in-memory host <-> simulator conversation as a timed-chunk input."""
+    now_s = _START_S
+    host = MedibusSession()
+    device = VentilatorSimulator(scenario=SteadyScenario(), start_s=now_s, device_command_interval_s=2.0)
+    records: list[tuple[float, bytes]] = []
+    for _ in range(steps):
+        now_s += 0.25
+        host.poll(now_s=now_s)
+        to_device = host.data_to_send()
+        device.receive(to_device, now_s=now_s)
+        device.poll(now_s=now_s)
+        to_host = device.data_to_send()
+        host.receive(to_host, now_s=now_s)
+        records.append((0.25, to_host if device_to_host else to_device))
+    return timed_chunks_bytes(records)
+
+
+def _corpus(name: str) -> list[bytes]:
+    folder = CORPUS_DIR / name
+    return [path.read_bytes() for path in sorted(folder.iterdir())] if folder.is_dir() else []
+
+
+# ---- codec ---------------------------------------------------------------------------------------
+
+_CODEC_CAP_BYTES = 96
+"""A small receive cap, so that short inputs reach the overflow path too."""
+
+
+def run_codec(data: bytes) -> object:
+    """Decode `data` whole and split at a point chosen by its first byte: same frames both ways.
+
+    Every decoded frame must re-encode to bytes that decode to the same frame; parsing `data` as one
+    frame raises only ValueError.
+    """
+    whole_decoder = MedibusDecoder(cap_bytes=_CODEC_CAP_BYTES)
+    whole = whole_decoder.feed(data)
+    split = data[0] % (len(data) + 1) if data else 0
+    split_decoder = MedibusDecoder(cap_bytes=_CODEC_CAP_BYTES)
+    parts = split_decoder.feed(data[:split]) + split_decoder.feed(data[split:])
+    if parts != whole:
+        raise FuzzInvariantError(f"decoding depends on how the bytes were read: {whole!r} vs {parts!r}")
+    if whole_decoder.buffered_bytes > _CODEC_CAP_BYTES:
+        raise FuzzInvariantError(f"decoder holds {whole_decoder.buffered_bytes} bytes over its cap")
+    for frame in whole:
+        again = MedibusDecoder().feed(frame.to_bytes())
+        if again != [frame]:
+            raise FuzzInvariantError(f"{frame!r} does not survive a round trip: {again!r}")
+    kinds = 0
+    for parser in (Command.from_bytes, Response.from_bytes):
+        try:
+            parser(data)
+            kinds += 1
+        except ValueError:
+            pass
+    counters = whole_decoder.counters
+    return (len(whole), kinds, counters.resyncs > 0, counters.checksum_errors > 0, counters.overflows > 0)
+
+
+def _codec_seeds() -> list[bytes]:
+    return [
+        Command(code=CommandCode.ICC).to_bytes(),
+        Response(code=CommandCode.DEVICE_ID, data=b"SIM0'SimVent XL'01.00:06.00").to_bytes(),
+        _conversation(steps=12, device_to_host=True)[2:],
+    ]
+
+
+# ---- session -------------------------------------------------------------------------------------
+
+
+_SESSION_EVENTS = (
+    LinkUp,
+    LinkDown,
+    MeasurementsReceived,
+    SettingsReceived,
+    DeviceAlarmsReceived,
+    TextMessagesReceived,
+)
+
+
+def run_session(data: bytes) -> object:
+    """Feed a host session timed chunks of device bytes (see `_timed_chunks`), polling between them.
+
+    The host must only ever write clean frames, keep its receive buffer under the cap, report only
+    finite numbers, and name a deadline that is a number.
+    """
+    session = MedibusSession()
+    now_s = _START_S
+    session.poll(now_s=now_s)
+    seen: set[str] = set()
+    written = 0
+    for step_s, chunk in _timed_chunks(data):
+        now_s += step_s
+        session.poll(now_s=now_s)
+        session.receive(chunk, now_s=now_s)
+        written += _check_host_output(session.data_to_send(), who="host session")
+        if math.isnan(session.next_deadline_s()):
+            raise FuzzInvariantError("next_deadline_s is NaN")
+        for event in session.events():
+            if not isinstance(event, _SESSION_EVENTS):
+                raise FuzzInvariantError(f"unexpected event {event!r}")
+            seen.add(type(event).__name__)
+            if isinstance(event, MeasurementsReceived):
+                for measurement in event.measurements:
+                    value = measurement.value
+                    if value is not None and not math.isfinite(value):
+                        raise FuzzInvariantError(f"non-finite measurement {measurement!r}")
+    if session._decoder.buffered_bytes > session.options.buffer_cap_bytes + 1:
+        raise FuzzInvariantError("session decoder over its cap")
+    return (frozenset(seen), session.link_up, written > 0)
+
+
+def _session_seeds() -> list[bytes]:
+    return [_conversation(steps=14, device_to_host=True), _conversation(steps=6, device_to_host=True)]
+
+
+# ---- device payload parsers ----------------------------------------------------------------------
+
+_FRAME_UNSAFE = frozenset(
+    (ControlByte.SOH, ControlByte.CR, ControlByte.XON, ControlByte.XOFF, ControlByte.ESC)
+)
+
+
+def run_device(data: bytes) -> object:
+    """Parse a response payload with the parser its first byte selects (mod 5).
+
+    The payload is first reduced to what a response frame can carry (the decoder drops the rest), so
+    the parsers see exactly the byte range the session can hand them.
+    """
+    if not data:
+        return None
+    payload = bytes(b for b in data[1:] if b < 0x80 and b not in _FRAME_UNSAFE)
+    counters = LinkCounters()
+    which = data[0] % 5
+    if which == 0:
+        measurements = parse_measurements(payload, counters=counters)
+        for measurement in measurements:
+            if measurement.value is not None and not math.isfinite(measurement.value):
+                raise FuzzInvariantError(f"non-finite measurement {measurement!r}")
+            if measurement.valid != (measurement.value is not None):
+                raise FuzzInvariantError(f"valid flag contradicts the value: {measurement!r}")
+        return (which, len(measurements) > 0, frozenset(counters.extra))
+    if which == 1:
+        settings = parse_settings(payload, counters=counters)
+        for setting in settings:
+            if isinstance(setting.value, float) and not math.isfinite(setting.value):
+                raise FuzzInvariantError(f"non-finite setting {setting!r}")
+        return (which, len(settings) > 0, frozenset(counters.extra))
+    if which == 2:
+        return (which, len(parse_alarms(payload, counters=counters)) > 0, frozenset(counters.extra))
+    if which == 3:
+        return (which, len(parse_text_messages(payload, counters=counters)) > 0, frozenset(counters.extra))
+    identification = parse_identification(payload)
+    if identification is not None and parse_identification(identification.to_payload()) != identification:
+        raise FuzzInvariantError(f"identification does not survive a round trip: {identification!r}")
+    return (which, identification is not None)
+
+
+def _device_seeds() -> list[bytes]:
+    scenario = SteadyScenario()
+    alarms = [
+        SimAlarm(priority=3, code="01", text="Paw high"),
+        SimAlarm(priority=2, code="2A", text="VT low"),
+    ]
+    return [
+        b"\x00" + measured_payload(scenario.values_at(0.0)),
+        b"\x01" + settings_payload(scenario.settings_at(0.0)),
+        b"\x02" + alarms_payload(alarms),
+        b"\x03" + texts_payload([*scenario.texts_at(0.0), ("02", "Standby")]),
+        b"\x04" + SIM_IDENTIFICATION.to_payload(),
+    ]
+
+
+# ---- config loader -------------------------------------------------------------------------------
+
+_CONFIG_FILE = Path(tempfile.gettempdir()) / f"icu-edge-fuzz-config-{os.getpid()}.toml"
+
+
+def run_config(data: bytes) -> object:
+    """Write `data` as a config file and load it: the only allowed failure is ConfigError."""
+    _CONFIG_FILE.write_bytes(data)
+    try:
+        load_config(_CONFIG_FILE)
+    except ConfigError as error:
+        if not error.lines or not all(isinstance(line, str) and line for line in error.lines):
+            raise FuzzInvariantError(f"ConfigError without a reason per line: {error.lines!r}") from error
+        return ("error", error.lines[0].split(":", 1)[0][:40])
+    return ("ok",)
+
+
+def _config_seeds() -> list[bytes]:
+    return _corpus("config")
+
+
+_CONFIG_TOKENS = (
+    b"[appliance]\n",
+    b"[mqtt]\n",
+    b"[store]\n",
+    b"[engines]\n",
+    b"[publish]\n",
+    b"[[bed]]\n",
+    b"[[bed.device]]\n",
+    b'id = "x"\n',
+    b"port = 1883\n",
+    b'driver = "medibus"\n',
+    b"options = {}\n",
+    b"poll_interval_s = ",
+    b"= nan\n",
+    b"= inf\n",
+    b"= -1\n",
+    b"= 1e308\n",
+    b"= true\n",
+    b'= ""\n',
+    b"= []\n",
+    b"= {}\n",
+    b'= "\\u0000"\n',
+    b"= 1979-05-27T07:32:00Z\n",
+    b"insecure = true\n",
+)
+
+
+# ---- ward view (inbound MQTT messages) -----------------------------------------------------------
+
+_ROOT = "icu/v1/hosp-a/icu-3"
+_WATCH_TOPICS = (
+    f"{_ROOT}/appliance/edge-0001/status",
+    f"{_ROOT}/bed/bed-01/twin",
+    f"{_ROOT}/bed/bed-01/vitals",
+    f"{_ROOT}/bed/bed-01/events",
+    f"{_ROOT}/bed/bed-01/forecast",
+    f"{_ROOT}/bed/bed-01/device/vent-1",
+    f"{_ROOT}/bed/bed-02/twin",
+)
+_WATCH_T0 = datetime(2026, 11, 25, 20, 0, 0, tzinfo=UTC)
+
+
+def run_watch(data: bytes) -> object:
+    """Deliver messages to a ward view, then render it.
+
+    Messages are separated by NUL (which neither JSON payloads nor topics contain). A message's first
+    byte picks the topic (mod len(topics) + 1; the last value means: the topic is the text up to the
+    first TAB) and whether it is retained (bit 7). The view must count bad input, never raise, and
+    render whatever it accepted. The rich rendering (a hundred times slower than the plain one) runs for
+    inputs whose length is 1 more than a multiple of 128 (never the truncated maximum).
+    """
+    state = WardState(clock=lambda: _START_S, wall_clock=lambda: _WATCH_T0)
+    for record in data.split(b"\x00"):
+        if not record:
+            continue
+        header, body = record[0], record[1:]
+        choice = header % (len(_WATCH_TOPICS) + 1)
+        if choice < len(_WATCH_TOPICS):
+            topic = _WATCH_TOPICS[choice]
+        else:
+            raw_topic, _, body = body.partition(b"\t")
+            topic = raw_topic.decode("utf-8", errors="replace")
+        state.apply(topic, body, retained=bool(header & 0x80))
+    text = render_plain(state)
+    if not isinstance(text, str):
+        raise FuzzInvariantError("render_plain did not return text")
+    if len(data) % 128 == 1:
+        Console(file=io.StringIO(), width=160, force_terminal=True).print(render(state))
+    return (len(state.beds), len(state.appliances), state.violations > 0, state.lost > 0, state.reordered > 0)
+
+
+def _watch_seeds() -> list[bytes]:
+    return _corpus("watch")
+
+
+_WATCH_TOKENS = (
+    b'"session":',
+    b'"seq":',
+    b'"schema":',
+    b'"bed":',
+    b'"value":',
+    b"null",
+    b"true",
+    b"1e999",
+    b"-0",
+    b"NaN",
+    b"Infinity",
+    b'"icu-edge/twin/1"',
+    b'"icu-edge/vitals/1"',
+    b'"2026-11-25T20:00:00.000Z"',
+    b"\t",
+    b"\x00",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b'""',
+    b"9007199254740993",
+)
+
+
+# ---- simulator (parses the host's commands) ------------------------------------------------------
+
+
+def run_simulator(data: bytes) -> object:
+    """Feed the simulated ventilator timed chunks of host bytes; it must only ever write clean frames."""
+    now_s = _START_S
+    device = VentilatorSimulator(scenario=SteadyScenario(), start_s=now_s, device_command_interval_s=0.5)
+    written = 0
+    for step_s, chunk in _timed_chunks(data):
+        now_s += step_s
+        device.receive(chunk, now_s=now_s)
+        device.poll(now_s=now_s)
+        written += _check_host_output(device.data_to_send(), who="simulator")
+    return (device.linked, written > 0, device.counters.unknown_commands > 0)
+
+
+def _simulator_seeds() -> list[bytes]:
+    return [_conversation(steps=20, device_to_host=False)]
+
+
+_MEDIBUS_TOKENS = tuple(
+    bytes((byte,))
+    for byte in (
+        ControlByte.SOH,
+        ControlByte.ETX,
+        ControlByte.CR,
+        ControlByte.XON,
+        ControlByte.XOFF,
+        ControlByte.ESC,
+        0x80,
+        0xFF,
+    )
+) + tuple(Command(code=code).to_bytes() for code in CommandCode)
+
+TARGETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        Target(
+            name="codec",
+            run=run_codec,
+            seeds=_codec_seeds,
+            tokens=_MEDIBUS_TOKENS,
+            max_len=256,
+            description="MEDIBUS stream decoder and frame parsers (drivers/medibus/codec.py)",
+        ),
+        Target(
+            name="session",
+            run=run_session,
+            seeds=_session_seeds,
+            tokens=_MEDIBUS_TOKENS,
+            max_len=1024,
+            description="MEDIBUS host session receive path (drivers/medibus/session.py)",
+        ),
+        Target(
+            name="device",
+            run=run_device,
+            seeds=_device_seeds,
+            tokens=(b"301", b"  ---", b"-", b".", b"+", b"\x03", b"'", b":"),
+            max_len=512,
+            description="MEDIBUS response payload parsers (drivers/medibus/device.py)",
+        ),
+        Target(
+            name="config",
+            run=run_config,
+            seeds=_config_seeds,
+            tokens=_CONFIG_TOKENS,
+            description="TOML config loader (edge/config.py load_config)",
+        ),
+        Target(
+            name="watch",
+            run=run_watch,
+            seeds=_watch_seeds,
+            tokens=_WATCH_TOKENS,
+            description="ward view's inbound MQTT message parser and renderer (tools/watch.py)",
+        ),
+        Target(
+            name="simulator",
+            run=run_simulator,
+            seeds=_simulator_seeds,
+            tokens=_MEDIBUS_TOKENS,
+            max_len=1024,
+            description="simulator's command handling (drivers/medibus/simulator.py)",
+        ),
+    )
+}
