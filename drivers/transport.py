@@ -23,12 +23,14 @@ belongs to the one reader thread that opened it.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
 import os
 import re
 import socket
+import stat
 import termios
 import threading
 import urllib.parse
@@ -206,7 +208,33 @@ def open_transport(url: str, *, line: SerialSettings, read_timeout_s: float = 0.
     return SerialTransport(url=url, port=port, identity=identity)
 
 
+_PTY_MAJORS = range(136, 144)
+"""UNIX98 pseudo-terminal slaves (Documentation/admin-guide/devices.txt)."""
+
+
+def is_pty(path: str) -> bool:
+    """Return whether path names a pseudo-terminal (the simulators' stand-in for a serial cable)."""
+    try:
+        mode = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode.st_mode) and os.major(mode.st_rdev) in _PTY_MAJORS
+
+
+def _line_for(url: str, line: SerialSettings) -> SerialSettings:
+    """Return the line settings to ask of url: parity off on a pty.
+
+    A pty has no parity: Linux clears PARENB and forces CS8, and once it holds 8N1 a request that
+    only adds parity is refused with EINVAL (tcsetattr fails when none of its changes apply), so a
+    second open of the same pty, by a reconnecting link or a restarted daemon, would never succeed.
+    """
+    if url.startswith("/") and line.parity != "N" and is_pty(url):
+        return dataclasses.replace(line, parity="N", bytesize=8)
+    return line
+
+
 def _open_exclusive(url: str, *, line: SerialSettings, read_timeout_s: float) -> Any:
+    line = _line_for(url, line)
     try:
         port = serial.serial_for_url(
             url,
