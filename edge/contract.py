@@ -61,4 +61,6 @@ def encode_message(
         "ts": format_rfc3339_ms(ts),
     }
     document = envelope | body.model_dump(mode="json")
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # allow_nan=False: NaN and Infinity are not JSON; a body carrying one is refused here (the
+    # publisher counts and logs it) rather than breaking every central station's parser.
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

@@ -365,6 +365,10 @@ def _bed_forecast(
         valid_rows = np.flatnonzero(window.mask[:, index])
         last_row = int(valid_rows[-1])
         quantiles = batch_output.quantiles[row, index]
+        if not np.all(np.isfinite(quantiles[: len(HORIZONS_MIN)])):
+            # An overflowing engine (FP16) must not put NaN or Infinity on the wire: JSON has neither.
+            unavailable[signal.key] = f"the model gave a non-finite {signal.key} forecast"
+            continue
         signals.append(
             SignalOutlook(
                 key=signal.key,
@@ -386,7 +390,11 @@ def _bed_forecast(
             )
             continue
         batch_output, row = output
-        events[event.key] = tuple(float(p) for p in batch_output.event_probability[row, index])
+        probabilities = batch_output.event_probability[row, index]
+        if not np.all(np.isfinite(probabilities)):
+            unavailable[event.key] = f"the model gave a non-finite {event.key} probability"
+            continue
+        events[event.key] = tuple(float(p) for p in probabilities)
     return BedForecast(
         bed=bed,
         made_at_s=now_s,

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from edge.cli import main
+from edge.contract import encode_message
+from edge.model import Observation, VitalsBody, utc_now
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
@@ -61,3 +63,20 @@ def test_asyncapi_document_is_self_contained(capsys: pytest.CaptureFixture[str])
         for part in ref.removeprefix("#/").split("/"):
             target = target[part]
         assert isinstance(target, dict), ref
+
+
+def test_a_non_finite_number_is_never_encoded_as_json() -> None:
+    """NaN and Infinity are not JSON: encoding refuses them instead of breaking a central station's parser."""
+    now = utc_now()
+
+    def vitals(value: float) -> VitalsBody:
+        observation = Observation(
+            key="hr", value=value, unit="/min", label="HR", device="mon-1", device_code="x",
+            valid=True, device_time=None, received_at=now,
+        )
+        return VitalsBody(device="mon-1", observations=[observation])
+
+    json.loads(encode_message(vitals(80.0), appliance="a", bed="b", session=1, seq=0, ts=now))
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="JSON compliant"):
+            encode_message(vitals(value), appliance="a", bed="b", session=1, seq=0, ts=now)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines.backend import BatchInput, BatchOutput
 from engines.catalog import ModelError, sha256_file, write_manifest
 from engines.onnx_backend import OnnxRuntimeBackend
 from engines.runtime import EnginesUnavailable, ForecastRuntime
@@ -271,3 +272,34 @@ async def test_a_tensorrt_forward_pass_that_fails_falls_back_to_onnxruntime(
         np.testing.assert_allclose(on_cpu.signals[0].quantiles, on_gpu.signals[0].quantiles, atol=1e-5)
     finally:
         await runtime.close()
+
+
+async def test_a_non_finite_model_output_is_unavailable_never_a_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine that overflows (FP16) gives NaN/inf: JSON has neither, and a clinician must not see it."""
+    build_test_model(tmp_path, model_id="runtime-test", default=False)
+    runtime = _runtime(tmp_path, ["bed"])
+    await runtime.start()
+    backend = runtime.backend
+    real_infer = backend.infer
+
+    def overflowing(batch: BatchInput) -> BatchOutput:
+        output = real_infer(batch)
+        quantiles = output.quantiles.copy()
+        quantiles[:, 0] = np.nan
+        probabilities = output.event_probability.copy()
+        probabilities[:] = np.inf
+        return BatchOutput(quantiles=quantiles, event_probability=probabilities)
+
+    monkeypatch.setattr(backend, "infer", overflowing)
+    try:
+        _feed(runtime, "bed", key="hr", unit="/min", values=[80, 81, 82], end_s=NOW_S)
+        _feed(runtime, "bed", key="spo2", unit="%", values=[97, 96, 95], end_s=NOW_S)
+        (forecast,) = await runtime.tick(now_s=NOW_S)
+    finally:
+        await runtime.close()
+    assert [s.key for s in forecast.signals] == ["spo2"]
+    assert forecast.unavailable["hr"] == "the model gave a non-finite hr forecast"
+    assert forecast.events == {}
+    assert forecast.unavailable["spo2_below_90"] == "the model gave a non-finite spo2_below_90 probability"
