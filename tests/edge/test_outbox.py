@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import os
 import sqlite3
+import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,9 +99,7 @@ def test_append_many_is_one_transaction(outbox: Outbox) -> None:
     assert outbox.count() == 0
 
 
-def test_cap_drops_observations_first_then_state_alarms_last(
-    outbox: Outbox, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_cap_drops_observations_first_then_state_alarms_last(outbox: Outbox) -> None:
     alarms = outbox.append_many(
         [_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(10)]
     )
@@ -109,9 +110,9 @@ def test_cap_drops_observations_first_then_state_alarms_last(
         [_row(f"b/vitals/{i % 2}", priority=DeliveryPriority.OBSERVATION, size=2000) for i in range(100)]
     )
     assert outbox.size_bytes() > CAP_BYTES
-    with caplog.at_level(logging.WARNING, logger="edge.outbox"):
-        report = outbox.enforce_cap()
+    report = outbox.enforce_cap()
     assert outbox.size_bytes() <= CAP_BYTES
+    assert report.size_after_bytes == outbox.disk_usage().total_bytes <= report.cap_bytes == CAP_BYTES
     assert set(report.by_priority) == {DeliveryPriority.OBSERVATION}
     dropped = report.by_priority[DeliveryPriority.OBSERVATION]
     assert dropped == report.total
@@ -120,7 +121,6 @@ def test_cap_drops_observations_first_then_state_alarms_last(
     remaining = [r.id for r in outbox.pending(after_id=0, limit=1000)]
     # the oldest observations went, every alarm and state row stayed
     assert remaining == alarms + states + observations[dropped:]
-    assert any("dropped" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 
 def test_cap_drops_state_after_all_observations_and_alarms_last(outbox: Outbox) -> None:
@@ -179,3 +179,110 @@ def test_unopenable_path_raises_naming_path(tmp_path: Path) -> None:
         Outbox(path=path, max_bytes=CAP_BYTES).open()
     assert str(path) in str(caught.value)
     assert "cannot open" in str(caught.value)
+
+
+def _disk_bytes(path: Path) -> int:
+    """Bytes the outbox occupies on disk: the database, its WAL, journal and shared-memory files."""
+    return sum(
+        p.stat().st_size for p in (path, *(Path(f"{path}{s}") for s in ("-wal", "-journal", "-shm"))) if p.exists()
+    )
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        box = Outbox(path=tmp_path / "outbox.db", max_bytes=CAP_BYTES)
+        box.open()
+        box.append_many([_row("t", priority=DeliveryPriority.STATE)])
+        modes = {
+            p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if p.name.startswith("outbox.db")
+        }
+        box.close()
+    finally:
+        os.umask(previous)
+    assert {"outbox.db", "outbox.db-wal", "outbox.db-shm"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o600)
+
+
+def test_files_on_disk_stay_under_the_cap_during_a_write_burst(tmp_path: Path) -> None:
+    """The cap bounds database + WAL + journal + shm at every moment, not only the pages in use."""
+    path = tmp_path / "outbox.db"
+    cap = 1024 * 1024
+    box = Outbox(path=path, max_bytes=cap)
+    box.open()
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                peak = max(peak, _disk_bytes(path))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for wave in range(60):  # ~6 MB in batches of 50 rows, 1 to 4 KB each, mixed priorities
+            batch = [
+                _row(
+                    f"b/{wave % 3}",
+                    priority=DeliveryPriority(1 + (wave + i) % 3),
+                    size=1000 + (i * 997) % 3000,
+                    tag=i,
+                )
+                for i in range(50)
+            ]
+            box.store(batch)
+            peak = max(peak, _disk_bytes(path))
+    finally:
+        stop.set()
+        sampler.join()
+        box.close()
+    assert peak <= cap, f"outbox files reached {peak} bytes on disk with a cap of {cap}"
+
+
+def test_loss_reports_are_shed_only_after_every_alarm(outbox: Outbox) -> None:
+    reports = outbox.store(
+        [_row("b/events", priority=DeliveryPriority.LOSS_REPORT, size=2000, tag=i) for i in range(10)]
+    ).ids
+    result = outbox.store([_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(200)])
+    assert set(result.dropped.by_priority) == {DeliveryPriority.ALARM}
+    assert result.unstored == []
+    left = outbox.pending(after_id=0, limit=1000)
+    assert [r.id for r in left[: len(reports)]] == reports
+    assert {r.priority for r in left[len(reports) :]} == {DeliveryPriority.ALARM}
+    assert outbox.disk_usage().total_bytes <= CAP_BYTES
+
+
+def test_incoming_rows_below_everything_stored_are_the_ones_dropped(outbox: Outbox) -> None:
+    alarms = outbox.store([_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(40)])
+    assert alarms.dropped.total == 0
+    result = outbox.store(
+        [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=2000) for _ in range(100)]
+    )
+    assert result.dropped.by_priority.get(DeliveryPriority.OBSERVATION, 0) > 0
+    assert DeliveryPriority.ALARM not in result.dropped.by_priority
+    assert [r.id for r in outbox.pending(after_id=0, limit=1000)][:40] == alarms.ids
+    # what was kept of the newcomers is the newest of them
+    assert result.ids == sorted(result.ids)
+    assert outbox.disk_usage().total_bytes <= CAP_BYTES
+
+
+def test_outbox_made_without_auto_vacuum_is_converted_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path=path, max_bytes=CAP_BYTES)
+    box.open()
+    box.append_many([_row("t", priority=DeliveryPriority.STATE, tag=3)])
+    db = box._conn()
+    db.execute("PRAGMA auto_vacuum=NONE")
+    db.execute("VACUUM")
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    box.close()
+    again = Outbox(path=path, max_bytes=CAP_BYTES)
+    again.open()
+    try:
+        assert again._conn().execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        (row,) = again.pending(after_id=0, limit=10)
+        assert int.from_bytes(row.payload[:4], "big") == 3
+    finally:
+        again.close()
