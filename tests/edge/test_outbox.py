@@ -255,14 +255,14 @@ def test_loss_reports_are_shed_only_after_every_alarm(outbox: Outbox) -> None:
 
 
 def test_incoming_rows_below_everything_stored_are_the_ones_dropped(outbox: Outbox) -> None:
-    alarms = outbox.store([_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(40)])
+    alarms = outbox.store([_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(25)])
     assert alarms.dropped.total == 0
     result = outbox.store(
         [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=2000) for _ in range(100)]
     )
     assert result.dropped.by_priority.get(DeliveryPriority.OBSERVATION, 0) > 0
     assert DeliveryPriority.ALARM not in result.dropped.by_priority
-    assert [r.id for r in outbox.pending(after_id=0, limit=1000)][:40] == alarms.ids
+    assert [r.id for r in outbox.pending(after_id=0, limit=1000)][:25] == alarms.ids
     # what was kept of the newcomers is the newest of them
     assert result.ids == sorted(result.ids)
     assert outbox.disk_usage().total_bytes <= CAP_BYTES
