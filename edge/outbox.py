@@ -509,7 +509,9 @@ class Outbox:
         if budget != self._wal_budget_bytes:
             db = self._conn()
             db.execute(f"PRAGMA journal_size_limit={budget}")
-            db.execute(f"PRAGMA wal_autocheckpoint={max(1, budget // (self._page_size + _WAL_FRAME_HEADER_BYTES))}")
+            db.execute(
+                f"PRAGMA wal_autocheckpoint={max(1, budget // (self._page_size + _WAL_FRAME_HEADER_BYTES))}"
+            )
             self._wal_budget_bytes = budget
 
     def _layout(self) -> _Layout:
@@ -558,9 +560,12 @@ class Outbox:
             math.ceil(self._pages_for(_row_bytes(r) for r in rows)) + _TRANSACTION_EXTRA_PAGES if rows else 0
         )
         used = layout.page_count - layout.freelist
-        return (used + new_pages) * page_size + files.wal_bytes + new_pages * (
-            page_size + _WAL_FRAME_HEADER_BYTES
-        ) + files.other_bytes
+        return (
+            (used + new_pages) * page_size
+            + files.wal_bytes
+            + new_pages * (page_size + _WAL_FRAME_HEADER_BYTES)
+            + files.other_bytes
+        )
 
     def _make_room(self, chunk: list[NewRow], *, cap: int, tally: _Tally) -> list[NewRow]:
         """Return the rows of `chunk` to store, having shed what makes them fit the cap."""
@@ -609,7 +614,7 @@ class Outbox:
     def _pick_victims(
         self, *, excess_bytes: int, incoming: Sequence[NewRow]
     ) -> tuple[list[tuple[int, str, DeliveryPriority]], set[int]]:
-        """Choose rows worth `excess_bytes`: per priority, lowest first, stored (oldest first) then incoming."""
+        """Choose rows worth `excess_bytes`: lowest priority first; in one, stored (oldest first) then new."""
         db = self._conn()
         page_size = self._page_size
         freed = 0.0
@@ -680,6 +685,50 @@ class Outbox:
                 report.size_after_bytes,
             )
         return report
+
+
+class Spill:
+    """Rows a full disk refused, kept in memory in order until the disk takes them or paho does.
+
+    Bounded by `max_bytes`: a retained row replaces the older rows of its topic (a subscriber keeps
+    only the newest state anyway), and past the bound the oldest row of the lowest priority goes.
+    Every row removed that way is counted in the `DropReport` the call returns. Owned by one thread.
+    """
+
+    def __init__(self, *, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._rows: list[NewRow] = []
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, rows: Iterable[NewRow]) -> DropReport:
+        """Append rows; return what had to go to keep the newest state within the bound."""
+        tally = _Tally()
+        for row in rows:
+            if row.retain:
+                for old in [r for r in self._rows if r.retain and r.topic == row.topic]:
+                    self._remove(old)
+                    tally.add(topic=old.topic, priority=old.priority)
+            self._rows.append(row)
+            self._bytes += _row_bytes(row)
+        while self._bytes > self._max_bytes and self._rows:
+            victim = min(self._rows, key=lambda r: r.priority)
+            self._remove(victim)
+            tally.add(topic=victim.topic, priority=victim.priority)
+        return DropReport(by_priority=dict(tally.by_priority), by_topic=dict(tally.by_topic))
+
+    def take(self, limit: int | None = None) -> list[NewRow]:
+        """Remove and return the oldest `limit` rows (all when None)."""
+        taken = self._rows[:limit] if limit is not None else self._rows
+        self._rows = self._rows[len(taken) :]
+        self._bytes -= sum(_row_bytes(r) for r in taken)
+        return taken
+
+    def _remove(self, row: NewRow) -> None:
+        self._rows.remove(row)
+        self._bytes -= _row_bytes(row)
 
 
 class _transaction:

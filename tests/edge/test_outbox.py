@@ -184,7 +184,9 @@ def test_unopenable_path_raises_naming_path(tmp_path: Path) -> None:
 def _disk_bytes(path: Path) -> int:
     """Bytes the outbox occupies on disk: the database, its WAL, journal and shared-memory files."""
     return sum(
-        p.stat().st_size for p in (path, *(Path(f"{path}{s}") for s in ("-wal", "-journal", "-shm"))) if p.exists()
+        p.stat().st_size
+        for p in (path, *(Path(f"{path}{s}") for s in ("-wal", "-journal", "-shm")))
+        if p.exists()
     )
 
 
@@ -195,7 +197,9 @@ def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
         box.open()
         box.append_many([_row("t", priority=DeliveryPriority.STATE)])
         modes = {
-            p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if p.name.startswith("outbox.db")
+            p.name: stat.S_IMODE(p.stat().st_mode)
+            for p in tmp_path.iterdir()
+            if p.name.startswith("outbox.db")
         }
         box.close()
     finally:
