@@ -78,10 +78,12 @@ _RECORD_OVERHEAD_BYTES = 32
 """Per-row bytes besides topic, payload and time: record header, qos/retain/priority, rowid, cell
 pointer; the index entry is counted apart."""
 _INDEX_ENTRY_BYTES = 24
-_TRANSACTION_EXTRA_PAGES = 6
-"""Pages a write rewrites besides the new ones: b-tree parents, index leaf, header, pointer map."""
+_TRANSACTION_EXTRA_PAGES = 16
+"""Pages a write rewrites besides the new ones: b-tree parents, index leaves, header, freelist trunks."""
+_TRANSACTION_EXTRA_FRACTION = 0.125
+"""...and per new page: pointer-map and freelist pages touched by allocating it (measured: 5-20 %)."""
 _SHED_BATCH_ROWS = 500
-_SHED_FRAMES_PER_ROW = 3
+_DELETE_MIN_BATCH_ROWS = 8
 _SQLITE_FULL = 13
 
 
@@ -144,7 +146,7 @@ class StoreResult:
     """What `store` did with a batch."""
 
     ids: list[int]
-    """Ids of the rows stored, in order."""
+    """Ids of the rows stored (and not shed again by a later chunk of the same call), in order."""
     dropped: DropReport
     unstored: list[NewRow]
     """Rows the disk had no room for even after shedding (SQLITE_FULL), in order: the caller's to keep."""
@@ -178,6 +180,7 @@ class _Tally:
     def __init__(self) -> None:
         self.by_priority: Counter[DeliveryPriority] = Counter()
         self.by_topic: Counter[str] = Counter()
+        self.shed_ids: set[int] = set()
 
     def add(self, *, topic: str, priority: DeliveryPriority) -> None:
         self.by_priority[priority] += 1
@@ -210,6 +213,8 @@ class Outbox:
         self._db: sqlite3.Connection | None = None
         self._page_size = 4096
         self._wal_budget_bytes = WAL_BUDGET_MIN_BYTES
+        self._cap_bytes = max_bytes
+        """The cap in force at the last `store`/`enforce_cap` (deletes keep their WAL within it)."""
         self._peak_disk_bytes = 0
 
     @property
@@ -399,14 +404,18 @@ class Outbox:
                 try:
                     self._checkpoint()
                     cap = self.effective_cap_bytes()
+                    self._set_wal_budget(cap)
                     ids += self._store_chunk(chunk, cap=cap, tally=tally)
                 except sqlite3.Error as again:
                     if not is_disk_full(again):
                         raise
                     return StoreResult(
-                        ids=ids, dropped=self._report(tally, size_before, cap), unstored=chunk + remaining
+                        ids=[row_id for row_id in ids if row_id not in tally.shed_ids],
+                        dropped=self._report(tally, size_before, cap),
+                        unstored=chunk + remaining,
                     )
-        return StoreResult(ids=ids, dropped=self._report(tally, size_before, cap), unstored=[])
+        kept = [row_id for row_id in ids if row_id not in tally.shed_ids]
+        return StoreResult(ids=kept, dropped=self._report(tally, size_before, cap), unstored=[])
 
     def _take_chunk(self, rows: list[NewRow]) -> tuple[list[NewRow], list[NewRow]]:
         """Split off the first rows whose WAL frames fit half the WAL budget (at least one row)."""
@@ -427,13 +436,30 @@ class Outbox:
         return ids
 
     def delete(self, ids: Iterable[int]) -> int:
-        """Delete rows by id in one transaction; return how many existed."""
+        """Delete rows by id; return how many existed.
+
+        One transaction when the WAL frames it writes fit under the cap, else several (each commit
+        deletes whole rows; a crash in between leaves rows that are sent again: at-least-once).
+        """
+        ids = list(ids)
         db = self._conn()
+        frame = self._page_size + _WAL_FRAME_HEADER_BYTES
         deleted = 0
-        with _transaction(db):
-            for row_id in ids:
-                deleted += db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
-        self._note_disk()
+        start = 0
+        while start < len(ids):
+            usage = self.disk_usage()
+            # A deleted row rewrites its table leaf and, with overflow pages, a page of their chain;
+            # rows of one priority are interleaved with others (measured: ~2 frames a row).
+            rows_fit = ((self._cap_bytes - usage.total_bytes) // frame - _TRANSACTION_EXTRA_PAGES) // 3
+            if rows_fit < min(len(ids) - start, _DELETE_MIN_BATCH_ROWS) and usage.wal_bytes > 0:
+                self._checkpoint()
+                continue
+            batch = ids[start : start + min(_SHED_BATCH_ROWS, max(1, rows_fit))]
+            start += len(batch)
+            with _transaction(db):
+                for row_id in batch:
+                    deleted += db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
+            self._note_disk()
         self._truncate_wal_above(self._wal_budget_bytes)
         return deleted
 
@@ -492,6 +518,7 @@ class Outbox:
     def enforce_cap(self) -> DropReport:
         """Shed stored rows, lowest priority and oldest first, until the files fit the cap in force."""
         cap = self.effective_cap_bytes()
+        self._set_wal_budget(cap)
         size_before = self.disk_usage().total_bytes
         tally = _Tally()
         try:
@@ -505,6 +532,7 @@ class Outbox:
     # ---- the cap -------------------------------------------------------------------------------
 
     def _set_wal_budget(self, cap: int) -> None:
+        self._cap_bytes = cap
         budget = min(max(cap // WAL_BUDGET_DIVISOR, WAL_BUDGET_MIN_BYTES), WAL_BUDGET_MAX_BYTES)
         if budget != self._wal_budget_bytes:
             db = self._conn()
@@ -540,13 +568,18 @@ class Outbox:
             pages += math.ceil((record - local) / (usable - 4)) + (local + 4) / (usable - 8)
         return pages + rows * _INDEX_ENTRY_BYTES / (usable / 2)
 
+    def _new_pages(self, rows: Sequence[NewRow]) -> int:
+        """Estimate the pages (WAL frames) a transaction appending `rows` writes."""
+        pages = self._pages_for(_row_bytes(r) for r in rows)
+        return math.ceil(pages * (1 + _TRANSACTION_EXTRA_FRACTION)) + _TRANSACTION_EXTRA_PAGES
+
     def _projected(self, layout: _Layout, rows: Sequence[NewRow]) -> int:
         """Estimate the files' size after storing `rows` and checkpointing (WAL still full at that moment)."""
         page_size = self._page_size
         files = layout.files
         if not rows:
             return max(files.db_bytes, layout.page_count * page_size) + files.wal_bytes + files.other_bytes
-        new_pages = math.ceil(self._pages_for(_row_bytes(r) for r in rows)) + _TRANSACTION_EXTRA_PAGES
+        new_pages = self._new_pages(rows)
         used = layout.page_count - layout.freelist
         db_after = max(files.db_bytes, layout.page_count * page_size, (used + new_pages) * page_size)
         wal_after = files.wal_bytes + new_pages * (page_size + _WAL_FRAME_HEADER_BYTES)
@@ -556,9 +589,7 @@ class Outbox:
         """Like `_projected`, but counting only the pages in use (what shedding can reduce)."""
         page_size = self._page_size
         files = layout.files
-        new_pages = (
-            math.ceil(self._pages_for(_row_bytes(r) for r in rows)) + _TRANSACTION_EXTRA_PAGES if rows else 0
-        )
+        new_pages = self._new_pages(rows) if rows else 0
         used = layout.page_count - layout.freelist
         return (
             (used + new_pages) * page_size
@@ -583,7 +614,7 @@ class Outbox:
             stored, incoming = self._pick_victims(excess_bytes=excess, incoming=kept)
             if not stored and not incoming:
                 break
-            self._shed(stored, cap=cap, tally=tally)
+            self._shed(stored, tally=tally)
             dropped_incoming += [kept[i] for i in sorted(incoming)]
             kept = [row for i, row in enumerate(kept) if i not in incoming]
             layout = self._layout()
@@ -592,24 +623,13 @@ class Outbox:
         self._shrink_to(cap=cap, rows=kept)
         return kept
 
-    def _shed(self, stored: Sequence[tuple[int, str, DeliveryPriority]], *, cap: int, tally: _Tally) -> None:
-        """Delete rows in transactions whose WAL frames fit the room left under the cap."""
-        db = self._conn()
-        frame = self._page_size + _WAL_FRAME_HEADER_BYTES
-        start = 0
-        while start < len(stored):
-            # Shed rows of one priority are interleaved with others: a deleted row rewrites its table
-            # leaf and, when it had overflow pages, a page of their chain (measured: ~2 frames a row).
-            room_frames = (cap - self.disk_usage().total_bytes) // frame - _TRANSACTION_EXTRA_PAGES
-            batch = stored[start : start + min(_SHED_BATCH_ROWS, max(1, room_frames // _SHED_FRAMES_PER_ROW))]
-            start += len(batch)
-            with _transaction(db):
-                for row_id, _, _ in batch:
-                    db.execute("DELETE FROM messages WHERE id = ?", (row_id,))
-            for _, topic, priority in batch:
-                tally.add(topic=topic, priority=priority)
-            self._note_disk()
-            self._checkpoint()
+    def _shed(self, stored: Sequence[tuple[int, str, DeliveryPriority]], *, tally: _Tally) -> None:
+        """Delete chosen rows (within the cap, see `delete`), count them, and truncate the WAL."""
+        self.delete(row_id for row_id, _, _ in stored)
+        for row_id, topic, priority in stored:
+            tally.add(topic=topic, priority=priority)
+            tally.shed_ids.add(row_id)
+        self._checkpoint()
 
     def _pick_victims(
         self, *, excess_bytes: int, incoming: Sequence[NewRow]
