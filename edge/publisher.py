@@ -4,10 +4,10 @@ Threads and who owns what:
 
 * the asyncio loop thread calls `submit()`: it owns the per-topic `seq` counters and stamps `seq` and
   `ts` there, so the order of submission is the order of delivery;
-* the worker thread (named `icu-edge-publisher`) owns the `Outbox` (its SQLite connection), the map of
-  paho message ids to outbox row ids, and every counter in `stats()`; it encodes JSON, appends in
-  batches (one transaction per batch), enforces the disk cap, hands rows to paho, and deletes them on
-  PUBACK;
+* the worker thread (named `icu-edge-publisher`, a daemon thread so it can never keep a dying process
+  alive) owns the `Outbox` (its SQLite connection), the `Spill`, the map of paho message ids to outbox
+  row ids, and every counter in `stats()`; it encodes JSON, stores in batches through the disk cap
+  (`Outbox.store`), hands rows to paho, and deletes them on PUBACK;
 * paho's network thread runs the callbacks, which enqueue events for the worker. Two callbacks do a
   little more, for a reason: `on_pre_connect` registers the Will of the coming connection, and
   `on_connect` hands the birth to paho (a non-blocking enqueue into paho's own packet queue; nothing
@@ -25,6 +25,15 @@ after a reconnect the wire order is: birth, the re-sent in-flight rows, the rema
 order; the only duplicates are rows whose PUBACK was lost with the connection (at-least-once). After a
 daemon restart the outbox rows of the previous session go first, unchanged, with their old session
 and seq.
+
+Disk cap and full disk: `Outbox.store` sheds the least precious rows before the files pass the cap
+in force (see edge/outbox.py). A disk that fills anyway (another writer) is not fatal: the rows it
+refuses wait in the bounded in-memory `Spill` (the newest retained state per topic is always kept),
+every later row queues behind them, the worker retries the disk every `DISK_RETRY_S`, and when the
+broker is connected the spilled rows are sent from memory after the stored ones. Every drop is counted
+and reported (`_flush_loss_reports`): one WARNING line and one `outbox_dropped` event per bed at once,
+then at most every `LOSS_REPORT_INTERVAL_S`. Any other outbox error is fatal: the worker stops its
+heartbeat and sets `fatal_error`, and the daemon stops with exit status 69.
 
 The status topic: each connection gets a pair of reserved seqs, birth `n` and Will `n + 1`, so a
 subscriber that sees the Will sees it right after the birth it ends. A pair is reused until its birth
@@ -913,6 +922,10 @@ class Publisher:
                 self._step_events_only()
             finally:
                 self._outbox.close()
+        if len(self._spill):
+            lost = self._spill.take()
+            self._dropped.update(Counter(row.priority for row in lost))
+            LOGGER.warning("%d rows held in memory (the disk was full) are lost with this stop", len(lost))
         self._flush_loss_reports(final=True)
         LOGGER.info(
             "publisher session %d stopped: %d rows stay in the outbox for the next start",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -73,13 +74,11 @@ def free_bytes(directory: Path) -> int:
 def fill(path: Path) -> int:
     """Write `path` until the filesystem is full (ENOSPC); return the bytes written."""
     written = 0
-    with path.open("ab") as hog:
-        for chunk in (64 * 1024, 4096, 512):
+    with path.open("ab", buffering=0) as hog:
+        for chunk in (64 * 1024, 4096, 512, 1):
             try:
                 while True:
-                    hog.write(b"\0" * chunk)
-                    hog.flush()
-                    written += chunk
+                    written += hog.write(b"\1" * chunk) or 0
             except OSError:
                 continue
     return written
@@ -250,22 +249,30 @@ def test_disk_filled_by_another_writer_neither_kills_nor_wedges_the_daemon(
 def test_outbox_that_fails_while_running_ends_the_daemon_with_69(
     ward: Ward, subscribe: Callable[..., Subscriber], tmp_path: Path
 ) -> None:
-    """A disk that turns read-only (ext4 errors=remount-ro): exit 69 promptly, not a live, mute process."""
-    with tmpfs(tmp_path / "disk", size="8m") as disk:
-        ward.outbox = disk / "outbox.db"
-        ward.write_config()
-        station = subscribe(f"{bed_topic(ward.beds[0])}/vitals")
-        ward.start_simulators()
-        ward.start_daemon()
-        assert wait_for(lambda: len(station.messages) >= 3, timeout_s=60), ward.log("daemon")[-3000:]
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        assert ward.daemon is not None
-        try:
-            status = ward.daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the daemon outlived its outbox:\n{ward.log('daemon')[-3000:]}")
-        assert status == EX_UNAVAILABLE, ward.log("daemon")[-3000:]
-        assert "offline" in ward.log("daemon") or "stopped" in ward.log("daemon")
+    """The outbox breaks under a running daemon (its table is gone): exit 69 promptly, offline published.
+
+    Before the fix the process stayed alive and mute: the failing task's error skipped
+    `publisher.stop()` and the publisher's non-daemon thread held the process.
+    """
+    station = subscribe(f"{ROOT}/#")
+    ward.start_simulators()
+    ward.start_daemon()
+    vitals = f"{bed_topic(ward.beds[0])}/vitals"
+    assert wait_for(lambda: len([m for m in station.messages if m.topic == vitals]) >= 3, timeout_s=60)
+    with contextlib.closing(sqlite3.connect(ward.outbox, timeout=10)) as db:
+        db.execute("DROP TABLE messages")
+        db.commit()
+    assert ward.daemon is not None
+    try:
+        status = ward.daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the daemon outlived its outbox:\n{ward.log('daemon')[-3000:]}")
+    log = ward.log("daemon")
+    assert status == EX_UNAVAILABLE, log[-3000:]
+    assert "the outbox is unusable" in log
+    statuses = [json.loads(m.payload) for m in station.messages if m.topic.endswith("/status") and m.payload]
+    assert statuses[-1]["state"] == "offline", statuses[-1]
+    assert statuses[-1]["reason"] == "shutdown", "publisher.stop() did not run"
 
 
 @pytest.mark.timeout(300)
@@ -329,5 +336,6 @@ async def test_16_mib_cap_bounds_the_files_on_disk_at_all_times(
         assert sampler.peak_bytes <= cap, f"outbox files peaked at {sampler.peak_bytes} bytes, cap {cap}"
         print(
             f"\n16 MiB cap: peak outbox files {sampler.peak_bytes} bytes ({sampler.peak_bytes / cap:.3f} of"
-            f" the cap, {sampler.samples} samples); {stats.submitted} submitted, dropped {dict(stats.dropped)}"
+            f" the cap, {sampler.samples} samples); {stats.submitted} submitted,"
+            f" dropped {dict(stats.dropped)}"
         )
