@@ -7,11 +7,12 @@ import os
 import sqlite3
 import stat
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from edge.outbox import DeliveryPriority, NewRow, Outbox, OutboxError
+from edge.outbox import DeliveryPriority, NewRow, Outbox, OutboxError, Spill
 
 CAP_BYTES = 256 * 1024
 
@@ -309,3 +310,23 @@ def test_outbox_made_without_auto_vacuum_is_converted_at_open(tmp_path: Path) ->
         assert int.from_bytes(row.payload[:4], "big") == 3
     finally:
         again.close()
+
+
+def test_spill_keeps_the_newest_state_per_topic_and_sheds_lowest_priority_first() -> None:
+    spill = Spill(max_bytes=20_000)
+    twin = [replace(_row("b/twin", priority=DeliveryPriority.STATE, tag=i), retain=True) for i in range(3)]
+    report = spill.add(twin)
+    assert report.by_topic == {"b/twin": 2}  # a retained topic keeps only its newest state
+    report = spill.add(
+        [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=5000, tag=i) for i in range(3)]
+    )
+    report = spill.add([_row("b/alarm", priority=DeliveryPriority.ALARM, size=5000, tag=i) for i in range(2)])
+    assert report.by_priority == {DeliveryPriority.OBSERVATION: 2}
+    kept = spill.take()
+    assert [(r.topic, int.from_bytes(r.payload[:4], "big")) for r in kept] == [
+        ("b/twin", 2),
+        ("b/vitals", 2),
+        ("b/alarm", 0),
+        ("b/alarm", 1),
+    ]
+    assert len(spill) == 0
