@@ -570,11 +570,10 @@ class Publisher:
             try:
                 self._step(wait_s=WAKE_INTERVAL_S)
             except (sqlite3.Error, OutboxError) as exc:
-                if is_disk_full(exc):
-                    self._note_disk_full(exc)
-                    continue
-                self._fail(exc)
-                break
+                if not is_disk_full(exc):
+                    self._fail(exc)
+                    break
+                self._note_disk_full(exc)
             except Exception as exc:
                 LOGGER.exception("publisher: worker iteration failed")
                 self._count_error("worker iteration", exc)
