@@ -78,7 +78,7 @@ _RECORD_OVERHEAD_BYTES = 32
 """Per-row bytes besides topic, payload and time: record header, qos/retain/priority, rowid, cell
 pointer; the index entry is counted apart."""
 _INDEX_ENTRY_BYTES = 24
-_TRANSACTION_EXTRA_PAGES = 16
+_TRANSACTION_EXTRA_PAGES = 24
 """Pages a write rewrites besides the new ones: b-tree parents, index leaves, header, freelist trunks."""
 _TRANSACTION_EXTRA_FRACTION = 0.125
 """...and per new page: pointer-map and freelist pages touched by allocating it (measured: 5-20 %)."""
@@ -568,33 +568,33 @@ class Outbox:
             pages += math.ceil((record - local) / (usable - 4)) + (local + 4) / (usable - 8)
         return pages + rows * _INDEX_ENTRY_BYTES / (usable / 2)
 
-    def _new_pages(self, rows: Sequence[NewRow]) -> int:
-        """Estimate the pages (WAL frames) a transaction appending `rows` writes."""
-        pages = self._pages_for(_row_bytes(r) for r in rows)
-        return math.ceil(pages * (1 + _TRANSACTION_EXTRA_FRACTION)) + _TRANSACTION_EXTRA_PAGES
+    def _new_pages(self, rows: Sequence[NewRow]) -> tuple[int, int]:
+        """Estimate the pages appending `rows` adds to the database, and the WAL frames it writes."""
+        if not rows:
+            return 0, 0
+        pages = math.ceil(self._pages_for(_row_bytes(r) for r in rows) * (1 + _TRANSACTION_EXTRA_FRACTION))
+        return pages, pages + _TRANSACTION_EXTRA_PAGES
 
     def _projected(self, layout: _Layout, rows: Sequence[NewRow]) -> int:
         """Estimate the files' size after storing `rows` and checkpointing (WAL still full at that moment)."""
         page_size = self._page_size
         files = layout.files
-        if not rows:
-            return max(files.db_bytes, layout.page_count * page_size) + files.wal_bytes + files.other_bytes
-        new_pages = self._new_pages(rows)
+        new_pages, frames = self._new_pages(rows)
         used = layout.page_count - layout.freelist
         db_after = max(files.db_bytes, layout.page_count * page_size, (used + new_pages) * page_size)
-        wal_after = files.wal_bytes + new_pages * (page_size + _WAL_FRAME_HEADER_BYTES)
+        wal_after = files.wal_bytes + frames * (page_size + _WAL_FRAME_HEADER_BYTES)
         return db_after + wal_after + files.other_bytes
 
     def _needed(self, layout: _Layout, rows: Sequence[NewRow]) -> int:
         """Like `_projected`, but counting only the pages in use (what shedding can reduce)."""
         page_size = self._page_size
         files = layout.files
-        new_pages = self._new_pages(rows) if rows else 0
+        new_pages, frames = self._new_pages(rows)
         used = layout.page_count - layout.freelist
         return (
             (used + new_pages) * page_size
             + files.wal_bytes
-            + new_pages * (page_size + _WAL_FRAME_HEADER_BYTES)
+            + frames * (page_size + _WAL_FRAME_HEADER_BYTES)
             + files.other_bytes
         )
 
