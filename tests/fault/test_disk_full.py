@@ -133,7 +133,7 @@ def ward(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Ward]:
         instance.close()
 
 
-def recovered(ward: Ward, station: Subscriber, *, since: datetime, timeout_s: float) -> Callable[[], bool]:
+def recovered(ward: Ward, station: Subscriber, *, since: datetime) -> Callable[[], bool]:
     """A predicate: every bed's twin and at least 3 vitals batches per bed stamped after `since`."""
 
     def check() -> bool:
