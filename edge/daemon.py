@@ -45,6 +45,21 @@ ENGINES_MIN_SILENCE_S = 10.0
 """An inference that has not completed a tick for this long (or 3 ticks) is hung."""
 
 
+class PublisherFailed(Exception):
+    """The publisher's outbox became unusable while running: the daemon ends with EX_UNAVAILABLE."""
+
+
+def _exit_status_of(task: asyncio.Task[None]) -> int:
+    """Log a finished task's failure (with its traceback) and return the exit status it calls for."""
+    if task.cancelled() or (exc := task.exception()) is None:
+        return EX_OK
+    if isinstance(exc, PublisherFailed):
+        LOGGER.critical("the outbox is unusable (%s); stopping with exit status %d", exc, EX_UNAVAILABLE)
+        return EX_UNAVAILABLE
+    LOGGER.error("task %s failed; stopping with exit status %d", task.get_name(), EX_SOFTWARE, exc_info=exc)
+    return EX_SOFTWARE
+
+
 @dataclass(slots=True, kw_only=True)
 class _BedPublishState:
     dirty: bool = True
@@ -175,31 +190,42 @@ class Daemon:
                 )
             )
         stop_waiter = asyncio.create_task(self._stop.wait(), name="stop")
-        done, _ = await asyncio.wait([*tasks, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
-        status = EX_OK
-        for task in done:
-            if task is not stop_waiter and task.exception() is not None:
-                LOGGER.error("task %s failed", task.get_name(), exc_info=task.exception())
-                status = EX_SOFTWARE
-        await self._shutdown(tasks)
-        return status
+        try:
+            await asyncio.wait([*tasks, stop_waiter], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_waiter.cancel()
+        return await self._shutdown(tasks)
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> int:
+        """Stop links and tasks, publish the last state and stop the publisher; return the exit status.
+
+        A task that failed (the reason the daemon stops, or found while stopping) is logged here and
+        sets the status; nothing is re-raised, and `publisher.stop()` always runs last, so a failure
+        can never leave the publisher running (it once kept a dead daemon alive).
+        """
         self._notifier.stopping(status="stopping: flushing the outbox")
         LOGGER.info("stopping: closing device links and flushing the outbox")
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(None, link.stop) for link in self._links))
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        while len(self._bus):
-            self._handle_report(await self._bus.get())
-        self._publish_twins(force=True)
-        if self._forecasts is not None:
-            await self._forecasts.close()
-        await self._publisher.stop(flush_timeout_s=self._config.publish.shutdown_flush_s)
+        status = EX_OK
+        try:
+            await asyncio.gather(*(loop.run_in_executor(None, link.stop) for link in self._links))
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            for task in tasks:
+                status = max(status, _exit_status_of(task))
+            while len(self._bus):
+                self._handle_report(await self._bus.get())
+            self._publish_twins(force=True)
+            if self._forecasts is not None:
+                await self._forecasts.close()
+        except Exception:
+            LOGGER.exception("stopping: a step failed; stopping the publisher anyway")
+            status = EX_SOFTWARE
+        finally:
+            await self._publisher.stop(flush_timeout_s=self._config.publish.shutdown_flush_s)
+        return status
 
     async def _consume_reports(self) -> None:
         while True:
@@ -418,7 +444,7 @@ class Daemon:
                     self._gate.beat(link.name, now_s=link.last_progress_s)
             stats = self._publisher.stats()
             if stats.fatal_error is not None:
-                raise RuntimeError(f"publisher failed: {stats.fatal_error}")
+                raise PublisherFailed(stats.fatal_error)
             self._gate.beat("publisher", now_s=stats.last_progress_s)
             healthy, _ = self._gate.healthy(now_s=time.monotonic())
             if healthy:

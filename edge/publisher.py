@@ -4,10 +4,10 @@ Threads and who owns what:
 
 * the asyncio loop thread calls `submit()`: it owns the per-topic `seq` counters and stamps `seq` and
   `ts` there, so the order of submission is the order of delivery;
-* the worker thread (named `icu-edge-publisher`) owns the `Outbox` (its SQLite connection), the map of
-  paho message ids to outbox row ids, and every counter in `stats()`; it encodes JSON, appends in
-  batches (one transaction per batch), enforces the disk cap, hands rows to paho, and deletes them on
-  PUBACK;
+* the worker thread (named `icu-edge-publisher`, a daemon thread so it can never keep a dying process
+  alive) owns the `Outbox` (its SQLite connection), the `Spill`, the map of paho message ids to outbox
+  row ids, and every counter in `stats()`; it encodes JSON, stores in batches through the disk cap
+  (`Outbox.store`), hands rows to paho, and deletes them on PUBACK;
 * paho's network thread runs the callbacks, which enqueue events for the worker. Three callbacks do a
   little more, for a reason: `on_pre_connect` registers the Will of the coming connection attempt;
   `on_connect` hands the birth to paho and then subscribes to the status topic (non-blocking enqueues
@@ -27,6 +27,15 @@ after a reconnect the wire order is: birth, the re-sent in-flight rows, the rema
 order; the only duplicates are rows whose PUBACK was lost with the connection (at-least-once). After a
 daemon restart the outbox rows of the previous session go first, unchanged, with their old session
 and seq.
+
+Disk cap and full disk: `Outbox.store` sheds the least precious rows before the files pass the cap
+in force (see edge/outbox.py). A disk that fills anyway (another writer) is not fatal: the rows it
+refuses wait in the bounded in-memory `Spill` (the newest retained state per topic is always kept),
+every later row queues behind them, the worker retries the disk every `DISK_RETRY_S`, and when the
+broker is connected the spilled rows are sent from memory after the stored ones. Every drop is counted
+and reported (`_flush_loss_reports`): one WARNING line and one `outbox_dropped` event per bed at once,
+then at most every `LOSS_REPORT_INTERVAL_S`. Any other outbox error is fatal: the worker stops its
+heartbeat and sets `fatal_error`, and the daemon stops with exit status 69.
 
 The status topic: the retained status and a subscriber that orders the status messages by seq must
 both end on the truth, in every order in which the broker may see old and new connections. Every
@@ -95,7 +104,7 @@ from edge.model import (
     format_rfc3339_ms,
     utc_now,
 )
-from edge.outbox import DeliveryPriority, DropReport, NewRow, Outbox, OutboxError
+from edge.outbox import DeliveryPriority, DropReport, NewRow, Outbox, OutboxError, Spill, is_disk_full
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,6 +120,12 @@ START_TIMEOUT_S = 30.0
 """How long `start` waits for the worker to open the outbox."""
 HOLD_MARGIN_S = 1.0
 """Added to 1.5 x keepalive before a new attempt after a keepalive timeout (the broker's timer ticks)."""
+LOSS_REPORT_INTERVAL_S = 10.0
+"""Outbox drops are reported (one event per bed, one log line) at once, then at most this often."""
+SPILL_MAX_BYTES = 4 * 1024 * 1024
+"""Rows a full disk refused are kept in memory up to this many bytes (see `Spill`)."""
+DISK_RETRY_S = 1.0
+"""While the disk is full, the worker tries to store the spilled rows and delete acked ones this often."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +141,12 @@ class PublisherStats:
     acked: int
     dropped: Mapping[DeliveryPriority, int]
     """Messages lost on purpose: disk cap, QoS 0 while offline, rejected by the broker, after stop."""
+    spilled: int
+    """Rows a full disk refused, held in memory until stored or sent."""
+    outbox_disk_bytes: int
+    """What the outbox's files occupy on disk (database, WAL, journal, shm)."""
+    outbox_cap_bytes: int
+    """The cap in force: `max_bytes`, or less when the filesystem is short of room."""
     errors: int
     """Exceptions caught in the worker and the callbacks (each logged with its traceback)."""
     last_progress_s: float
@@ -225,10 +246,31 @@ class _WorkerSnapshot:
     in_flight: int = 0
     acked: int = 0
     dropped: Mapping[DeliveryPriority, int] = field(default_factory=dict)
+    spilled: int = 0
+    outbox_disk_bytes: int = 0
+    outbox_cap_bytes: int = 0
     errors: int = 0
     last_progress_s: float = 0.0
     last_error: str | None = None
     fatal_error: str | None = None
+
+
+class _LossTally:
+    """Outbox drops not yet reported (worker thread)."""
+
+    def __init__(self) -> None:
+        self.by_priority: Counter[DeliveryPriority] = Counter()
+        self.by_topic: Counter[str] = Counter()
+        self.passes = 0
+        self.cap_bytes = 0
+        """The cap in force at the last drop; 0 when only the full-disk memory bound dropped rows."""
+
+    def add(self, report: DropReport) -> None:
+        self.by_priority.update(report.by_priority)
+        self.by_topic.update(report.by_topic)
+        self.passes += 1
+        if report.cap_bytes:
+            self.cap_bytes = report.cap_bytes
 
 
 class _DemotePahoNoSocketError(logging.Filter):
@@ -440,11 +482,21 @@ class Publisher:
         self._client: Client | None = None
         self._status: _StatusMessages | None = None
         self._link_up = False
-        self._in_flight: dict[int, tuple[int, DeliveryPriority]] = {}
+        self._in_flight: dict[int, tuple[int | None, DeliveryPriority]] = {}
+        """paho mid -> (outbox row id, or None for a row sent from the spill; priority)."""
         self._cursor = 0
         self._pending = 0
         self._acked = 0
         self._dropped: Counter[DeliveryPriority] = Counter()
+        self._spill = Spill(max_bytes=SPILL_MAX_BYTES)
+        self._undeleted: list[int] = []
+        """Acked row ids a full disk kept us from deleting (never re-sent: the cursor is past them)."""
+        self._disk_retry_s = 0.0
+        self._disk_full_logged = False
+        self._losses = _LossTally()
+        self._next_loss_report_s = 0.0
+        self._outbox_disk_bytes = 0
+        self._outbox_cap_bytes = 0
         self._errors = 0
         self._last_error: str | None = None
         self._fatal_error: str | None = None
@@ -486,7 +538,8 @@ class Publisher:
         if self._thread is not None:
             raise RuntimeError("the publisher was already started")
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="icu-edge-publisher", daemon=False)
+        # A daemon thread: whatever goes wrong on the loop side, the worker never keeps a dying process.
+        self._thread = threading.Thread(target=self._run, name="icu-edge-publisher", daemon=True)
         self._thread.start()
         try:
             self._session = await asyncio.wait_for(asyncio.wrap_future(self._started), START_TIMEOUT_S)
@@ -567,6 +620,9 @@ class Publisher:
             submitted=self._submitted,
             acked=snapshot.acked,
             dropped=dict(dropped),
+            spilled=snapshot.spilled,
+            outbox_disk_bytes=snapshot.outbox_disk_bytes,
+            outbox_cap_bytes=snapshot.outbox_cap_bytes,
             errors=snapshot.errors,
             last_progress_s=snapshot.last_progress_s,
             last_error=snapshot.last_error,
@@ -598,7 +654,12 @@ class Publisher:
         try:
             session = outbox.start_session()
             self._worker_session = session
-            self._pending = outbox.count()
+            try:
+                self._pending = outbox.count()
+                self._outbox_disk_bytes = outbox.disk_usage().total_bytes
+                self._outbox_cap_bytes = outbox.effective_cap_bytes()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox {outbox.path}: cannot use the database: {exc}") from exc
             self._status = _StatusMessages(
                 appliance_id=self._appliance_id,
                 session=session,
@@ -674,8 +735,10 @@ class Publisher:
             try:
                 self._step(wait_s=WAKE_INTERVAL_S)
             except (sqlite3.Error, OutboxError) as exc:
-                self._fail(exc)
-                break
+                if not is_disk_full(exc):
+                    self._fail(exc)
+                    break
+                self._note_disk_full(exc)
             except Exception as exc:
                 LOGGER.exception("publisher: worker iteration failed")
                 self._count_error("worker iteration", exc)
@@ -694,6 +757,9 @@ class Publisher:
             in_flight=len(self._in_flight),
             acked=self._acked,
             dropped=dict(self._dropped),
+            spilled=len(self._spill),
+            outbox_disk_bytes=self._outbox_disk_bytes,
+            outbox_cap_bytes=self._outbox_cap_bytes,
             errors=self._errors,
             last_progress_s=self._snapshot.last_progress_s if last_progress_s is None else last_progress_s,
             last_error=self._last_error,
@@ -704,6 +770,20 @@ class Publisher:
         """Count an exception the caller has logged with its traceback."""
         self._errors += 1
         self._last_error = f"{where}: {exc!r}"
+
+    def _note_disk_full(self, exc: BaseException) -> None:
+        """A write found the disk full: not fatal (rows wait in memory); logged once per episode."""
+        self._count_error("outbox write", exc)
+        if not self._disk_full_logged:
+            self._disk_full_logged = True
+            LOGGER.error(
+                "outbox %s: the disk is full (%s); keeping up to %d bytes of the newest rows in memory and"
+                " retrying every %.0f s",
+                self._store_config.path,
+                exc,
+                SPILL_MAX_BYTES,
+                DISK_RETRY_S,
+            )
 
     def _fail(self, exc: BaseException) -> None:
         self._errors += 1
@@ -765,18 +845,51 @@ class Publisher:
                     self._last_error = f"{where}: {error}"
                 case _StopRequest():
                     self._stop_request = event
-        if new_rows:
-            outbox.append_many(new_rows)
-            self._pending += len(new_rows)
-            report = outbox.enforce_cap()
-            if report.total:
-                self._pending -= report.total
-                self._dropped.update(report.by_priority)
-                self._report_drop(report)
-        if acked_ids:
-            self._pending -= outbox.delete(acked_ids)
+        disk_waiting = len(self._spill) > 0 or len(self._undeleted) > 0
+        disk_retry = disk_waiting and self._clock() >= self._disk_retry_s
+        if new_rows or disk_retry:
+            self._store(outbox, new_rows, retry=disk_retry)
+        if acked_ids or disk_retry:
+            self._delete(outbox, acked_ids)
         if self._link_up and self._sending:
             self._fill_window(outbox)
+        self._flush_loss_reports()
+
+    def _store(self, outbox: Outbox, new_rows: list[NewRow], *, retry: bool) -> None:
+        """Store new rows behind any spilled ones; what a full disk refuses waits in the spill."""
+        if len(self._spill) and not retry:
+            self._report_drop(self._spill.add(new_rows))
+            return
+        result = outbox.store([*self._spill.take(), *new_rows])
+        if result.dropped.total:
+            self._pending = outbox.count()
+            self._report_drop(result.dropped)
+        else:
+            self._pending += len(result.ids)
+        if result.unstored:
+            self._note_disk_full(OutboxError(f"outbox {outbox.path}: database or disk is full"))
+            self._report_drop(self._spill.add(result.unstored))
+            self._disk_retry_s = self._clock() + DISK_RETRY_S
+        elif self._disk_full_logged and not self._undeleted:
+            self._disk_full_logged = False
+            LOGGER.warning("outbox %s: the disk takes rows again", outbox.path)
+        self._outbox_disk_bytes = outbox.disk_usage().total_bytes
+        self._outbox_cap_bytes = result.dropped.cap_bytes
+
+    def _delete(self, outbox: Outbox, acked_ids: list[int]) -> None:
+        """Delete acked rows; on a full disk keep their ids for a later try (they are not re-sent)."""
+        ids = [*self._undeleted, *acked_ids]
+        if not ids:
+            return
+        try:
+            self._pending -= outbox.delete(ids)
+            self._undeleted = []
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            self._undeleted = ids
+            self._disk_retry_s = self._clock() + DISK_RETRY_S
+            self._note_disk_full(exc)
 
     def _take_link_event(self, event: _LinkUp | _LinkDown | _LinkRefused | _ConnectFailed) -> None:
         config = self._mqtt_config
@@ -919,7 +1032,8 @@ class Publisher:
         entry = self._in_flight.pop(mid, None)
         if entry is not None:
             row_id, priority = entry
-            acked_ids.append(row_id)
+            if row_id is not None:
+                acked_ids.append(row_id)
             if failure is None:
                 self._acked += 1
             else:
@@ -936,7 +1050,13 @@ class Publisher:
         room = IN_FLIGHT_WINDOW - len(self._in_flight)
         if room <= 0:
             return
-        for row in outbox.pending(after_id=self._cursor, limit=room):
+        rows = outbox.pending(after_id=self._cursor, limit=room)
+        if len(rows) < room and len(self._spill):
+            # Every stored row is handed: the spilled rows (newer than all of them) follow, from memory.
+            for spilled in self._spill.take(room - len(rows)):
+                info = client.publish(spilled.topic, spilled.payload, qos=spilled.qos, retain=spilled.retain)
+                self._in_flight[info.mid] = (None, spilled.priority)
+        for row in rows:
             self._cursor = row.id
             try:
                 info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
@@ -950,21 +1070,51 @@ class Publisher:
             self._in_flight[info.mid] = (row.id, row.priority)
 
     def _report_drop(self, report: DropReport) -> None:
-        """Report a cap drop as an OUTBOX_DROPPED event per affected bed (through `submit`)."""
+        """Count a drop (cap, full disk, spill bound); `_flush_loss_reports` tells the station."""
+        if report.total:
+            self._dropped.update(report.by_priority)
+            self._losses.add(report)
+
+    def _flush_loss_reports(self, *, final: bool = False) -> None:
+        """Report the drops since the last report: one WARNING line and one event per bed.
+
+        The first drop is reported at once, later ones at most every `LOSS_REPORT_INTERVAL_S`, each
+        with the counts since the previous report, so a long outage cannot flood log or outbox. The
+        events carry `LOSS_REPORT` priority: only a full outbox of loss reports can shed one. At stop
+        (`final`) nothing can be submitted any more: the remainder is logged.
+        """
+        losses = self._losses
+        now_s = self._clock()
+        if not losses.by_topic or (now_s < self._next_loss_report_s and not final):
+            return
+        self._next_loss_report_s = now_s + LOSS_REPORT_INTERVAL_S
+        self._losses = _LossTally()
+        counts = ", ".join(f"{p.name.lower()}={n}" for p, n in sorted(losses.by_priority.items()))
+        cause = (
+            f"outbox above its cap of {losses.cap_bytes} bytes"
+            f" (max_bytes {self._store_config.max_bytes}, less when the disk is short)"
+            if losses.cap_bytes
+            else "disk full, memory bound reached"
+        )
+        LOGGER.warning(
+            "%s: dropped %d messages (%s) in %d passes since the last report%s",
+            cause,
+            sum(losses.by_priority.values()),
+            counts,
+            losses.passes,
+            "; reported on the beds' events topics" if not final else "; not reported (stopping)",
+        )
+        if final:
+            return
         prefix = f"{self._topics.root}/bed/"
         per_bed: dict[str, Counter[str]] = {}
-        for topic, count in report.by_topic.items():
+        for topic, count in losses.by_topic.items():
             if topic.startswith(prefix):
-                bed = topic[len(prefix) :].split("/", 1)[0]
-                per_bed.setdefault(bed, Counter())[topic] += count
-            else:
-                LOGGER.warning("outbox cap dropped %d messages of %s (no bed to report it on)", count, topic)
-        detail_counts = ", ".join(f"{p.name.lower()}={n}" for p, n in sorted(report.by_priority.items()))
+                per_bed.setdefault(topic[len(prefix) :].split("/", 1)[0], Counter())[topic] += count
         loop = self._loop
         for bed, topics in per_bed.items():
-            detail = (
-                f"outbox above its cap of {self._store_config.max_bytes} bytes: dropped {detail_counts}; "
-                + ", ".join(f"{topic}: {n}" for topic, n in sorted(topics.items()))
+            detail = f"{cause}: dropped {counts}; " + ", ".join(
+                f"{topic}: {n}" for topic, n in sorted(topics.items())
             )
             if loop is None or loop.is_closed():
                 LOGGER.warning("cannot report the outbox drop on bed %s: no event loop (%s)", bed, detail)
@@ -981,7 +1131,7 @@ class Publisher:
             topic=self._topics.events(bed),
             bed=bed,
             body=EventBody(kind=EventKind.OUTBOX_DROPPED, detail=detail, at=self._wall_clock()),
-            priority=DeliveryPriority.STATE,
+            priority=DeliveryPriority.LOSS_REPORT,
         )
 
     def _shutdown(self) -> None:
@@ -1015,6 +1165,11 @@ class Publisher:
                 self._step_events_only()
             finally:
                 self._outbox.close()
+        if len(self._spill):
+            lost = self._spill.take()
+            self._dropped.update(Counter(row.priority for row in lost))
+            LOGGER.warning("%d rows held in memory (the disk was full) are lost with this stop", len(lost))
+        self._flush_loss_reports(final=True)
         LOGGER.info(
             "publisher session %d stopped: %d rows stay in the outbox for the next start",
             self._worker_session,

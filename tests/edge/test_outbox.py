@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import os
 import sqlite3
+import stat
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from edge.outbox import DeliveryPriority, NewRow, Outbox, OutboxError
+from edge.outbox import DeliveryPriority, NewRow, Outbox, OutboxError, Spill
 
 CAP_BYTES = 256 * 1024
 
@@ -96,9 +100,7 @@ def test_append_many_is_one_transaction(outbox: Outbox) -> None:
     assert outbox.count() == 0
 
 
-def test_cap_drops_observations_first_then_state_alarms_last(
-    outbox: Outbox, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_cap_drops_observations_first_then_state_alarms_last(outbox: Outbox) -> None:
     alarms = outbox.append_many(
         [_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(10)]
     )
@@ -109,9 +111,9 @@ def test_cap_drops_observations_first_then_state_alarms_last(
         [_row(f"b/vitals/{i % 2}", priority=DeliveryPriority.OBSERVATION, size=2000) for i in range(100)]
     )
     assert outbox.size_bytes() > CAP_BYTES
-    with caplog.at_level(logging.WARNING, logger="edge.outbox"):
-        report = outbox.enforce_cap()
+    report = outbox.enforce_cap()
     assert outbox.size_bytes() <= CAP_BYTES
+    assert report.size_after_bytes == outbox.disk_usage().total_bytes <= report.cap_bytes == CAP_BYTES
     assert set(report.by_priority) == {DeliveryPriority.OBSERVATION}
     dropped = report.by_priority[DeliveryPriority.OBSERVATION]
     assert dropped == report.total
@@ -120,7 +122,6 @@ def test_cap_drops_observations_first_then_state_alarms_last(
     remaining = [r.id for r in outbox.pending(after_id=0, limit=1000)]
     # the oldest observations went, every alarm and state row stayed
     assert remaining == alarms + states + observations[dropped:]
-    assert any("dropped" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 
 def test_cap_drops_state_after_all_observations_and_alarms_last(outbox: Outbox) -> None:
@@ -179,3 +180,153 @@ def test_unopenable_path_raises_naming_path(tmp_path: Path) -> None:
         Outbox(path=path, max_bytes=CAP_BYTES).open()
     assert str(path) in str(caught.value)
     assert "cannot open" in str(caught.value)
+
+
+def _disk_bytes(path: Path) -> int:
+    """Bytes the outbox occupies on disk: the database, its WAL, journal and shared-memory files."""
+    return sum(
+        p.stat().st_size
+        for p in (path, *(Path(f"{path}{s}") for s in ("-wal", "-journal", "-shm")))
+        if p.exists()
+    )
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        box = Outbox(path=tmp_path / "outbox.db", max_bytes=CAP_BYTES)
+        box.open()
+        box.append_many([_row("t", priority=DeliveryPriority.STATE)])
+        modes = {
+            p.name: stat.S_IMODE(p.stat().st_mode)
+            for p in tmp_path.iterdir()
+            if p.name.startswith("outbox.db")
+        }
+        box.close()
+    finally:
+        os.umask(previous)
+    assert {"outbox.db", "outbox.db-wal", "outbox.db-shm"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o600)
+
+
+def test_files_on_disk_stay_under_the_cap_during_a_write_burst(tmp_path: Path) -> None:
+    """The cap bounds database + WAL + journal + shm at every moment, not only the pages in use."""
+    # Red before the fix (append_many + enforce_cap): "outbox files reached 5595720 bytes on disk with a
+    # cap of 1048576".
+    path = tmp_path / "outbox.db"
+    cap = 1024 * 1024
+    box = Outbox(path=path, max_bytes=cap)
+    box.open()
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                peak = max(peak, _disk_bytes(path))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for wave in range(60):  # ~6 MB in batches of 50 rows, 1 to 4 KB each, mixed priorities
+            batch = [
+                _row(
+                    f"b/{wave % 3}",
+                    priority=DeliveryPriority(1 + (wave + i) % 3),
+                    size=1000 + (i * 997) % 3000,
+                    tag=i,
+                )
+                for i in range(50)
+            ]
+            box.store(batch)
+            peak = max(peak, _disk_bytes(path))
+        # the broker is back: acked rows are deleted 64 at a time while new rows keep coming
+        last_id = box.pending(after_id=0, limit=100_000)[-1].id
+        while rows := [r for r in box.pending(after_id=0, limit=64) if r.id <= last_id]:
+            box.delete(r.id for r in rows)
+            box.store([_row("b/0", priority=DeliveryPriority.OBSERVATION, size=500)])
+            peak = max(peak, _disk_bytes(path))
+    finally:
+        stop.set()
+        sampler.join()
+        box.close()
+    assert peak <= cap, f"outbox files reached {peak} bytes on disk with a cap of {cap}"
+
+
+def test_loss_reports_are_shed_only_after_every_alarm(outbox: Outbox) -> None:
+    reports = outbox.store(
+        [_row("b/events", priority=DeliveryPriority.LOSS_REPORT, size=2000, tag=i) for i in range(10)]
+    ).ids
+    result = outbox.store([_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(200)])
+    assert set(result.dropped.by_priority) == {DeliveryPriority.ALARM}
+    assert result.unstored == []
+    left = outbox.pending(after_id=0, limit=1000)
+    assert [r.id for r in left[: len(reports)]] == reports
+    assert {r.priority for r in left[len(reports) :]} == {DeliveryPriority.ALARM}
+    assert outbox.disk_usage().total_bytes <= CAP_BYTES
+
+
+def test_incoming_rows_below_everything_stored_are_the_ones_dropped(tmp_path: Path) -> None:
+    cap = 1024 * 1024  # the smallest `store.max_bytes` the config allows
+    outbox = Outbox(path=tmp_path / "outbox.db", max_bytes=cap)
+    outbox.open()
+    try:
+        alarms = outbox.store(
+            [_row("b/alarm", priority=DeliveryPriority.ALARM, size=2000) for _ in range(100)]
+        )
+        assert alarms.dropped.total == 0
+        result = outbox.store(
+            [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=2000, tag=i) for i in range(400)]
+        )
+        assert result.dropped.by_priority.get(DeliveryPriority.OBSERVATION, 0) > 0
+        assert DeliveryPriority.ALARM not in result.dropped.by_priority
+        left = outbox.pending(after_id=0, limit=10_000)
+        assert [r.id for r in left][:100] == alarms.ids
+        assert [r.id for r in left][100:] == result.ids
+        # the observations kept are the newest ones
+        tags = [int.from_bytes(r.payload[:4], "big") for r in left[100:]]
+        assert tags == list(range(400 - len(tags), 400))
+        assert outbox.disk_usage().total_bytes <= cap
+    finally:
+        outbox.close()
+
+
+def test_outbox_made_without_auto_vacuum_is_converted_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path=path, max_bytes=CAP_BYTES)
+    box.open()
+    box.append_many([_row("t", priority=DeliveryPriority.STATE, tag=3)])
+    db = box._conn()
+    db.execute("PRAGMA auto_vacuum=NONE")
+    db.execute("VACUUM")
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    box.close()
+    again = Outbox(path=path, max_bytes=CAP_BYTES)
+    again.open()
+    try:
+        assert again._conn().execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        (row,) = again.pending(after_id=0, limit=10)
+        assert int.from_bytes(row.payload[:4], "big") == 3
+    finally:
+        again.close()
+
+
+def test_spill_keeps_the_newest_state_per_topic_and_sheds_lowest_priority_first() -> None:
+    spill = Spill(max_bytes=20_000)
+    twin = [replace(_row("b/twin", priority=DeliveryPriority.STATE, tag=i), retain=True) for i in range(3)]
+    report = spill.add(twin)
+    assert report.by_topic == {"b/twin": 2}  # a retained topic keeps only its newest state
+    report = spill.add(
+        [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=5000, tag=i) for i in range(3)]
+    )
+    report = spill.add([_row("b/alarm", priority=DeliveryPriority.ALARM, size=5000, tag=i) for i in range(2)])
+    assert report.by_priority == {DeliveryPriority.OBSERVATION: 2}
+    kept = spill.take()
+    assert [(r.topic, int.from_bytes(r.payload[:4], "big")) for r in kept] == [
+        ("b/twin", 2),
+        ("b/vitals", 2),
+        ("b/alarm", 0),
+        ("b/alarm", 1),
+    ]
+    assert len(spill) == 0

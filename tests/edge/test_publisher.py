@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -447,3 +448,40 @@ async def test_tls_connection(tls_broker: MosquittoBroker, tmp_path: Path) -> No
         assert VitalsMessage.model_validate_json(on(messages, VITALS)[0].payload).seq == 0
     finally:
         sub.close()
+
+
+async def test_every_drop_report_reaches_the_broker(
+    broker: MosquittoBroker, tmp_path: Path, subscribe: SubscribeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Many cap passes during an outage: no drop report is itself dropped, and the log is not flooded."""
+    events = TOPICS.events(BED)
+    sub = subscribe(events, persistent=True)
+    await asyncio.to_thread(sub.wait_subscribed)
+    await asyncio.to_thread(broker.stop)
+    pub = make_publisher(broker, tmp_path / "outbox.db", max_bytes=1024 * 1024)
+    await pub.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            for wave in range(40):  # ~4 MB of twin-sized state rows in 40 waves: many cap passes
+                for i in range(10):
+                    pub.submit(
+                        topic=TOPICS.twin(BED),
+                        bed=BED,
+                        body=vitals(wave * 10 + i, observations=40),
+                        retain=True,
+                        priority=DeliveryPriority.STATE,
+                    )
+                await asyncio.sleep(0.05)
+            await until(lambda: pub.stats().dropped.get(DeliveryPriority.STATE, 0) > 0, timeout_s=10)
+            await asyncio.sleep(0.5)  # the reports submitted from the worker's drops reach the outbox
+        await asyncio.to_thread(broker.start)
+        messages = await received(sub, lambda m: len(m) >= 1, timeout_s=15)
+        await until(lambda: pub.stats().pending == 0, timeout_s=15)
+        await asyncio.sleep(0.5)
+    finally:
+        await pub.stop(flush_timeout_s=5.0)
+    reports = [EventMessage.model_validate_json(m.payload) for m in messages]
+    assert {r.kind for r in reports} == {EventKind.OUTBOX_DROPPED}
+    assert [r.seq for r in reports] == list(range(len(reports))), "a drop report was itself dropped"
+    drop_lines = [r for r in caplog.records if r.levelno >= logging.WARNING and "dropped" in r.getMessage()]
+    assert 1 <= len(drop_lines) <= 3, [r.getMessage() for r in drop_lines]
