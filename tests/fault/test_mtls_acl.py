@@ -125,8 +125,26 @@ def twins_with_values(messages: list[Received]) -> int:
     return sum(1 for m in messages if m.topic == f"{bed_topic(BED)}/twin" and json.loads(m.payload)["values"])
 
 
-def connections_refused(broker: MosquittoBroker, reason: str) -> int:
-    return broker.log_tail(lines=100_000).count(reason)
+def log_count(broker: MosquittoBroker, text: str) -> int:
+    """How often `text` occurs in the broker's log."""
+    return broker.log_tail(lines=100_000).count(text)
+
+
+def password_file_in(directory: Path) -> tuple[Path, str]:
+    """Write a fresh MQTT password to a file only its owner can read."""
+    password = f"pw-{secrets.token_urlsafe(24)}"
+    path = directory / "mqtt-password"
+    path.write_text(password + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path, password
+
+
+def assert_no_secret(logs: str, *, password: str, key: Path | None) -> None:
+    """Neither the password nor any line of the client key's PEM appears in `logs`."""
+    assert password not in logs
+    if key is not None:
+        for key_line in key.read_text(encoding="ascii").splitlines():
+            assert key_line not in logs, f"a line of the client key reached a log: {key_line[:12]}..."
 
 
 def departures(broker: MosquittoBroker, identity: str) -> int:
@@ -139,10 +157,7 @@ def departures(broker: MosquittoBroker, identity: str) -> int:
 def test_appliance_with_its_certificate_publishes_and_no_secret_reaches_a_log_line(
     tmp_path: Path, ward_broker: MosquittoBroker, station: CertClient
 ) -> None:
-    password = f"pw-{secrets.token_urlsafe(24)}"
-    password_file = tmp_path / "mqtt-password"
-    password_file.write_text(password + "\n", encoding="utf-8")
-    password_file.chmod(0o600)
+    password_file, password = password_file_in(tmp_path)
     identity = ca_of(ward_broker).client_files(APPLIANCE)
     assert ward_broker.tls_files is not None
     ward = start_ward(
@@ -161,15 +176,13 @@ def test_appliance_with_its_certificate_publishes_and_no_secret_reaches_a_log_li
     # the broker knows the appliance by its certificate, not by the username it sent
     assert f"u'{APPLIANCE}'" in broker_log
     # every topic the daemon published on is one the sample ACL grants it (a denied one is a PUBACK 0x87)
-    assert "rejected" not in daemon_log
+    assert "broker rejected" not in daemon_log
     assert "Denied PUBLISH" not in broker_log
     assert " DEBUG " in daemon_log, (
         "the daemon did not log at DEBUG level: the check below would prove little"
     )
     every_line = "\n".join([daemon_log, broker_log, ward.log(f"simulator-{BED}")])
-    assert password not in every_line
-    for key_line in identity.key.read_text(encoding="ascii").splitlines():
-        assert key_line not in every_line, f"a line of the client key reached a log: {key_line[:12]}..."
+    assert_no_secret(every_line, password=password, key=identity.key)
 
 
 @pytest.mark.parametrize(
@@ -188,12 +201,15 @@ def test_appliance_without_a_certificate_of_the_ward_ca_is_refused(
         if case == "no certificate"
         else CertificateAuthority.create(tmp_path / "other-ca").client_files(APPLIANCE)
     )
+    password_file, password = password_file_in(tmp_path)
     ward = start_ward(
-        tmp_path / "ward", ward_broker, tls_toml(ca=ward_broker.tls_files.ca, identity=identity)
+        tmp_path / "ward",
+        ward_broker,
+        tls_toml(ca=ward_broker.tls_files.ca, identity=identity, password_file=password_file),
     )
     try:
         # the daemon retries every 0.1-0.5 s: three refusals in a row, and never a session
-        assert wait_for(lambda: connections_refused(ward_broker, broker_says) >= 3, timeout_s=30), (
+        assert wait_for(lambda: log_count(ward_broker, broker_says) >= 3, timeout_s=30), (
             ward_broker.log_tail()
         )
         assert ward.daemon is not None
@@ -202,6 +218,8 @@ def test_appliance_without_a_certificate_of_the_ward_ca_is_refused(
         assert station.messages == []
     finally:
         ward.close()
+    # nor does a refused connection, explained at DEBUG level, put a secret in the log
+    assert_no_secret(ward.log("daemon"), password=password, key=identity.key if identity else None)
 
 
 def test_broker_certificate_for_another_name_is_refused_by_the_appliance(tmp_path: Path) -> None:
@@ -214,7 +232,7 @@ def test_broker_certificate_for_another_name_is_refused_by_the_appliance(tmp_pat
         tmp_path / "ward", ward_broker, tls_toml(ca=ward_broker.tls_files.ca, identity=identity)
     )
     try:
-        assert wait_for(lambda: connections_refused(ward_broker, "New connection from") >= 3, timeout_s=30), (
+        assert wait_for(lambda: log_count(ward_broker, "New connection from") >= 3, timeout_s=30), (
             ward_broker.log_tail()
         )
         assert ward.daemon is not None
@@ -244,7 +262,7 @@ def test_plaintext_without_insecure_is_a_config_error(tmp_path: Path, broker: Mo
     try:
         daemon = ward.start_daemon()
         assert daemon.wait(timeout=30) == 78
-        assert "insecure = true" in ward.log("daemon")
+        assert "insecure" in ward.log("daemon")
     finally:
         ward.close()
 
@@ -258,7 +276,7 @@ def test_plaintext_with_insecure_is_loudly_logged(tmp_path: Path, broker: Mosqui
         loud = re.compile(
             r"^.*\b(WARNING|ERROR|CRITICAL)\b.*(plaintext|unencrypted).*$", re.MULTILINE | re.IGNORECASE
         )
-        assert wait_for(lambda: loud.search(ward.log("daemon")) is not None, timeout_s=20), ward.log("daemon")
+        assert wait_for(lambda: loud.search(ward.log("daemon")) is not None, timeout_s=10), ward.log("daemon")
         assert ward.stop_daemon() == 0
     finally:
         ward.close()
