@@ -267,7 +267,6 @@ def test_plaintext_without_insecure_is_a_config_error(tmp_path: Path, broker: Mo
         ward.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs b-connection: the loud plaintext warning at every start")
 def test_plaintext_with_insecure_is_loudly_logged(tmp_path: Path, broker: MosquittoBroker) -> None:
     ward = Ward(workdir=tmp_path, broker=broker, layout=WardLayout(beds=1))
     try:
