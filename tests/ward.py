@@ -39,6 +39,8 @@ class WardLayout:
     store_toml: str = 'synchronous = "normal"'
     engines_toml: str = "[engines]\nenabled = false"
     mqtt_toml: str = ""
+    insecure: bool = True
+    """write `insecure = true` (plaintext); a test that puts `[mqtt.tls]` in mqtt_toml sets False"""
     extra_toml: str = ""
     stale_after_s: float = 10.0
     scenario: str = "steady"
@@ -88,7 +90,7 @@ port = {self.broker.port}
 keepalive = {layout.keepalive_s}
 reconnect_min_s = 0.1
 reconnect_max_s = 0.5
-insecure = true
+{"insecure = true" if layout.insecure else ""}
 {layout.mqtt_toml}
 
 [store]
