@@ -682,7 +682,9 @@ class Publisher:
             config.host,
             config.port,
         )
-        self._publish_snapshot()
+        # Opening the outbox is progress: a watchdog check before the first worker pass must not read the
+        # initial 0.0 as a beat from long ago.
+        self._publish_snapshot(last_progress_s=self._clock())
         return session
 
     def _make_client(self) -> Client:

@@ -8,10 +8,14 @@ and read what a central station would receive. Every process writes its log unde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +182,43 @@ path = "{self.outbox}"
                 process.kill()
                 process.wait()
         self.simulators.clear()
+
+
+class NotifySocket:
+    """systemd's side of sd_notify for a Type=notify service: a datagram socket keeping every line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self.lines: list[str] = []
+
+    def _receive(self, *, timeout_s: float) -> None:
+        self._socket.settimeout(timeout_s)
+        with contextlib.suppress(TimeoutError, BlockingIOError):
+            while True:
+                self.lines.extend(self._socket.recv(4096).decode().splitlines())
+                self._socket.settimeout(0)
+
+    def drain(self) -> None:
+        """Forget what an earlier process said."""
+        self._receive(timeout_s=0)
+        self.lines.clear()
+
+    def wait(self, predicate: Callable[[list[str]], bool], *, timeout_s: float) -> bool:
+        """Wait until predicate holds for the lines received so far; False after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._receive(timeout_s=min(0.05, max(0.0, deadline - time.monotonic())))
+            if predicate(self.lines):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def wait_ready(self, *, timeout_s: float) -> float | None:
+        """Return the monotonic time READY=1 arrived, or None after timeout_s."""
+        return time.monotonic() if self.wait(lambda lines: "READY=1" in lines, timeout_s=timeout_s) else None
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._socket.close()

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,6 +117,19 @@ async def publisher(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Pu
     await pub.start()
     yield pub
     await pub.stop(flush_timeout_s=1.0)
+
+
+async def test_progress_counts_from_start_not_from_the_clock_epoch(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The watchdog reads `last_progress_s` right after `start()`: 0.0 would read as a beat long ago."""
+    pub = make_publisher(broker, tmp_path / "outbox.db")
+    before_s = time.monotonic()
+    await pub.start()
+    try:
+        assert pub.stats().last_progress_s >= before_s
+    finally:
+        await pub.stop(flush_timeout_s=1.0)
 
 
 async def test_birth_payloads_and_seq(publisher: Publisher, subscribe: SubscribeFactory) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import MOSQUITTO, Subscriber, wait_for
+from broker import Subscriber, wait_for
 from delivery_check import check_delivery, outbox_keys
 from ward import ROOT, STATUS_TOPIC, Ward, WardLayout
 
@@ -33,18 +33,6 @@ UP_S = 3.0
 """How long the broker serves between kills."""
 DOWN_S = 1.5
 """How long it stays dead: the daemon keeps polling and buffers in its outbox meanwhile."""
-
-
-@pytest.fixture
-def persistent_broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
-    """A Mosquitto with persistence saved every second, not yet started."""
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto); CI installs it")
-    instance = LocalMosquitto(directory=tmp_path / "broker", persistence=True, autosave_interval_s=1)
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture

@@ -24,22 +24,20 @@ each daemon; `test_pty_that_already_holds_the_line_reopens` pins the transport d
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import secrets
 import signal
-import socket
 import time
 import tty
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import MOSQUITTO, Received, Subscriber, wait_for
+from broker import Received, Subscriber, wait_for
 from delivery_check import Key, check_delivery, outbox_keys
-from ward import ROOT, STATUS_TOPIC, Ward, WardLayout, bed_topic
+from ward import ROOT, STATUS_TOPIC, NotifySocket, Ward, WardLayout, bed_topic
 
 from drivers.medibus.session import DRIVER as MEDIBUS
 from drivers.transport import open_transport
@@ -57,56 +55,13 @@ RETAINED_TOPICS = ("twin", "device/vent-1")
 
 
 @pytest.fixture
-def persistent_broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto); CI installs it")
-    instance = LocalMosquitto(directory=tmp_path / "broker", persistence=True, autosave_interval_s=1)
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
-
-
-@pytest.fixture
 def ward(tmp_path: Path, persistent_broker: LocalMosquitto) -> Iterator[Ward]:
+    persistent_broker.start()
     instance = Ward(workdir=tmp_path, broker=persistent_broker, layout=WardLayout(beds=BEDS))
     try:
         yield instance
     finally:
         instance.close()
-
-
-class NotifySocket:
-    """The datagram socket systemd would listen on for a Type=notify service."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(str(path))
-
-    def drain(self) -> None:
-        """Forget what an earlier process said."""
-        self._socket.settimeout(0)
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self._socket.recv(4096)
-
-    def wait_ready(self, *, timeout_s: float) -> float | None:
-        """Return the monotonic time READY=1 arrived, or None after timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            self._socket.settimeout(left)
-            try:
-                lines = self._socket.recv(4096).decode().splitlines()
-            except TimeoutError:
-                return None
-            if "READY=1" in lines:
-                return time.monotonic()
-        return None
-
-    def close(self) -> None:
-        self._socket.close()
 
 
 def _session_of(message: Received) -> int:

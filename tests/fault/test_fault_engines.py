@@ -11,20 +11,17 @@ the daemon runs without forecasts until the files are intact again (SIGHUP looks
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from broker import MosquittoBroker, Received, Subscriber, wait_for
-from ward import REPO_ROOT, Ward, WardLayout, bed_topic
+from ward import REPO_ROOT, NotifySocket, Ward, WardLayout, bed_topic
 
 from engines.testing import build_test_model
 
@@ -32,33 +29,6 @@ pytestmark = [pytest.mark.integration]
 
 FAKE_GPU_STACK = REPO_ROOT / "tests" / "fake_gpu_stack"
 BED = "bed-01"
-
-
-class NotifySocket:
-    """systemd's side of sd_notify: a datagram socket that keeps every line it receives."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(str(path))
-        self._socket.settimeout(0.2)
-        self.lines: list[str] = []
-
-    def _drain(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            while True:
-                self.lines.extend(self._socket.recv(4096).decode().splitlines())
-
-    def wait(self, predicate: Callable[[list[str]], bool], *, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self._drain()
-            if predicate(self.lines):
-                return True
-        return False
-
-    def close(self) -> None:
-        self._socket.close()
 
 
 @pytest.fixture
