@@ -25,7 +25,7 @@ the WAL (`TRUNCATE`), and if that is not enough it sheds: the oldest row of the 
 first, over the stored and the incoming rows together, down to `CAP_TARGET_FRACTION` of the cap, then
 frees the pages (`incremental_vacuum`) and checkpoints again. After every write the WAL is truncated
 once it passes `wal_budget_bytes` (also `journal_size_limit`). The slack: the projection is an
-estimate; the measured peak is reported by `peak_disk_bytes` and tested against the cap.
+estimate; the tests sample the files on disk during write bursts and hold them to the cap.
 
 Page reuse: databases are created with `auto_vacuum=INCREMENTAL` (it must be set before the first table
 exists), so freed pages can be given back to the filesystem. A database created before that (by an
@@ -215,7 +215,6 @@ class Outbox:
         self._wal_budget_bytes = WAL_BUDGET_MIN_BYTES
         self._cap_bytes = max_bytes
         """The cap in force at the last `store`/`enforce_cap` (deletes keep their WAL within it)."""
-        self._peak_disk_bytes = 0
 
     @property
     def path(self) -> Path:
@@ -231,11 +230,6 @@ class Outbox:
     def wal_budget_bytes(self) -> int:
         """The WAL is truncated once it passes this size (set from the cap in force)."""
         return self._wal_budget_bytes
-
-    @property
-    def peak_disk_bytes(self) -> int:
-        """The largest size of the outbox's files seen since open (after each write and checkpoint)."""
-        return self._peak_disk_bytes
 
     def open(self) -> None:
         """Open (or create) the database; raise OutboxError naming the path and reason on failure."""
@@ -378,7 +372,6 @@ class Outbox:
                 if cursor.lastrowid is None:
                     raise OutboxError(f"outbox {self._path}: insert returned no row id")
                 ids.append(cursor.lastrowid)
-        self._note_disk()
         return ids
 
     def store(self, rows: Sequence[NewRow]) -> StoreResult:
@@ -386,9 +379,7 @@ class Outbox:
 
         Raises sqlite3.Error for anything but a full disk; rows a full disk refused come back unstored.
         """
-        cap = self.effective_cap_bytes()
-        self._set_wal_budget(cap)
-        size_before = self.disk_usage().total_bytes
+        cap, size_before = self._begin_pass()
         tally = _Tally()
         ids: list[int] = []
         remaining = list(rows)
@@ -459,7 +450,6 @@ class Outbox:
             with _transaction(db):
                 for row_id in batch:
                     deleted += db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
-            self._note_disk()
         self._truncate_wal_above(self._wal_budget_bytes)
         return deleted
 
@@ -506,7 +496,16 @@ class Outbox:
 
     def effective_cap_bytes(self) -> int:
         """Return the cap in force: `max_bytes`, or less when the filesystem has less room left."""
+        return self._cap_for(self.disk_usage().total_bytes)
+
+    def _begin_pass(self) -> tuple[int, int]:
+        """Set the WAL budget from the cap in force; return the cap and the bytes on disk now."""
         usage = self.disk_usage().total_bytes
+        cap = self._cap_for(usage)
+        self._set_wal_budget(cap)
+        return cap, usage
+
+    def _cap_for(self, usage: int) -> int:
         try:
             fs = os.statvfs(self._path.parent)
         except OSError:
@@ -517,9 +516,7 @@ class Outbox:
 
     def enforce_cap(self) -> DropReport:
         """Shed stored rows, lowest priority and oldest first, until the files fit the cap in force."""
-        cap = self.effective_cap_bytes()
-        self._set_wal_budget(cap)
-        size_before = self.disk_usage().total_bytes
+        cap, size_before = self._begin_pass()
         tally = _Tally()
         try:
             self._make_room([], cap=cap, tally=tally)
@@ -675,16 +672,7 @@ class Outbox:
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it to zero bytes."""
-        before = self.disk_usage()
         self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        after = self.disk_usage()
-        # While the checkpoint runs the database grows before the WAL is truncated.
-        self._peak_disk_bytes = max(
-            self._peak_disk_bytes, before.total_bytes, after.db_bytes + before.wal_bytes + before.other_bytes
-        )
-
-    def _note_disk(self) -> None:
-        self._peak_disk_bytes = max(self._peak_disk_bytes, self.disk_usage().total_bytes)
 
     def _report(self, tally: _Tally, size_before: int, cap: int) -> DropReport:
         report = DropReport(

@@ -875,7 +875,7 @@ class Publisher:
         elif self._disk_full_logged and not self._undeleted:
             self._disk_full_logged = False
             LOGGER.warning("outbox %s: the disk takes rows again", outbox.path)
-        self._outbox_disk_bytes = outbox.disk_usage().total_bytes
+        self._outbox_disk_bytes = result.dropped.size_after_bytes
         self._outbox_cap_bytes = result.dropped.cap_bytes
 
     def _delete(self, outbox: Outbox, acked_ids: list[int]) -> None:
