@@ -1053,11 +1053,6 @@ class Publisher:
         if room <= 0:
             return
         rows = outbox.pending(after_id=self._cursor, limit=room)
-        if len(rows) < room and len(self._spill):
-            # Every stored row is handed: the spilled rows (newer than all of them) follow, from memory.
-            for spilled in self._spill.take(room - len(rows)):
-                info = client.publish(spilled.topic, spilled.payload, qos=spilled.qos, retain=spilled.retain)
-                self._in_flight[info.mid] = (None, spilled.priority)
         for row in rows:
             self._cursor = row.id
             try:
@@ -1070,6 +1065,12 @@ class Publisher:
                 continue
             # MQTT_ERR_NO_CONN: paho keeps the message and sends it after the next CONNACK.
             self._in_flight[info.mid] = (row.id, row.priority)
+        if len(rows) < room and len(self._spill):
+            # Every stored row is handed: the spilled rows (newer than all of them) follow, from memory,
+            # after the stored ones of this pass, so each topic keeps its order.
+            for spilled in self._spill.take(room - len(rows)):
+                info = client.publish(spilled.topic, spilled.payload, qos=spilled.qos, retain=spilled.retain)
+                self._in_flight[info.mid] = (None, spilled.priority)
 
     def _report_drop(self, report: DropReport) -> None:
         """Count a drop (cap, full disk, spill bound); `_flush_loss_reports` tells the station."""
