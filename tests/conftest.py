@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from broker import MOSQUITTO, MosquittoBroker, Subscriber
+from broker import MosquittoBroker, Subscriber, require_mosquitto
 
 
 def _running_broker(
     directory: Path, *, tls: bool = False, persistence: bool = False
 ) -> Iterator[MosquittoBroker]:
-    if MOSQUITTO is None:
-        if os.environ.get("CI"):
-            pytest.fail("mosquitto is not installed, but CI must run the broker tests (tools/bootstrap.sh)")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto); CI installs it")
+    require_mosquitto()
     instance = MosquittoBroker(directory=directory, tls=tls, persistence=persistence)
     instance.start()
     try:

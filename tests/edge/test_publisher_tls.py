@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from broker import MOSQUITTO, MosquittoBroker
+from broker import MosquittoBroker, require_mosquitto
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -125,10 +124,7 @@ BrokerFactory = Callable[..., LocalMosquitto]
 @pytest.fixture
 def tls_broker_with(tmp_path: Path) -> Iterator[BrokerFactory]:
     """Return a factory of running TLS Mosquittos with the given files (and extra listener lines)."""
-    if MOSQUITTO is None:
-        if os.environ.get("CI"):
-            pytest.fail("mosquitto is not installed, but CI must run the broker tests (tools/bootstrap.sh)")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto); CI installs it")
+    require_mosquitto()
     started: list[LocalMosquitto] = []
 
     def make(files: TlsFiles, *, extra_lines: tuple[str, ...] = ()) -> LocalMosquitto:

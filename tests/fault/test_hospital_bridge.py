@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from broker import MOSQUITTO, Bridge, BridgeTopic, MosquittoBroker, Received, Subscriber, wait_for
+from broker import (
+    Bridge,
+    BridgeTopic,
+    MosquittoBroker,
+    Received,
+    Subscriber,
+    require_mosquitto,
+    wait_for,
+)
 from ward import ROOT, STATUS_TOPIC, Ward, WardLayout, bed_topic
 
 pytestmark = [pytest.mark.integration]
@@ -35,8 +43,7 @@ class Brokers:
 
 @pytest.fixture
 def brokers(tmp_path: Path) -> Iterator[Brokers]:
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto); CI installs it")
+    require_mosquitto()
     hospital = MosquittoBroker(directory=tmp_path / "hospital-broker", tls=True, persistence=True)
     assert hospital.tls_files is not None
     bridge = Bridge(

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 from broker import (
-    MOSQUITTO,
     CertAndKey,
     CertClient,
     CertificateAuthority,
     ListenerSecurity,
     MosquittoBroker,
     Received,
+    require_mosquitto,
     wait_for,
 )
 from ward import APPLIANCE, REPO_ROOT, ROOT, STATUS_TOPIC, Ward, WardLayout, bed_topic
@@ -56,8 +56,7 @@ def ward_broker_at(
     directory: Path, *, server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
 ) -> MosquittoBroker:
     """A ward broker set up as systemd/README.md says, not yet started."""
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto); CI installs it")
+    require_mosquitto()
     directory.mkdir(parents=True, exist_ok=True)
     return MosquittoBroker(
         directory=directory,
