@@ -141,8 +141,8 @@ def write_manifest(directory: Path) -> Path:
     return manifest
 
 
-def verify_manifest(directory: Path) -> None:
-    """Raise ModelError, naming the file, unless every file in directory is listed and matches."""
+def verify_manifest(directory: Path) -> dict[str, str]:
+    """Return the SHA-256 of each file by name; raise ModelError, naming the file, unless all match."""
     manifest = directory / MANIFEST_FILE
     try:
         text = manifest.read_text(encoding="utf-8")
@@ -175,22 +175,24 @@ def verify_manifest(directory: Path) -> None:
                 f"{path}: SHA-256 {actual[:12]}… does not match {MANIFEST_FILE} ({digest[:12]}…): "
                 "tampered or damaged: refusing the model"
             )
+    return expected
 
 
 def load_model(directory: Path) -> InstalledModel:
     """Check the directory's manifest, read `card.json`, and check `model.onnx` against the card."""
     card_path = directory / "card.json"
     onnx_path = directory / "model.onnx"
-    verify_manifest(directory)
+    digests = verify_manifest(directory)
     try:
         card = ModelCard.model_validate_json(card_path.read_bytes())
     except OSError as exc:
         raise ModelError(f"{card_path}: cannot read: {exc.strerror or exc}") from exc
     except ValidationError as exc:
         raise ModelError(f"{card_path}: invalid model card: {exc.error_count()} error(s): {exc}") from exc
-    if not onnx_path.is_file():
+    # The manifest check just hashed model.onnx (a model directory without it is refused there).
+    actual = digests.get(onnx_path.name)
+    if actual is None:
         raise ModelError(f"{onnx_path}: missing")
-    actual = sha256_file(onnx_path)
     if actual != card.onnx_sha256:
         raise ModelError(
             f"{onnx_path}: SHA-256 {actual[:12]}… does not match its card ({card.onnx_sha256[:12]}…)"

@@ -35,7 +35,6 @@ from engines.catalog import (
     load_model,
     scan_models,
     select_model,
-    verify_manifest,
     write_manifest,
 )
 from engines.plan_cache import PlanCache, Precision
@@ -278,12 +277,10 @@ def _manifest(args: argparse.Namespace) -> int:
             print(f"{directory}: not a directory", file=sys.stderr)
             return EX_CONFIG
         try:
-            if args.check:
-                verify_manifest(directory)
-            else:
+            if not args.check:
                 written = write_manifest(directory)
                 print(f"wrote {written} ({len(written.read_text().splitlines())} files)")
-            model = load_model(directory)
+            model = load_model(directory)  # checks every file against the manifest
         except ModelError as exc:
             print(f"FAIL {exc}")
             status = EX_FAILED
