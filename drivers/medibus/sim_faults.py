@@ -48,8 +48,6 @@ class FaultyLine:
         self._rng = random.Random(faults.seed)  # noqa: S311 - repeatable line noise, not secrecy
         self._cut_due_s = math.inf if faults.power_off_after_s is None else start_s + faults.power_off_after_s
         self._power_on_s: float | None = None
-        self.flipped_bytes = 0
-        self.power_cuts = 0
 
     def powered(self, *, now_s: float) -> bool:
         """Return whether the device has power at now_s."""
@@ -74,7 +72,6 @@ class FaultyLine:
             end = data.find(_FRAME_END)
             cut = (end + 1) // 2 if end > 0 else len(data) // 2
             self._power_on_s = now_s + self.faults.power_off_s
-            self.power_cuts += 1
             LOGGER.info(
                 "simulator: power off mid-frame after %d of %d bytes, for %.1f s",
                 cut,
@@ -92,5 +89,4 @@ class FaultyLine:
         for index in range(len(out)):
             if self._rng.random() < rate:
                 out[index] ^= 1 << self._rng.randrange(8)
-                self.flipped_bytes += 1
         return bytes(out)

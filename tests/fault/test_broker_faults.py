@@ -11,8 +11,6 @@ The ward polls each bed at the MEDIBUS default cadence (`poll_interval_s = 1.0`,
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 from broker import Subscriber, wait_for
 from delivery_check import check_delivery, outbox_keys
-from ward import ROOT, STATUS_TOPIC, Ward, WardLayout
+from ward import ROOT, STATUS_TOPIC, NotifySocket, Ward, WardLayout
 
 from tools.local_broker import LocalMosquitto
 
@@ -126,22 +124,14 @@ def test_broker_unreachable_at_daemon_start_everything_buffered_arrives(
 ) -> None:
     persistent_broker.start()
     station = _station(persistent_broker)  # the station's session exists before the outage
-    notify_path = tmp_path / "notify.sock"
-    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    systemd.bind(str(notify_path))
-    systemd.settimeout(0.2)
+    systemd = NotifySocket(tmp_path / "notify.sock")
     try:
         persistent_broker.stop()  # a clean stop saves the station's session
         ward.start_simulators()
-        ward.start_daemon(env={"NOTIFY_SOCKET": str(notify_path)})
-        datagrams: list[str] = []
-
-        def ready() -> bool:
-            with contextlib.suppress(TimeoutError):
-                datagrams.extend(systemd.recv(4096).decode().splitlines())
-            return "READY=1" in datagrams
-
-        assert wait_for(ready, timeout_s=20), f"READY=1 while the broker is down\n{ward.log('daemon')}"
+        ward.start_daemon(env={"NOTIFY_SOCKET": str(systemd.path)})
+        assert systemd.wait_ready(timeout_s=20) is not None, (
+            f"READY=1 while the broker is down\n{ward.log('daemon')}"
+        )
         assert wait_for(lambda: _outbox_rows(ward) >= 3 * BEDS, timeout_s=30), (
             f"the daemon buffers while the broker is down\n{ward.log('daemon')[-3000:]}"
         )
