@@ -38,6 +38,9 @@ class Measurement:
     mdc_code: str | None = None
     """IEEE 11073 MDC reference id where one exists (`MDC_PRESS_AWAY_INSP_PEAK`)."""
     valid: bool = True
+    device_flag: str | None = None
+    """The device's own word for why the value is not valid (`questionable`, `under_range`,
+    `calibrating`, ...), when it said one; shown next to the null value, never instead of it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +97,40 @@ class TextMessagesReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WaveformChunk:
+    """Consecutive samples of one waveform signal, in physical units, oldest first.
+
+    `signal` is a name of `drivers.vocabulary.WAVES`; a sample the device marked invalid is None.
+    The chunk's last sample is the newest the device sent; the edge time-stamps it on receipt
+    (and trusts `device_time`, the first sample's time, only where the protocol gives one).
+    """
+
+    signal: str
+    unit: str
+    sample_period_s: float
+    samples: tuple[float | None, ...]
+    device_code: str
+    label: str
+    device_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataRefused:
+    """The device sent values that must never reach a twin (demo or test data): they were dropped.
+
+    Sent on every refused set, so the device status keeps saying why the bed has no values from it
+    for as long as the device keeps sending such data; a valid `MeasurementsReceived` ends it.
+    """
+
+    reason: str
+    """Machine-readable: `demo_data`, `test_data`."""
+    detail: str
+    """One line for the device status (`monitor in demo mode: its values are refused`)."""
+    count: int
+    """How many values this set refused."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LinkUp:
     """The protocol handshake completed; data will follow."""
 
@@ -110,7 +147,14 @@ class LinkDown:
 
 
 DriverEvent = (
-    MeasurementsReceived | SettingsReceived | DeviceAlarmsReceived | TextMessagesReceived | LinkUp | LinkDown
+    MeasurementsReceived
+    | SettingsReceived
+    | DeviceAlarmsReceived
+    | TextMessagesReceived
+    | WaveformChunk
+    | DataRefused
+    | LinkUp
+    | LinkDown
 )
 
 
@@ -187,7 +231,11 @@ class DeviceSession(Protocol):
         """Return the monotonic time at which `poll` must run next."""
 
     def data_to_send(self) -> bytes:
-        """Return (and forget) the bytes to write to the transport."""
+        """Return (and forget) the bytes to write to the transport.
+
+        The caller writes and calls again until it gets b"": a session on a datagram transport
+        (IntelliVue LAN) hands back one message per call, a stream session everything at once.
+        """
 
     def events(self) -> list[DriverEvent]:
         """Return (and forget) the events produced since the last call."""

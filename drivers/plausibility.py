@@ -71,6 +71,7 @@ _RATE_VENT = "respiratory rate: apnoea 0, neonatal conventional ventilation up t
 _O2_FRACTION = "oxygen concentration: cannot exceed 100 %, not below air minus sensor tolerance (18 %)"
 _CARDIAC_RATE = "heart/pulse rate: asystole 0, neonatal SVT and the monitors' range up to 350/min"
 _ART_PRESSURE = "invasive/non-invasive arterial pressure: transducer and cuff range 0-300 mmHg"
+_PULMONARY_PRESSURE = "pulmonary artery pressure: slightly negative on inspiration, severe PH to ~120 mmHg"
 
 TABLE: Mapping[str, PlausibleRange] = _rows(
     # ---- ventilator measured values (MEDIBUS codepage 1) ------------------------------------------------
@@ -247,11 +248,22 @@ TABLE: Mapping[str, PlausibleRange] = _rows(
         forecast_minimum=20.0,
         forecast_maximum=200.0,
     ),
-    _R(key="sbp", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
-    _R(key="dbp", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
-    _R(key="nbp_map", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
+    _R(key="abp_sys", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
+    _R(key="abp_dia", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
+    _R(key="abp_mean", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
     _R(key="nbp_sys", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
     _R(key="nbp_dia", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
+    _R(key="nbp_mean", unit="mm[Hg]", minimum=0.0, maximum=300.0, rationale=_ART_PRESSURE),
+    _R(key="pap_sys", unit="mm[Hg]", minimum=-10.0, maximum=150.0, rationale=_PULMONARY_PRESSURE),
+    _R(key="pap_dia", unit="mm[Hg]", minimum=-10.0, maximum=150.0, rationale=_PULMONARY_PRESSURE),
+    _R(key="pap_mean", unit="mm[Hg]", minimum=-10.0, maximum=150.0, rationale=_PULMONARY_PRESSURE),
+    _R(
+        key="icp",
+        unit="mm[Hg]",
+        minimum=-20.0,
+        maximum=200.0,
+        rationale="intracranial pressure: negative when drained, transducer range to 200 mmHg",
+    ),
     _R(
         key="cvp",
         unit="mm[Hg]",
@@ -265,6 +277,15 @@ TABLE: Mapping[str, PlausibleRange] = _rows(
         minimum=10.0,
         maximum=45.0,
         rationale="body temperature: accidental hypothermia survivors below 15 C, hyperthermia to ~44 C",
+    ),
+    _R(key="temp_2", unit="Cel", minimum=10.0, maximum=45.0, rationale="second temperature site: as temp"),
+    _R(key="temp_blood", unit="Cel", minimum=10.0, maximum=45.0, rationale="blood temperature: as temp"),
+    _R(
+        key="imco2",
+        unit="mm[Hg]",
+        minimum=0.0,
+        maximum=150.0,
+        rationale="inspired CO2: capnograph range (rebreathing raises it above 0)",
     ),
     _R(
         key="pi", unit="%", minimum=0.0, maximum=30.0, rationale="perfusion index: oximeters report 0.02-20 %"

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from drivers.base import DeviceSession, SerialSettings
+from drivers.vocabulary import DeviceKind
 
 _DRIVERS: dict[str, str] = {
     "medibus": "drivers.medibus.session:DRIVER",
@@ -27,6 +28,10 @@ class DriverInfo:
     """Return one problem per bad option (name -> what is wrong and what is allowed): unknown names,
     types, ranges, non-finite numbers. Empty means `create_session` accepts the options. The config
     check calls it, so `config check` and `run` refuse the same options."""
+    device_kind: DeviceKind
+    """What the driver talks to: the default source precedence of a bed's twin follows it."""
+    connections: frozenset[str] = frozenset({"port"})
+    """How the device's data may arrive: `port` (serial or socket://), `address` (udp://), `listen`."""
     option_names: frozenset[str] = frozenset()
     """Driver options the config may set under the device (anything else is a config error)."""
 

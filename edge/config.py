@@ -14,6 +14,7 @@ are printed and logged and change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import grp
 import ipaddress
@@ -24,6 +25,7 @@ import ssl
 import stat
 import tomllib
 import typing
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -164,14 +166,62 @@ class MqttConfig(_Section):
 
 
 DriverOption = bool | int | float | str
+CONNECTIONS = ("port", "address", "listen")
+"""How a device's data may reach the appliance (a driver says which of them it speaks)."""
+
+
+def address_problem(url: str) -> str | None:
+    """Return why url is no `udp://HOST:PORT` address of a networked device (None when it is)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "udp":
+        return "must be udp://HOST:PORT (a monitor's LAN data export address)"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or not 1 <= port <= 65535:
+        return "udp:// needs a host and a port 1-65535 (udp://HOST:PORT)"
+    if parts.path not in {"", "/"} or parts.query or parts.fragment or parts.username:
+        return "udp:// takes only host:port (no path, options or user)"
+    return None
+
+
+def listen_problem(value: str) -> str | None:
+    """Return why value is no `HOST:PORT` to listen on (None when it is); IPv6 as `[::1]:2575`."""
+    parts = urllib.parse.urlsplit(f"//{value}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or not 1 <= port <= 65535 or parts.path or parts.username:
+        return "must be HOST:PORT with a port 1-65535 (127.0.0.1:2575, [::1]:2575, 0.0.0.0:2575)"
+    return None
+
+
+def endpoint_identity(endpoint: str) -> str | None:
+    """Return the name every spelling of one endpoint shares (None: nobody else can reach it)."""
+    if endpoint.startswith(("udp://", "listen://")):
+        scheme, _, rest = endpoint.partition("://")
+        parts = urllib.parse.urlsplit(f"//{rest}")
+        host = (parts.hostname or "").lower().rstrip(".")
+        with contextlib.suppress(ValueError):
+            host = ipaddress.ip_address(host).compressed
+        return f"{scheme}://{host}:{parts.port}"
+    return port_identity(endpoint)
 
 
 class DeviceConfig(_Section):
-    """One bedside device and the port it is cabled to."""
+    """One bedside device and where its data comes from: a port, a network address or a listener."""
 
     id: Identifier
     driver: str
-    port: str = Field(min_length=1, description=PORT_FORMS)
+    port: str | None = Field(default=None, min_length=1, description=PORT_FORMS)
+    address: str | None = Field(
+        default=None, description="udp://HOST:PORT of a networked device (IntelliVue LAN: port 24105)"
+    )
+    listen: str | None = Field(
+        default=None, description="HOST:PORT to accept connections on (HL7 over MLLP: 127.0.0.1:2575)"
+    )
     baud: int | None = Field(default=None, gt=0, le=4_000_000, description="default: the driver's")
     parity: Literal["N", "E", "O"] | None = Field(default=None, description="default: the driver's")
     options: dict[str, DriverOption] = Field(default_factory=dict, description="driver options")
@@ -185,11 +235,51 @@ class DeviceConfig(_Section):
 
     @field_validator("port")
     @classmethod
-    def _port_form(cls, value: str) -> str:
-        problem = port_problem(value)
+    def _port_form(cls, value: str | None) -> str | None:
+        problem = None if value is None else port_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str | None) -> str | None:
+        problem = None if value is None else address_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_form(cls, value: str | None) -> str | None:
+        problem = None if value is None else listen_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _one_connection_the_driver_speaks(self) -> DeviceConfig:
+        """A device has exactly one of port, address and listen, and its driver must speak it."""
+        given = [name for name in CONNECTIONS if getattr(self, name) is not None]
+        allowed = sorted(get_driver(self.driver).connections)
+        if len(given) != 1:
+            takes = " or ".join(allowed)
+            raise ValueError(
+                f"give exactly one of {', '.join(CONNECTIONS)} (driver {self.driver} takes {takes})"
+            )
+        if given[0] not in allowed:
+            raise ValueError(f"driver {self.driver} takes {' or '.join(allowed)}, not {given[0]}")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """Return where the data comes from, as the device status shows it: a port, udp://, listen://."""
+        if self.address is not None:
+            return self.address
+        if self.listen is not None:
+            return f"listen://{self.listen}"
+        assert self.port is not None  # _one_connection_the_driver_speaks
+        return self.port
 
     @model_validator(mode="after")
     def _options_as_the_driver_judges_them(self) -> DeviceConfig:
@@ -318,19 +408,22 @@ class AppConfig(_Section):
                         )
                     )
                 device_at.setdefault(device.id, k)
-                identity = port_identity(device.port)
+                identity = endpoint_identity(device.endpoint)
                 if identity is None:
                     continue
                 if identity in port_user:
                     first_bed, first = port_user[identity]
-                    if first.port != device.port:
-                        where = f"{identity} ({first.port} and {device.port})"
+                    if first.endpoint != device.endpoint:
+                        where = f"{identity} ({first.endpoint} and {device.endpoint})"
+                    elif identity == device.endpoint:
+                        where = device.endpoint
                     else:
-                        where = device.port if identity == device.port else f"{device.port} (= {identity})"
+                        where = f"{device.endpoint} (= {identity})"
+                    field = next(name for name in CONNECTIONS if getattr(device, name) is not None)
                     problems.append(
                         _problem(
-                            ("bed", i, "device", k, "port"),
-                            device.port,
+                            ("bed", i, "device", k, field),
+                            getattr(device, field),
                             f"bed {first_bed} device {first.id} and bed {bed.id} device {device.id} both use "
                             f"{where}; a port carries one device to one bed",
                         )
@@ -504,7 +597,7 @@ def _file_problems(config: AppConfig) -> tuple[list[str], list[str]]:
         if not bed.device:
             warnings.append(f"bed[{i}]: bed {bed.id} has no device; its twin will stay empty")
         for k, device in enumerate(bed.device):
-            if _PLUG_ORDER_NAME.fullmatch(device.port):
+            if device.port is not None and _PLUG_ORDER_NAME.fullmatch(device.port):
                 warnings.append(
                     f"bed[{i}].device[{k}].port: {device.port} is numbered in plug order, so after a replug "
                     f"or reboot it may be another bed's device; use its /dev/serial/by-id/... name"

@@ -92,7 +92,7 @@ class Daemon:
                     device=device.id,
                     driver=device.driver,
                     protocol=driver.protocol,
-                    port=device.port,
+                    port=device.endpoint,
                 )
                 identities.append(identity)
                 self._sessions[(bed.id, device.id)] = session

@@ -168,8 +168,7 @@ class DeviceLink:
         while not self._stop.is_set():
             now_s = time.monotonic()
             self.last_progress_s = now_s
-            outgoing = session.data_to_send()
-            if outgoing:
+            while outgoing := session.data_to_send():
                 transport.write(outgoing)
             data = transport.read(max_bytes=READ_CHUNK_BYTES)
             now_s = time.monotonic()

@@ -319,8 +319,6 @@ class ForecastMessage(Envelope, ForecastBody):
     """`R/bed/{bed}/forecast`, retained, QoS 1."""
 
 
-
-
 def utc_now() -> datetime:
     """Return the wall clock as an aware UTC datetime."""
     return datetime.now(tz=UTC)

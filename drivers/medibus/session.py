@@ -47,6 +47,7 @@ from drivers.medibus.device import (
     parse_text_messages,
 )
 from drivers.registry import DriverInfo
+from drivers.vocabulary import DeviceKind
 
 LOGGER = logging.getLogger(__name__)
 
@@ -376,5 +377,6 @@ DRIVER = DriverInfo(
     default_line=SerialSettings(baud=19200, bytesize=8, parity="E", stopbits=1),
     create_session=create_session,
     check_options=option_problems,
+    device_kind=DeviceKind.VENTILATOR,
     option_names=frozenset(f.name for f in fields(MedibusOptions)),
 )

@@ -12,7 +12,7 @@ from engines.spec import CONTEXT, SIGNALS
 
 UCUM_UNITS = {"mbar", "mL", "L/min", "mL/min", "%", "mm[Hg]", "kPa", "/min", "1", "/min/L", "L/bar", "s"}
 UCUM_UNITS |= {"mbar/(L/s)", "Cel"}
-MONITOR_KEYS = {"hr", "pr", "spo2", "map", "sbp", "dbp", "nbp_map", "nbp_sys", "nbp_dia", "cvp", "temp", "rr"}
+MONITOR_KEYS = {"hr", "pr", "spo2", "map", "abp_sys", "abp_dia", "abp_mean", "nbp_sys", "nbp_dia", "nbp_mean", "cvp", "temp", "rr"}
 
 
 @pytest.mark.parametrize("spec", [*MEASURED_CP1.values(), *DEVICE_SETTINGS.values()], ids=lambda s: s.key)
