@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -81,12 +82,19 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sim(argv: list[str]) -> int:
-    if argv and argv[0] == "medibus":
-        from drivers.medibus.simulator import main as medibus_sim
+_SIMULATORS = {
+    "medibus": ("drivers.medibus.simulator", "--pty LINK"),
+}
+"""Device simulators by driver name: module (with a `main(argv) -> int`) and its usage line."""
 
-        return medibus_sim(argv[1:])
-    print("usage: icu-edge sim medibus --pty LINK [options]  (drivers: medibus)", file=sys.stderr)
+
+def _sim(argv: list[str]) -> int:
+    if argv and argv[0] in _SIMULATORS:
+        module = importlib.import_module(_SIMULATORS[argv[0]][0])
+        status: int = module.main(argv[1:])
+        return status
+    usage = "\n".join(f"  icu-edge sim {name} {line} [options]" for name, (_, line) in _SIMULATORS.items())
+    print(f"usage:\n{usage}\n(each takes --help)", file=sys.stderr)
     return EX_USAGE
 
 
