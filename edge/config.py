@@ -649,6 +649,11 @@ def _file_problems(config: AppConfig) -> tuple[list[str], list[str]]:
                     f"bed[{i}].device[{k}].port: {device.port} is numbered in plug order, so after a replug "
                     f"or reboot it may be another bed's device; use its /dev/serial/by-id/... name"
                 )
+            if device.options.get("waves") is True and not config.waves.enabled:
+                warnings.append(
+                    f"bed[{i}].device[{k}].options.waves: the device is asked for waves, but [waves] "
+                    f"enabled is false, so they are decoded and dropped; enable [waves] or drop the option"
+                )
     return errors, warnings
 
 
