@@ -49,6 +49,8 @@ class WardLayout:
     extra_toml: str = ""
     stale_after_s: float = 10.0
     scenario: str = "steady"
+    ventilator_options: str = ""
+    """The ventilator's driver options as inline-table content (`waves = true, poll_interval_s = 0.5`)."""
     monitor: str | None = None
     """Driver of a monitor at every bed (`intellivue`, `datex`), simulated on a pty; None: none."""
     monitor_options_toml: str = ""
@@ -86,6 +88,7 @@ id = "vent-1"
 driver = "medibus"
 port = "{self.links[bed]}"
 baud = 19200
+options = {{ {layout.ventilator_options} }}
 {self._monitor_toml(bed)}"""
             for bed in self.beds
         )
