@@ -101,6 +101,7 @@ class Daemon:
                     bytesize=driver.default_line.bytesize,
                     parity=device.parity or driver.default_line.parity,
                     stopbits=driver.default_line.stopbits,
+                    rtscts=driver.default_line.rtscts,
                 )
         self._identities = identities
         self._twin = TwinStore(stale_after_s={b.id: b.stale_after_s for b in config.bed}, devices=identities)
