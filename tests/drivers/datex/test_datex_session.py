@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import tomllib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -33,7 +36,9 @@ from drivers.datex.session import (
     option_problems,
 )
 from drivers.registry import get_driver
+from drivers.transport import _line_for
 from drivers.vocabulary import DeviceKind
+from edge.config import ConfigError, parse_config
 
 RAW = {
     "ecg.hr": 80,
@@ -229,3 +234,35 @@ def test_session_survives_arbitrary_bytes(chunks: list[tuple[float, bytes]]) -> 
                     assert m.valid == (m.value is not None)
         for record in DatexDecoder().feed(session.data_to_send()):
             assert record.header.maintype in (MainType.PHDB, MainType.WAVE)
+
+
+def test_the_config_check_asks_the_driver_about_its_options() -> None:
+    document = tomllib.loads(
+        (Path(__file__).parents[2] / "data" / "config" / "issue-example.toml").read_text()
+    )
+    device = document["bed"][0]["device"][0]
+    device["driver"] = "datex"
+    device.pop("baud", None)
+    device["options"] = {"interval_s": 5, "waves": True, "p1": "abp", "p2": "cvp", "p3": "pap"}
+    config = parse_config(document)
+    assert config.bed[0].device[0].options["p3"] == "pap"
+    device["options"] = {"interval_s": 0.5, "p1": "art", "wave": True}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document)
+    assert [line.split(":")[0] for line in caught.value.lines] == [
+        "bed[0].device[0].options.interval_s",
+        "bed[0].device[0].options.p1",
+        "bed[0].device[0].options.wave",
+    ]
+
+
+def test_the_transport_never_asks_a_pty_for_rts_cts() -> None:
+    master, slave = os.openpty()
+    try:
+        pty_line = _line_for(os.ttyname(slave), DRIVER.default_line)
+        assert (pty_line.rtscts, pty_line.parity) == (False, "N")
+        assert _line_for("/dev/ttyS-not-a-pty", DRIVER.default_line).rtscts is True
+        assert _line_for("socket://127.0.0.1:4001", DRIVER.default_line).rtscts is True
+    finally:
+        os.close(master)
+        os.close(slave)
