@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.base import DriverEvent, LinkDown, LinkUp, MeasurementsReceived, WaveformChunk
+from drivers.datex.codec import DatexDecoder
 from drivers.datex.codes import WAVE_BUDGET_SAMPLES_PER_S, WaveRequestType, WaveSubrecordType
 from drivers.datex.records import phdb_request, wave_request
 from drivers.datex.session import DatexOptions, DatexSession
@@ -157,3 +160,40 @@ def test_values_the_patient_has_not_got_stay_no_data() -> None:
     raw = vitals_to_raw({"hr": 70.0, "spo2": None})
     assert raw["ecg.hr"] == 70
     assert "spo2.spo2" not in raw
+
+
+@settings(max_examples=150, deadline=None)
+@given(noise=st.lists(st.binary(max_size=80), min_size=1, max_size=6))
+def test_records_between_line_noise_still_arrive(noise: list[bytes]) -> None:
+    """Garbage between records costs at most the record it touches, never a later one."""
+    simulator = MonitorSimulator(patient=SteadyPatient())
+    simulator.receive(phdb_request(interval_s=1).to_frame(), now_s=0.0)
+    frames: list[bytes] = []
+    for second in range(len(noise) + 1):
+        simulator.poll(now_s=float(second))
+        frames.append(simulator.data_to_send())
+    session = DatexSession()
+    session.reset(now_s=0.0)
+    stream = b"".join(frame + junk for frame, junk in zip(frames, [*noise, b""], strict=True))
+    session.receive(stream, now_s=1.0)
+    measured = [e for e in session.events() if isinstance(e, MeasurementsReceived)]
+    clean = sum(1 for junk in noise if b"\x7e" not in junk)
+    assert len(measured) >= min(clean, len(frames) - 1)
+    for event in measured:
+        assert {m.key: m.value for m in event.measurements}["hr"] == 78.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=600))
+def test_the_simulator_survives_arbitrary_client_bytes(data: bytes) -> None:
+    simulator = MonitorSimulator(patient=SteadyPatient())
+    simulator.receive(data, now_s=0.0)
+    simulator.receive(phdb_request(interval_s=1).to_frame(), now_s=0.5)
+    simulator.poll(now_s=1.0)
+    written = simulator.data_to_send()
+    assert written
+    counters = DatexDecoder().counters
+    decoder = DatexDecoder(counters=counters)
+    assert decoder.feed(written)
+    assert counters.checksum_errors == 0
+    assert counters.resyncs == 0
