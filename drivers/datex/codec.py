@@ -42,6 +42,23 @@ EXTRA_BAD_ESCAPES = "bad_escapes"
 EXTRA_BAD_LENGTHS = "bad_record_lengths"
 """Frames dropped because the record was shorter than a header or longer than 1490 bytes."""
 
+
+class FrameError(ValueError):
+    """A frame body that is no valid record; the subclass says which counter it belongs to."""
+
+
+class ChecksumError(FrameError):
+    """The checksum does not match (either the standard sum or VSCapture's)."""
+
+
+class EscapeError(FrameError):
+    """A `7D` followed by something other than `5D` or `5E`."""
+
+
+class RecordLengthError(FrameError):
+    """Shorter than a header or longer than 1490 bytes."""
+
+
 _HEADER = struct.Struct("<hBBHIBBHh" + "hB" * SUBRECORD_SLOTS)
 assert _HEADER.size == HEADER_BYTES
 
@@ -64,7 +81,7 @@ def unescape(body: bytes) -> bytes:
     out = bytearray(parts[0])
     for part in parts[1:]:
         if not part or part[0] not in (0x5D, 0x5E):
-            raise ValueError("escape byte 7D not followed by 5D or 5E")
+            raise EscapeError("escape byte 7D not followed by 5D or 5E")
         out.append(part[0] ^ 0x20)
         out += part[1:]
     return bytes(out)
@@ -182,7 +199,9 @@ class Record:
     def from_bytes(cls, raw: bytes) -> Record:
         """Parse one unescaped record (without checksum); ValueError when it cannot be one."""
         if not HEADER_BYTES <= len(raw) <= MAX_RECORD_BYTES:
-            raise ValueError(f"a record holds {HEADER_BYTES}..{MAX_RECORD_BYTES} bytes, got {len(raw)}")
+            raise RecordLengthError(
+                f"a record holds {HEADER_BYTES}..{MAX_RECORD_BYTES} bytes, got {len(raw)}"
+            )
         return cls(header=RecordHeader.from_bytes(raw), data=bytes(raw[HEADER_BYTES:]))
 
 
@@ -194,7 +213,7 @@ def decode_body(body: bytes, *, counters: LinkCounters | None = None) -> Record:
     """
     try:
         raw: bytes | None = unescape(body)
-    except ValueError:
+    except EscapeError:
         raw = None
     if raw is not None and len(raw) > 1 and checksum(raw[:-1]) == raw[-1]:
         return Record.from_bytes(raw[:-1])
@@ -206,8 +225,8 @@ def decode_body(body: bytes, *, counters: LinkCounters | None = None) -> Record:
             extra[EXTRA_CHECKSUM_VARIANT] = extra.get(EXTRA_CHECKSUM_VARIANT, 0) + 1
         return record
     if raw is None:
-        raise ValueError("escape byte 7D not followed by 5D or 5E")
-    raise ValueError("checksum mismatch")
+        raise EscapeError("escape byte 7D not followed by 5D or 5E")
+    raise ChecksumError("checksum mismatch")
 
 
 class DatexDecoder:
@@ -291,11 +310,10 @@ class DatexDecoder:
             return None
         try:
             record = decode_body(body, counters=self.counters)
-        except ValueError as exc:
-            text = str(exc)
-            if "record holds" in text:
+        except FrameError as exc:
+            if isinstance(exc, RecordLengthError):
                 self._bump(EXTRA_BAD_LENGTHS)
-            elif "escape" in text:
+            elif isinstance(exc, EscapeError):
                 self._bump(EXTRA_BAD_ESCAPES)
             else:
                 self.counters.checksum_errors += 1

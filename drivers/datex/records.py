@@ -411,7 +411,7 @@ def wave_subrecord(samples: Iterable[int]) -> bytes:
     return _WAVE_HEADER.pack(len(values), 0, 0) + values.tobytes()
 
 
-def wave_record(*, waves: list[tuple[int, bytes]], r_time: int = 0) -> Record:
+def wave_record(*, waves: list[tuple[int, bytes]], r_time: int = 0, dri_level: int = 0) -> Record:
     """Return a wave record holding (wave id, subrecord) pairs (device side, at most 8)."""
     offset = 0
     descriptors: list[SubrecordDescriptor] = []
@@ -420,6 +420,10 @@ def wave_record(*, waves: list[tuple[int, bytes]], r_time: int = 0) -> Record:
         offset += len(sub)
     data = b"".join(sub for _, sub in waves)
     header = RecordHeader(
-        r_len=HEADER_BYTES + len(data), maintype=MainType.WAVE, r_time=r_time, subrecords=tuple(descriptors)
+        r_len=HEADER_BYTES + len(data),
+        maintype=MainType.WAVE,
+        dri_level=dri_level,
+        r_time=r_time,
+        subrecords=tuple(descriptors),
     )
     return Record(header=header, data=data)

@@ -34,6 +34,7 @@ from drivers.base import (
 from drivers.datex.codec import DatexDecoder, Record
 from drivers.datex.codes import (
     DEFAULT_WAVES,
+    DriLevel,
     MainType,
     PhdbClass,
     PhdbSubrecordType,
@@ -78,6 +79,15 @@ EXTRA_ALARM_RECORDS = "alarm_records_ignored"
 EXTRA_UNREQUESTED_WAVES = "unrequested_wave_records"
 EXTRA_UNMAPPED_WAVES = "unmapped_wave_subrecords"
 EXTRA_REQUEST_RETRIES = "request_retries"
+
+
+def level_name(level: int) -> str:
+    """Return a record's DRI level in words (`DRI level 2005`; an unknown level by its number)."""
+    try:
+        known = DriLevel(level)
+    except ValueError:
+        return f"DRI level {level:#04x}"
+    return "DRI level any" if known is DriLevel.ANY else f"DRI level {known.name.removeprefix('L')}"
 
 
 def option_problems(values: Mapping[str, object]) -> dict[str, str]:
@@ -204,8 +214,9 @@ class DatexSession:
             if not self._link_up:
                 self._link_up = True
                 self.counters.handshakes += 1
-                self._events.append(LinkUp(protocol_version=f"DRI level {record.header.dri_level}"))
-                LOGGER.info("DRI link up (records at DRI level %d)", record.header.dri_level)
+                level = level_name(record.header.dri_level)
+                self._events.append(LinkUp(protocol_version=level))
+                LOGGER.info("DRI link up (records at %s)", level)
             self._handle(record)
 
     def poll(self, *, now_s: float) -> None:

@@ -32,6 +32,7 @@ from drivers.datex.codes import (
     TX_INTERVAL_STOP_S,
     WAVE_BUDGET_SAMPLES_PER_S,
     WAVE_INFO,
+    DriLevel,
     NoData,
     PhdbSubrecordType,
     WaveRequestType,
@@ -50,6 +51,8 @@ from drivers.scenario import PATIENTS, Patient
 LOGGER = logging.getLogger(__name__)
 
 AMBIENT_MMHG = 760.0
+DRI_LEVEL = DriLevel.L2005
+"""The interface level the simulated monitor writes in its record headers."""
 WAVE_PERIOD_S = 0.25
 """How often a wave record goes out while waves run (each record stays far below 1490 bytes)."""
 SELECT_TIMEOUT_S = 0.02
@@ -207,7 +210,8 @@ class MonitorSimulator:
     def _send_displayed(self, *, now_s: float) -> None:
         raw = vitals_to_raw(self.patient.vitals_at(self.scenario_time_s(now_s)))
         r_time = self._r_time(now_s)
-        self._send(displayed_record(subrecords=[basic_subrecord(raw=raw, time_s=r_time)], r_time=r_time))
+        subrecord = basic_subrecord(raw=raw, time_s=r_time, dri_level=DRI_LEVEL)
+        self._send(displayed_record(subrecords=[subrecord], r_time=r_time, dri_level=DRI_LEVEL))
 
     def _send_waves(self, *, now_s: float) -> None:
         pairs: list[tuple[int, bytes]] = []
@@ -225,7 +229,7 @@ class MonitorSimulator:
             self._waves_sent[wave] = sent + count
             pairs.append((wave, wave_subrecord(samples)))
         if pairs:
-            self._send(wave_record(waves=pairs, r_time=self._r_time(now_s)))
+            self._send(wave_record(waves=pairs, r_time=self._r_time(now_s), dri_level=DRI_LEVEL))
 
     def _wave_counts(self, signal: str, *, t0_s: float, count: int, period_s: float) -> list[int]:
         """Return raw counts of a wave (CO2 in 0.01 % of the ambient pressure); DATA_INVALID if none."""

@@ -167,6 +167,7 @@ def test_retained_twin_holds_the_monitors_values(
     status = DeviceStatusMessage.model_validate_json(status_message.payload).status
     assert status.protocol == "DRI"
     assert status.driver == "datex"
+    assert status.protocol_version == "DRI level 2005"
     assert status.connected
     assert status.counters["frames_in"] >= 1
     assert status.counters["checksum_errors"] == 0

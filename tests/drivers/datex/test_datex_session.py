@@ -33,6 +33,7 @@ from drivers.datex.session import (
     DatexOptions,
     DatexSession,
     create_session,
+    level_name,
     option_problems,
 )
 from drivers.registry import get_driver
@@ -266,3 +267,9 @@ def test_the_transport_never_asks_a_pty_for_rts_cts() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_dri_level_in_words() -> None:
+    assert level_name(0x09) == "DRI level 2005"
+    assert level_name(0x00) == "DRI level any"
+    assert level_name(0x42) == "DRI level 0x42"
