@@ -171,3 +171,41 @@ def test_retained_twin_holds_the_monitors_values(
     assert status.connected
     assert status.counters["frames_in"] >= 1
     assert status.counters["checksum_errors"] == 0
+
+
+def _status(messages: list[Received]) -> DeviceStatusMessage | None:
+    on_topic = [m for m in messages if m.topic == f"{BED}/device/monitor-1" and m.payload]
+    return DeviceStatusMessage.model_validate_json(on_topic[-1].payload) if on_topic else None
+
+
+def test_a_monitor_that_goes_away_and_comes_back_is_requested_again(
+    monitor_bed: MonitorBed, subscribe: Callable[..., Subscriber]
+) -> None:
+    monitor_bed.start_simulator()
+    monitor_bed.start_daemon()
+    live = subscribe(f"{BED}/#")
+    live.wait_for(_has_monitor_values, timeout_s=30)
+
+    simulator = monitor_bed.processes["simulator"]
+    simulator.kill()
+    simulator.wait()
+    monitor_bed.link.unlink(missing_ok=True)
+    live.wait_for(lambda ms: (s := _status(ms)) is not None and not s.status.connected, timeout_s=20)
+
+    seen = len(live.messages)
+    monitor_bed.start_simulator(scenario="desaturation")
+    try:
+        live.wait_for(
+            lambda ms: (
+                (s := _status(ms[seen:])) is not None
+                and s.status.connected
+                and _has_monitor_values(ms[seen:])
+            ),
+            timeout_s=30,
+        )
+    except TimeoutError:
+        raise AssertionError(f"monitor not back:\n{monitor_bed.log('daemon')}") from None
+    twin = _twin(live.messages)
+    assert twin is not None
+    assert twin.values["hr"].device == "monitor-1"
+    assert twin.values["hr"].valid
