@@ -103,6 +103,7 @@ class Daemon:
                     bytesize=driver.default_line.bytesize,
                     parity=device.parity or driver.default_line.parity,
                     stopbits=driver.default_line.stopbits,
+                    rtscts=driver.default_line.rtscts,
                 )
         self._identities = identities
         self._twin = TwinStore(
