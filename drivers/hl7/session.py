@@ -334,7 +334,12 @@ class Hl7Session:
             except Exception as exc:  # hl7.parse raises whatever its splitting meets (IndexError, ...)
                 source = self._header_of(block.payload)
                 raise _Refusal("AE", MALFORMED, f"not an HL7 message: {type(exc).__name__}", "100") from exc
-            self._read(source)
+            try:
+                self._read(source)
+            except (IndexError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                # The library parses lazily: a segment it cannot walk surfaces while reading (the
+                # events of a message are only added once all of its rows were read).
+                raise _Refusal("AE", MALFORMED, f"unreadable segment: {type(exc).__name__}", "102") from exc
         except _Refusal as refusal:
             self._bump(refusal.counter)
             self._note_once(
@@ -350,7 +355,8 @@ class Hl7Session:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
             text = payload.decode("latin-1")
-        return text.replace("\r\n", "\r").replace("\n", "\r")
+        segments = text.replace("\r\n", "\r").replace("\n", "\r").split("\r")
+        return "\r".join(segment for segment in segments if segment.strip())
 
     def _header_of(self, raw: bytes) -> hl7.Message | None:
         """Parse only the first segment (MSH) of a block that cannot be read whole."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +15,7 @@ MESSAGE = b"MSH|^~\\&|Mindray|Gateway|||||ORU^R01|204|P|2.3.1|\rOBX||NM|101^HR|2
 def _feed_split(framer: MllpFramer, data: bytes, cuts: list[int]) -> list[Block | Oversized]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     out: list[Block | Oversized] = []
-    for start, stop in zip(points, points[1:], strict=False):
+    for start, stop in itertools.pairwise(points):
         out += framer.feed(data[start:stop])
     return out
 
@@ -76,7 +78,7 @@ def test_arbitrary_bytes_split_anywhere_never_crash_and_stay_bounded(data: bytes
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     whole = MllpFramer(max_block_bytes=1024).feed(data)
     out: list[Block | Oversized] = []
-    for start, stop in zip(points, points[1:], strict=False):
+    for start, stop in itertools.pairwise(points):
         out += framer.feed(data[start:stop])
         assert framer.buffered_bytes <= 1024 + 1
     assert out == whole
