@@ -6,7 +6,6 @@ from __future__ import annotations
 import queue
 import socket
 import time
-from collections.abc import Iterator
 
 import hl7
 import pytest
@@ -78,8 +77,8 @@ def _start(reports: _Reports, **kwargs: object) -> ListenerLink:
 
 
 @pytest.fixture
-def reports() -> Iterator[_Reports]:
-    yield _Reports()
+def reports() -> _Reports:
+    return _Reports()
 
 
 def _connect(port: int) -> socket.socket:
