@@ -184,6 +184,10 @@ _ERROR_TEXT = {
     "207": "Application internal error",
 }
 
+_ACK_CONTROL_DROP = {c: None for c in range(0x20) if c != 0x0D}
+"""Control characters an ACK must not carry: fields copied from the message (MSH-3..12, MSA-2) may hold
+a stray FS or VT, which would end or restart the sender's MLLP block in the middle of the answer."""
+
 _ACK_TEMPLATE = "MSH|^~\\&|||||||ORU^R01|0|P|2.3.1"
 
 
@@ -210,13 +214,34 @@ def _first(message: hl7.Message, segment_id: str) -> hl7.Segment | None:
         return None
 
 
+def _encoding_problem(text: str) -> str | None:
+    """Return why MSH-1/MSH-2 are no usable separators (None when they are).
+
+    The ACK is written with the message's own separators: letters or repeats there would make the
+    answer unreadable, so such a message is answered with the standard ones instead.
+    """
+    if not text.startswith("MSH") or len(text) < 5:
+        return None  # not even an MSH: hl7.parse says so
+    separator = text[3]
+    end = text.find(separator, 4)
+    encoding = text[4:end] if end > 0 else text[4:]
+    characters = separator + encoding
+    if (
+        len(encoding) not in (4, 5)
+        or len(set(characters)) != len(characters)
+        or any(c.isalnum() or c.isspace() for c in characters)
+    ):
+        return f"MSH-1/MSH-2 separators {characters[:8]!r} are not 5-6 distinct symbols"
+    return None
+
+
 def _device_time(text: str) -> tuple[datetime | None, bool]:
     """Return (aware time or None, whether a time was given without a UTC offset)."""
     if not text:
         return None, False
     try:
         parsed = hl7.parse_datetime(text)
-    except (ValueError, TypeError, IndexError):
+    except (ValueError, TypeError, IndexError, OverflowError):
         return None, False
     if not isinstance(parsed, datetime):
         return None, False
@@ -329,6 +354,9 @@ class Hl7Session:
                     "207",
                 )
             text = self._decode(block.payload)
+            problem = _encoding_problem(text)
+            if problem is not None:
+                raise _Refusal("AE", MALFORMED, problem, "102")
             try:
                 source = hl7.parse(text)
             except Exception as exc:  # hl7.parse raises whatever its splitting meets (IndexError, ...)
@@ -361,7 +389,7 @@ class Hl7Session:
     def _header_of(self, raw: bytes) -> hl7.Message | None:
         """Parse only the first segment (MSH) of a block that cannot be read whole."""
         first = self._decode(raw[:HEAD_KEEP_BYTES]).lstrip().split("\r", 1)[0]
-        if not first.startswith("MSH") or len(first) < 8:
+        if not first.startswith("MSH") or len(first) < 8 or _encoding_problem(first) is not None:
             return None
         try:
             return hl7.parse(first)
@@ -551,7 +579,7 @@ class Hl7Session:
             err.assign_field("E", 4)
             err.assign_field(ack.escape(text), 8)
             ack.append(err)
-        self._out += wrap(str(ack).encode("utf-8"))
+        self._out += wrap(str(ack).translate(_ACK_CONTROL_DROP).encode("utf-8"))
         self.counters.frames_out += 1
         self._bump({"AA": ACK_AA, "AE": ACK_AE, "AR": ACK_AR}[code])
 

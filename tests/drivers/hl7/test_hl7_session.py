@@ -322,3 +322,34 @@ def test_session_answers_hl7_like_garbage(segments: list[str]) -> None:
     session.receive(wrap(("MSH|^~\\&|x||||||ORU^R01|1|P|2.3.1\r" + "\r".join(segments)).encode()), now_s=0.0)
     answers = MllpFramer().feed(session.data_to_send())
     assert len(answers) == 1
+
+
+def test_an_absurd_observation_time_is_no_crash() -> None:
+    """Found by `python -m tools.fuzz hl7` (OverflowError from hl7.parse_datetime)."""
+    _, ack, events = _run(
+        MINDRAY.replace("APERIODIC|20091203120508", "APERIODIC|200912031205" + "9" * 400)
+    )
+    assert str(ack.segment("MSA")(1)) == "AA"
+    assert "nbp_sys" in _values(events)
+
+
+def test_letters_as_encoding_characters_get_ae_with_a_readable_ack() -> None:
+    """Found by `python -m tools.fuzz hl7`: the ACK copied MSH-2 `SH` and its MSA became unreadable."""
+    session, ack, events = _run("MSH|SH|x|||||ORU^R01|9|P|2.5\rOBX||NM|101^HR|2101|60||||||F\r")
+    assert str(ack.segment("MSH")(2)) == "^~\\&"
+    assert str(ack.segment("MSA")(1)) == "AE"
+    assert events == []
+    assert session.counters.extra["malformed_messages"] == 1
+
+
+def test_control_characters_copied_from_the_message_never_break_the_ack_framing() -> None:
+    """Found by `python -m tools.fuzz hl7`: MSH-12 `2.5<FS>` was echoed and ended the ACK block early."""
+    session = Hl7Session()
+    session.reset(now_s=0.0)
+    session.receive(wrap(MINDRAY.replace("|P|2.3.1|", "|P|2.3.1\x1c|").encode()), now_s=1.0)
+    framer = MllpFramer()
+    answers = framer.feed(session.data_to_send())
+    assert framer.counters.junk_bytes == 0
+    assert len(answers) == 1
+    ack = hl7.parse(answers[0].payload.decode())  # type: ignore[union-attr]
+    assert [str(ack.segment("MSA")(i)) for i in (1, 2)] == ["AA", "204"]
