@@ -38,10 +38,32 @@ def _mllp_send_command() -> list[str]:
 class Appliance:
     """`icu-edge run` with one bed whose monitor is an HL7 listener."""
 
-    def __init__(self, *, workdir: Path, broker: MosquittoBroker, bed: str, options_toml: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        broker: MosquittoBroker,
+        bed: str,
+        options_toml: str = "",
+        second_bed: str = "",
+    ) -> None:
         self.workdir = workdir
         self.bed = bed
         self.port = _free_port()
+        self.second_port = _free_port()
+        second = (
+            f"""
+[[bed]]
+id = "{second_bed}"
+
+[[bed.device]]
+id = "monitor"
+driver = "hl7"
+listen = "127.0.0.1:{self.second_port}"
+"""
+            if second_bed
+            else ""
+        )
         self.config = workdir / "config.toml"
         self.config.write_text(
             f"""
@@ -76,7 +98,7 @@ listen = "127.0.0.1:{self.port}"
 
 [bed.device.options]
 {options_toml}
-""",
+{second}""",
             encoding="utf-8",
         )
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -95,8 +117,36 @@ listen = "127.0.0.1:{self.port}"
         self.processes.append(process)
         return process
 
-    def start(self) -> None:
+    def start(self, *, wait_port: int | None = None) -> None:
         self.spawn("daemon", [sys.executable, "-m", "edge.cli", "run", "--config", str(self.config)])
+        port = self.port if wait_port is None else wait_port
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
+
+        assert wait_for(listening, timeout_s=20), self.log("daemon")
+
+    def mllp_send(self, message: str, *, port: int | None = None) -> hl7.Message:
+        """Send one message with the hl7 package's own `mllp_send` and return the ACK it printed."""
+        path = self.workdir / "message.hl7"
+        path.write_text(message.replace("\r", "\n"), encoding="utf-8")
+        port = self.port if port is None else port
+        result = subprocess.run(
+            [*_mllp_send_command(), "-p", str(port), "--loose", "--file", str(path), "127.0.0.1"],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        blocks = [b for b in MllpFramer().feed(result.stdout) if isinstance(b, Block)]
+        assert len(blocks) == 1, result
+        return hl7.parse(blocks[0].payload.decode())
+
+    def mllp_send_when_listening(self, message: str, *, timeout_s: float = 20.0) -> hl7.Message:
+        """Wait until the listener accepts, then send (mllp_send itself does not retry)."""
 
         def listening() -> bool:
             try:
@@ -105,21 +155,8 @@ listen = "127.0.0.1:{self.port}"
                 return False
             return True
 
-        assert wait_for(listening, timeout_s=20), self.log("daemon")
-
-    def mllp_send(self, message: str) -> hl7.Message:
-        """Send one message with the hl7 package's own `mllp_send` and return the ACK it printed."""
-        path = self.workdir / "message.hl7"
-        path.write_text(message.replace("\r", "\n"), encoding="utf-8")
-        result = subprocess.run(
-            [*_mllp_send_command(), "-p", str(self.port), "--loose", "--file", str(path), "127.0.0.1"],
-            capture_output=True,
-            timeout=30,
-            check=True,
-        )
-        blocks = [b for b in MllpFramer().feed(result.stdout) if isinstance(b, Block)]
-        assert len(blocks) == 1, result
-        return hl7.parse(blocks[0].payload.decode())
+        assert wait_for(listening, timeout_s=timeout_s), self.log("daemon")
+        return self.mllp_send(message)
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
@@ -220,6 +257,39 @@ def test_a_message_for_another_bed_never_reaches_the_twin_and_is_refused(
     every_hr = [(_value(t, "hr") or {}).get("value") for t in _twins(messages, "bed-01")]
     assert 62.0 in every_hr
     assert 151.0 not in every_hr
+
+
+def test_a_port_in_use_is_shown_on_its_device_and_stops_no_other_bed(
+    make_appliance: Callable[..., Appliance], subscribe: Callable[..., Subscriber]
+) -> None:
+    appliance = make_appliance(bed="bed-01", second_bed="bed-02")
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", appliance.port))
+    holder.listen(1)
+    try:
+        station = subscribe(f"{ROOT}/#")
+        appliance.start(wait_port=appliance.second_port)
+        ack = appliance.mllp_send(_mindray("OTHER-1", bed="bed-02", hr=70), port=appliance.second_port)
+        assert str(ack.segment("MSA")(1)) == "AA"
+        station.wait_for(
+            lambda ms: any((_value(t, "hr") or {}).get("value") == 70.0 for t in _twins(ms, "bed-02")),
+            timeout_s=15,
+        )
+
+        def blocked_status(ms: list[Received]) -> bool:
+            return any(
+                m.topic == f"{ROOT}/bed/bed-01/device/monitor"
+                and "cannot listen" in (json.loads(m.payload).get("status", {}).get("last_error") or "")
+                for m in ms
+                if m.payload
+            )
+
+        station.wait_for(blocked_status, timeout_s=15)
+    finally:
+        holder.close()
+    # Once the port is free, the listener binds on its own (retried with backoff).
+    ack = appliance.mllp_send_when_listening(_mindray("LATE-1", bed="bed-01", hr=66))
+    assert str(ack.segment("MSA")(1)) == "AA"
 
 
 @pytest.mark.parametrize("style", ["mindray", "pcd01"])
