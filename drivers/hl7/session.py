@@ -65,7 +65,13 @@ REFUSED_PROCESSING_IDS = {"T": "training", "D": "debugging"}
 CODE_STYLES = ("auto", "mindray", "pcd01")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
 _MAX_TEXT = 80
-_MAX_LOGGED_REASONS = 256
+_MAX_LOGGED_REASONS = 1024
+LOG_REPEAT_S = 600.0
+"""A problem reason is logged again at most this often (its counter still counts every time)."""
+_LOGGED_AT_S: dict[str, float] = {}
+"""When each problem reason was last logged, shared by all sessions: a sender that opens one
+connection per message gets a new session every time, and must not get a log line every time. Shared
+by the listener threads; a race costs at most one duplicate line."""
 
 # Counter names (LinkCounters.extra), shown on the device status.
 ACK_AA, ACK_AE, ACK_AR = "acks_aa", "acks_ae", "acks_ar"
@@ -275,7 +281,7 @@ class Hl7Session:
         self._events: list[DriverEvent] = []
         self._last_rx_s: float | None = None
         self._up = True
-        self._logged: set[str] = set()
+        self._now_s = 0.0
 
     # ---- DeviceSession -------------------------------------------------------------------------------
     def reset(self, *, now_s: float) -> None:
@@ -291,7 +297,7 @@ class Hl7Session:
             self._last_rx_s = now_s
         if not data:
             return
-        self._last_rx_s = now_s
+        self._last_rx_s = self._now_s = now_s
         self.counters.bytes_in += len(data)
         framer = self._framer
         before = (framer.counters.junk_bytes, framer.counters.truncated_blocks)
@@ -587,10 +593,13 @@ class Hl7Session:
         self.counters.extra[name] = self.counters.extra.get(name, 0) + by
 
     def _note_once(self, reason: str, message: str, *args: object) -> None:
-        """Log a problem once per distinct reason (a sender repeats its faults every message)."""
-        if reason in self._logged or len(self._logged) >= _MAX_LOGGED_REASONS:
+        """Log a problem once per distinct reason and `LOG_REPEAT_S` (senders repeat their faults)."""
+        last_s = _LOGGED_AT_S.get(reason)
+        if last_s is not None and self._now_s - last_s < LOG_REPEAT_S:
             return
-        self._logged.add(reason)
+        if len(_LOGGED_AT_S) >= _MAX_LOGGED_REASONS:
+            _LOGGED_AT_S.clear()
+        _LOGGED_AT_S[reason] = self._now_s
         LOGGER.warning(message, *args)
 
 

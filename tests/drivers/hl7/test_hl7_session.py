@@ -352,3 +352,16 @@ def test_control_characters_copied_from_the_message_never_break_the_ack_framing(
     assert len(answers) == 1
     ack = hl7.parse(answers[0].payload.decode())  # type: ignore[union-attr]
     assert [str(ack.segment("MSA")(i)) for i in (1, 2)] == ["AA", "204"]
+
+
+def test_a_problem_repeated_by_senders_that_connect_per_message_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gateway may open one connection per message: each gets a new session, the log must not."""
+    message = MINDRAY.replace("52^Height", "52^Height-once-per-reason")
+    with caplog.at_level("WARNING", logger="drivers.hl7.session"):
+        for n in range(3):
+            session = Hl7Session()
+            session.reset(now_s=float(n))
+            session.receive(wrap(message.encode()), now_s=float(n))
+    assert sum("52^Height-once-per-reason" in r.getMessage() for r in caplog.records) == 1
