@@ -27,6 +27,7 @@ import difflib
 import logging
 import math
 import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -106,6 +107,9 @@ class Hl7Options:
     """When set, only messages whose PV1-3 bed is exactly this are accepted; others get AR."""
     expect_unit: str = ""
     """When set, PV1-3 point of care (Mindray: the unit before the bed) must be exactly this."""
+    device_timezone: str = ""
+    """IANA zone (`Europe/Berlin`) of senders whose times carry no UTC offset (Mindray): with it, such
+    times become `device_time`; without it they are not guessed at (counted as times_without_zone)."""
     code_style: str = "auto"
     """Which built-in code table applies: auto (MDC rows -> PCD-01 table, bare ids -> Mindray), mindray,
     pcd01."""
@@ -155,6 +159,11 @@ def option_problems(values: Mapping[str, object]) -> dict[str, str]:
             problems[name] = f"must be a string, got {raw!r}"
         elif name == "code_style" and raw not in CODE_STYLES:
             problems[name] = f"must be one of {', '.join(CODE_STYLES)}, got {raw!r}"
+        elif name == "device_timezone" and raw:
+            try:
+                zoneinfo.ZoneInfo(raw)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                problems[name] = f"must be an IANA time zone such as Europe/Berlin, got {raw!r}"
         elif name == "codes":
             try:
                 parse_code_map(raw)
@@ -241,8 +250,8 @@ def _encoding_problem(text: str) -> str | None:
     return None
 
 
-def _device_time(text: str) -> tuple[datetime | None, bool]:
-    """Return (aware time or None, whether a time was given without a UTC offset)."""
+def _device_time(text: str, zone: zoneinfo.ZoneInfo | None) -> tuple[datetime | None, bool]:
+    """Return (aware time or None, whether a time was given without a UTC offset nor a zone)."""
     if not text:
         return None, False
     try:
@@ -252,7 +261,9 @@ def _device_time(text: str) -> tuple[datetime | None, bool]:
     if not isinstance(parsed, datetime):
         return None, False
     if parsed.tzinfo is None:
-        return None, True
+        if zone is None:
+            return None, True
+        return parsed.replace(tzinfo=zone), False
     return parsed, False
 
 
@@ -276,6 +287,7 @@ class Hl7Session:
         ):
             self.counters.extra[name] = 0
         self._codes = parse_code_map(options.codes)
+        self._zone = zoneinfo.ZoneInfo(options.device_timezone) if options.device_timezone else None
         self._framer = MllpFramer(max_block_bytes=options.max_block_bytes)
         self._out = bytearray()
         self._events: list[DriverEvent] = []
@@ -460,7 +472,7 @@ class Hl7Session:
             if reason is not None:
                 refused[reason] = refused.get(reason, 0) + 1
                 continue
-            when, unzoned = _device_time(_field(obx, 14) or default_time)
+            when, unzoned = _device_time(_field(obx, 14) or default_time, self._zone)
             if unzoned:
                 self._bump(TIMES_WITHOUT_ZONE)
             groups.setdefault(when, []).append(measurement)

@@ -365,3 +365,15 @@ def test_a_problem_repeated_by_senders_that_connect_per_message_is_logged_once(
             session.reset(now_s=float(n))
             session.receive(wrap(message.encode()), now_s=float(n))
     assert sum("52^Height-once-per-reason" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_device_timezone_turns_local_mindray_times_into_device_time() -> None:
+    session, _, events = _run(MINDRAY, device_timezone="Europe/Berlin")
+    times = {e.device_time for e in events if isinstance(e, MeasurementsReceived)}
+    # OBR-7 (periodic values) and the NIBP's own OBX-14, both CET (UTC+1) in December
+    assert times == {
+        datetime(2009, 12, 3, 11, 16, 31, tzinfo=UTC),
+        datetime(2009, 12, 3, 11, 5, 8, tzinfo=UTC),
+    }
+    assert session.counters.extra.get("times_without_zone", 0) == 0
+    assert "device_timezone" in option_problems({"device_timezone": "Mars/Olympus"})
