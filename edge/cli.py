@@ -85,6 +85,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 _SIMULATORS = {
     "medibus": ("drivers.medibus.simulator", "--pty LINK"),
     "datex": ("drivers.datex.simulator", "--pty LINK"),
+    "hl7": ("drivers.hl7.simulator", "--to HOST:PORT"),
 }
 """Device simulators by driver name: module (with a `main(argv) -> int`) and its usage line."""
 

@@ -20,10 +20,11 @@ from drivers.base import DeviceSession, SerialSettings, WaveformChunk
 from drivers.registry import get_driver
 from edge import appliance_version
 from edge.bus import ReportBus
-from edge.config import AppConfig
+from edge.config import AppConfig, DeviceConfig
 from edge.contract import Topics
 from edge.device_link import DeviceLink, DeviceReport
 from edge.forecasting import forecast_body
+from edge.listener_link import ListenerLink
 from edge.model import DeviceStatusBody, EventBody, EventKind, VitalsBody, utc_now
 from edge.outbox import DeliveryPriority, OutboxError
 from edge.publisher import Publisher
@@ -83,6 +84,8 @@ class Daemon:
         identities: list[DeviceIdentity] = []
         self._sessions: dict[tuple[str, str], DeviceSession] = {}
         self._lines: dict[tuple[str, str], SerialSettings] = {}
+        self._listen_devices: dict[tuple[str, str], DeviceConfig] = {}
+        """Devices that receive connections (HL7 over MLLP): a ListenerLink, one session per sender."""
         for bed in config.bed:
             for device in bed.device:
                 driver = get_driver(device.driver)
@@ -98,6 +101,8 @@ class Daemon:
                 )
                 identities.append(identity)
                 self._sessions[(bed.id, device.id)] = session
+                if device.listen is not None:
+                    self._listen_devices[(bed.id, device.id)] = device
                 self._lines[(bed.id, device.id)] = SerialSettings(
                     baud=device.baud or driver.default_line.baud,
                     bytesize=driver.default_line.bytesize,
@@ -127,7 +132,7 @@ class Daemon:
             beds=[b.id for b in config.bed],
             version=appliance_version(),
         )
-        self._links: list[DeviceLink] = []
+        self._links: list[DeviceLink | ListenerLink] = []
         self._forecast_epoch_s = time.time() - time.monotonic()
         """Epoch seconds of monotonic 0: the engines' clock is monotonic + this, read once, so a wall
         clock step (NTP, a corrected RTC) neither reorders a bed's history nor empties its window."""
@@ -169,9 +174,14 @@ class Daemon:
 
         for identity in self._identities:
             key = (identity.bed, identity.device)
-            link = DeviceLink(
-                identity=identity, session=self._sessions[key], line=self._lines[key], deliver=deliver
-            )
+            link: DeviceLink | ListenerLink
+            if key in self._listen_devices:
+                device = self._listen_devices[key]
+                link = ListenerLink.for_device(identity=identity, device=device, deliver=deliver)
+            else:
+                link = DeviceLink(
+                    identity=identity, session=self._sessions[key], line=self._lines[key], deliver=deliver
+                )
             self._gate.register(link.name, max_silence_s=LINK_MAX_SILENCE_S)
             self._links.append(link)
             link.start()

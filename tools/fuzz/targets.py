@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import hl7
 from rich.console import Console
 
 from drivers.base import (
+    DataRefused,
     DeviceAlarmsReceived,
     LinkCounters,
     LinkDown,
@@ -38,6 +40,10 @@ from drivers.datex.codec import DatexDecoder
 from drivers.datex.codec import Record as DatexRecord
 from drivers.datex.session import DatexOptions, DatexSession
 from drivers.datex.simulator import MonitorSimulator
+from drivers.hl7.mllp import Block, MllpFramer, Oversized
+from drivers.hl7.mllp import wrap as mllp_wrap
+from drivers.hl7.session import Hl7Options, Hl7Session
+from drivers.hl7.simulator import OruBuilder
 from drivers.medibus.codec import (
     Command,
     ControlByte,
@@ -63,7 +69,8 @@ from drivers.medibus.simulator import (
     settings_payload,
     texts_payload,
 )
-from drivers.scenario import SteadyPatient
+from drivers.scenario import PATIENTS, SteadyPatient
+from drivers.vocabulary import TERMS
 from edge.config import ConfigError, load_config
 from tools.watch import WardState, render, render_plain
 
@@ -552,6 +559,131 @@ _MEDIBUS_TOKENS = tuple(
     )
 ) + tuple(Command(code=code).to_bytes() for code in CommandCode)
 
+# ---- HL7 over MLLP ------------------------------------------------------------------------------
+
+_MLLP_CAP_BYTES = 1024
+"""The smallest block limit the framer takes, so that short inputs reach the oversized path too."""
+
+
+def run_mllp(data: bytes) -> object:
+    """Frame `data` whole and split at a point chosen by its first byte: same blocks both ways.
+
+    The buffer stays within the limit (+1), no block holds a start byte or exceeds the limit.
+    """
+    whole = MllpFramer(max_block_bytes=_MLLP_CAP_BYTES).feed(data)
+    split = data[0] % (len(data) + 1) if data else 0
+    framer = MllpFramer(max_block_bytes=_MLLP_CAP_BYTES)
+    parts = framer.feed(data[:split])
+    if framer.buffered_bytes > _MLLP_CAP_BYTES + 1:
+        raise FuzzInvariantError("MLLP framer over its limit")
+    parts += framer.feed(data[split:])
+    if parts != whole:
+        raise FuzzInvariantError(f"split at {split} framed differently: {parts!r} != {whole!r}")
+    for item in whole:
+        if isinstance(item, Block) and (len(item.payload) > _MLLP_CAP_BYTES or b"\x0b" in item.payload):
+            raise FuzzInvariantError(f"block breaks the framing promise: {item!r}")
+    oversized = sum(isinstance(item, Oversized) for item in whole)
+    return (
+        min(len(whole), 4),
+        min(oversized, 2),
+        framer.counters.junk_bytes > 0,
+        framer.counters.truncated_blocks > 0,
+    )
+
+
+def _check_acks(raw: bytes, *, expected: int) -> frozenset[str]:
+    """Everything the receiver writes must be clean MLLP blocks, one parsable ACK per block received."""
+    framer = MllpFramer(max_block_bytes=1 << 20)
+    blocks = framer.feed(raw)
+    if framer.counters.junk_bytes or framer.in_block or len(blocks) != expected:
+        raise FuzzInvariantError(f"receiver wrote {len(blocks)} answers for {expected} blocks: {raw!r}")
+    codes: set[str] = set()
+    for block in blocks:
+        assert isinstance(block, Block)
+        code = str(hl7.parse(block.payload.decode("utf-8")).segment("MSA")(1))
+        if code not in {"AA", "AE", "AR"}:
+            raise FuzzInvariantError(f"ACK code {code!r}")
+        codes.add(code)
+    return frozenset(codes)
+
+
+def run_hl7(data: bytes) -> object:
+    """Feed an HL7 receiver session timed chunks of sender bytes (see `_timed_chunks`).
+
+    Every block gets exactly one AA/AE/AR answer; measurements carry vocabulary keys (never `map`)
+    in the key's unit with finite values; the framer stays bounded.
+    """
+    session = Hl7Session(options=Hl7Options(max_block_bytes=_MLLP_CAP_BYTES, idle_timeout_s=5.0))
+    now_s = _START_S
+    session.reset(now_s=now_s)
+    seen: set[str] = set()
+    codes: frozenset[str] = frozenset()
+    for step_s, chunk in _timed_chunks(data):
+        now_s += step_s
+        if now_s >= session.next_deadline_s():
+            session.poll(now_s=now_s)
+        before = session.counters.frames_in
+        session.receive(chunk, now_s=now_s)
+        codes |= _check_acks(session.data_to_send(), expected=session.counters.frames_in - before)
+        if session.buffered_bytes > _MLLP_CAP_BYTES + 1:
+            raise FuzzInvariantError("HL7 session framer over its limit")
+        for event in session.events():
+            seen.add(type(event).__name__)
+            if isinstance(event, MeasurementsReceived):
+                for m in event.measurements:
+                    if m.key == "map" or m.key not in TERMS or m.unit != TERMS[m.key].unit:
+                        raise FuzzInvariantError(f"measurement outside the vocabulary {m!r}")
+                    if m.value is not None and not math.isfinite(m.value):
+                        raise FuzzInvariantError(f"non-finite measurement {m!r}")
+            elif not isinstance(event, DataRefused):
+                raise FuzzInvariantError(f"unexpected event {event!r}")
+    return (frozenset(seen), codes, session.link_up)
+
+
+def _hl7_messages() -> list[bytes]:
+    values = PATIENTS["steady"]().vitals_at(0.0)
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    return [
+        OruBuilder(style=style, bed="bed-01").message(values, control_id=f"F{n}", now=now).encode()
+        for n, style in enumerate(("mindray", "pcd01"))
+    ]
+
+
+def _mllp_seeds() -> list[bytes]:
+    blocks = [mllp_wrap(m) for m in _hl7_messages()]
+    return [blocks[0][:200], b"junk" + blocks[0][:100] + blocks[0][:50], mllp_wrap(b"A" * 1100)[:300]]
+
+
+def _hl7_seeds() -> list[bytes]:
+    blocks = [mllp_wrap(m) for m in _hl7_messages()]
+    return [
+        timed_chunks_bytes([(0.05, blocks[0][:100]), (0.05, blocks[0][100:])]),
+        timed_chunks_bytes([(0.0, blocks[1])]),
+        timed_chunks_bytes([(0.0, mllp_wrap(b"MSH|^~\\&|x||||||ADT^A01|9|P|2.5"))]),
+    ]
+
+
+_HL7_TOKENS = (
+    b"\x0b",
+    b"\x1c\r",
+    b"\r",
+    b"MSH|^~\\&|",
+    b"|ORU^R01|",
+    b"\rOBX||NM|",
+    b"101^HR",
+    b"147842^MDC_ECG_HEART_RATE^MDC",
+    b"|266016^MDC_DIM_MMHG^MDC|",
+    b"|||||F",
+    b"|||||R|||20261130120000+0000",
+    b"\rPV1||I|^^ICU&bed-01&",
+    b"demo-data",
+    b"|P|2.3.1",
+    b"^",
+    b"&",
+    b"~",
+    b"\\",
+)
+
 TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
@@ -616,6 +748,22 @@ TARGETS: dict[str, Target] = {
             tokens=_DATEX_TOKENS,
             max_len=4096,
             description="S/5 DRI client session receive path (drivers/datex/session.py, records.py)",
+        ),
+        Target(
+            name="mllp",
+            run=run_mllp,
+            seeds=_mllp_seeds,
+            tokens=_HL7_TOKENS,
+            max_len=2048,
+            description="MLLP framer (drivers/hl7/mllp.py)",
+        ),
+        Target(
+            name="hl7",
+            run=run_hl7,
+            seeds=_hl7_seeds,
+            tokens=_HL7_TOKENS,
+            max_len=4096,
+            description="HL7 receiver session: parse, map, ACK (drivers/hl7/session.py)",
         ),
     )
 }
