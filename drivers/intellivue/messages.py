@@ -520,7 +520,8 @@ def decode_poll_info(data: bytes) -> list[Observation]:
 
 def encode_poll_result(reply: PollReply, *, poll_info: bytes | None = None) -> bytes:
     """Return the ActionResult of a poll reply (without the RORS header)."""
-    info = poll_info if poll_info is not None else encode_poll_info([(0, reply.observations)])
+    contexts = [(0, reply.observations)] if reply.observations else []
+    info = poll_info if poll_info is not None else encode_poll_info(contexts)
     if reply.extended:
         head = _POLL_REPLY_EXT_HEAD.pack(
             reply.poll_number,
