@@ -98,7 +98,8 @@ class FrameDecoder:
     Rules: bytes outside a frame are skipped (one resync per run); a BOF inside a frame drops the
     partial frame (a resync); `7D C1` aborts the frame (counted in `frame_aborts`); a frame with a bad
     FCS is dropped and counted in `checksum_errors`; a frame whose header does not match its length is
-    dropped and counted in `bad_headers`; a partial frame longer than the cap is discarded (`overflows`).
+    dropped and counted in `bad_headers`; a frame longer than the cap is discarded (`overflows`),
+    whether it arrives in one read or in many.
     """
 
     def __init__(
@@ -152,13 +153,17 @@ class FrameDecoder:
                 pos = restart + 1
                 continue
             self._buffer += view[pos:stop]
+            if len(self._buffer) > self.cap_bytes:
+                self.counters.overflows += 1
+                LOGGER.warning("IntelliVue receive buffer passed %d bytes; discarded", self.cap_bytes)
+                self._buffer.clear()
+                self._in_frame = False
+                self._in_garbage = end < 0
+                if end < 0:
+                    return messages
+                pos = end + 1
+                continue
             if end < 0:
-                if len(self._buffer) > self.cap_bytes:
-                    self.counters.overflows += 1
-                    LOGGER.warning("IntelliVue receive buffer passed %d bytes; discarded", self.cap_bytes)
-                    self._buffer.clear()
-                    self._in_frame = False
-                    self._in_garbage = True
                 return messages
             pos = end + 1
             self._in_frame = False
