@@ -239,14 +239,14 @@ def scale_samples(raw: bytes, *, wave: WaveFormat) -> tuple[float | None, ...]:
     values = np.frombuffer(raw, dtype=dtype).astype(np.int64) & ((1 << bits) - 1)
     scale = wave.scale
     if spec.flags & SA_FLAG_NO_SCALING or scale is None:
-        return tuple(float(v) for v in values)
+        return tuple(values.astype(np.float64).tolist())
     lower, lower_special = decode_float(scale.lower_absolute)
     upper, upper_special = decode_float(scale.upper_absolute)
     span = scale.upper_scaled - scale.lower_scaled
     if lower is None or upper is None or lower_special or upper_special or span == 0:
-        return tuple(None for _ in values)
+        return (None,) * len(values)
     physical = lower + (values - scale.lower_scaled) * ((upper - lower) / span)
-    return tuple(round(float(v), 4) for v in physical)
+    return tuple(np.round(physical, 4).tolist())
 
 
 def wave_signal(physio_id: int) -> str | None:
