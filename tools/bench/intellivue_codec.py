@@ -89,11 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     megabytes = len(stream) / 1e6
     messages = len(FrameDecoder().feed(stream))
     stream_rate = len(stream) / args.seconds
-    print(f"IntelliVue decode benchmark: Python {sys.version.split()[0]} ({platform.python_implementation()}),")
+    python = f"Python {sys.version.split()[0]} ({platform.python_implementation()})"
+    print(f"IntelliVue decode benchmark: {python},")
     print(f"{platform.platform()}, {platform.processor() or platform.machine()}")
     print(
         f"stream {len(stream)} bytes, {messages} messages = {args.seconds:.0f} s of monitor output "
-        f"({stream_rate:,.0f} B/s: numerics 1 Hz + 4 waves + alarms; line rate {LINE_RATE_BYTES_PER_S:,.0f} B/s)"
+        f"({stream_rate:,.0f} B/s: numerics 1 Hz + 4 waves + alarms; "
+        f"line rate {LINE_RATE_BYTES_PER_S:,.0f} B/s)"
     )
     print()
     print("| path | chunk (bytes) | MB/s median | MB/s min | x line rate (median) |")
