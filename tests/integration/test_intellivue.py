@@ -1,8 +1,9 @@
 """IntelliVue end to end: monitor simulator process (pty or UDP) -> daemon process -> real Mosquitto.
 
-Real parts only: `python -m drivers.intellivue.simulator` serves a pseudo-terminal (MIB/RS232) or a
-loopback UDP port (LAN), `python -m edge.cli run` reads it, Mosquitto runs on a free loopback port,
-and the assertions read the retained twin and device status a central station would receive.
+Real parts only: `icu-edge sim intellivue` serves a pseudo-terminal (MIB/RS232) or a loopback UDP
+port (LAN), `icu-edge run` reads it with the driver's default `link = "auto"` (it finds the framed
+or the datagram form by itself), Mosquitto runs on a free loopback port, and the assertions read the
+retained twin and device status a central station would receive.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class MonitorBed:
 
     def start(self, *, udp: bool, demo: bool = False) -> None:
         """Start the monitor (pty or UDP) and the daemon on a config that names it."""
-        sim = ["drivers.intellivue.simulator", "--scenario", "steady"] + (["--demo"] if demo else [])
+        sim = ["edge.cli", "sim", "intellivue", "--scenario", "steady"] + (["--demo"] if demo else [])
         if udp:
             port = _free_udp_port()
             self._spawn("simulator", [*sim, "--udp", f"127.0.0.1:{port}"])
@@ -107,7 +108,6 @@ driver = "intellivue"
 {where}
 
 [bed.device.options]
-link = "{"lan" if udp else "serial"}"
 poll_interval_s = 1.0
 """,
             encoding="utf-8",
