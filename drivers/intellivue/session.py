@@ -247,10 +247,9 @@ class IntellivueSession:
         if self._state is _State.NEW:
             self.reset(now_s=now_s)
         self.counters.bytes_in += len(data)
-        if self._link is None and data:
-            self._link = "serial" if data[:1] == b"\xc0" else "lan"
-            LOGGER.info("IntelliVue monitor answers on a %s link", self._link)
-        if self._link == "lan":
+        if self._link is None:
+            incoming = self._detect_link(data)
+        elif self._link == "lan":
             if not data:
                 return
             self.counters.frames_in += 1
@@ -264,6 +263,25 @@ class IntellivueSession:
             except m.MessageError as exc:
                 self._bump(EXTRA_MALFORMED)
                 LOGGER.debug("IntelliVue message dropped: %s", exc)
+
+    def _detect_link(self, data: bytes) -> list[bytes]:
+        """`auto`: decide on serial at the first valid frame, on LAN at the first association answer.
+
+        Anything else (line noise, a partial frame) decides nothing, so a noisy serial line is never
+        taken for a LAN and the other way round.
+        """
+        frames = self._decoder.feed(data)
+        if frames:
+            self._link = "serial"
+        elif m.spdu_of(data) in (m.Spdu.AC, m.Spdu.RF, m.Spdu.AB) and data[:1] != b"\xc0":
+            self._decoder.clear()
+            self.counters.frames_in += 1
+            self._link = "lan"
+            frames = [bytes(data)]
+        else:
+            return []
+        LOGGER.info("IntelliVue monitor answers on a %s link", self._link)
+        return frames
 
     def poll(self, *, now_s: float) -> None:
         """Run timers: AARQ retry, link time-out, poll cycles, keep-alive."""

@@ -332,3 +332,13 @@ def test_session_survives_valid_replies_cut_and_mixed_with_noise(cut: int, noise
     cut %= len(reply) + 1
     pair.session.receive(reply[:cut] + noise + reply[cut:] + reply, now_s=pair.now_s + 1.0)
     assert _of(pair.session.events(), MeasurementsReceived)
+
+
+def test_auto_link_is_not_fooled_by_line_noise_before_the_first_frame() -> None:
+    """Regression: noise before the AARE made `auto` decide on LAN for a serial line, for ever."""
+    pair = Pair(options={"link": "auto"})
+    pair.session.reset(now_s=0.0)
+    pair.session.receive(b"\x00\x13noise", now_s=0.0)
+    events = pair.run(6.0)
+    assert pair.session.link == "serial"
+    assert len(_of(events, LinkUp)) == 1
