@@ -222,6 +222,7 @@ class IntellivueSession:
         self._poll_number = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._wave_formats: dict[int, WaveFormat] = {}
+        self._warned: set[str] = set()
 
     @property
     def link_up(self) -> bool:
@@ -404,8 +405,16 @@ class IntellivueSession:
         self._last_rx_s = now_s
         self._send_aarq(now_s=now_s)
 
+    def _warn_once(self, reason: str, message: str, *args: object) -> None:
+        """Log a problem once per distinct reason until the link comes up again."""
+        if reason not in self._warned:
+            self._warned.add(reason)
+            LOGGER.warning(message, *args)
+        else:
+            LOGGER.debug(message, *args)
+
     def _link_lost(self, *, reason: str, now_s: float) -> None:
-        LOGGER.warning("IntelliVue link down: %s", reason)
+        self._warn_once(reason.split(" for ")[0], "IntelliVue link down: %s", reason)
         if self._link_up:
             self._link_up = False
             self._events.append(LinkDown(reason=reason))
@@ -429,8 +438,9 @@ class IntellivueSession:
                 self._bump(EXTRA_UNEXPECTED)
         elif spdu is m.Spdu.RF:
             self._bump(EXTRA_REFUSALS)
-            LOGGER.warning(
-                "IntelliVue monitor refused the association; asking again in %.1f s",
+            self._warn_once(
+                "refused",
+                "IntelliVue monitor refused the association; asking again every %.1f s",
                 self.options.aarq_retry_s,
             )
             if self._state is _State.ASSOCIATING:
@@ -498,6 +508,7 @@ class IntellivueSession:
             self.model = model
             self._state = _State.RUNNING
             self._link_up = True
+            self._warned.clear()
             self._events.append(LinkUp(model=model, protocol_version="Data Export MDDL 1"))
             LOGGER.info("IntelliVue link up: %s", model)
             self._next_poll_s = now_s

@@ -342,3 +342,12 @@ def test_auto_link_is_not_fooled_by_line_noise_before_the_first_frame() -> None:
     events = pair.run(6.0)
     assert pair.session.link == "serial"
     assert len(_of(events, LinkUp)) == 1
+
+
+def test_repeated_refusals_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    pair = Pair(refuse_associations=5, options={"aarq_retry_s": 1.0})
+    with caplog.at_level("WARNING", logger="drivers.intellivue.session"):
+        pair.run(5.5)
+    assert pair.session.counters.extra[EXTRA_REFUSALS] == 5
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 1
+    assert pair.session.link_up
