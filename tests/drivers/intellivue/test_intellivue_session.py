@@ -351,3 +351,61 @@ def test_repeated_refusals_are_logged_once(caplog: pytest.LogCaptureFixture) -> 
     assert pair.session.counters.extra[EXTRA_REFUSALS] == 5
     assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 1
     assert pair.session.link_up
+
+
+def test_compound_sample_array_with_cached_format_and_invalid_state() -> None:
+    pair = Pair(options={"alarms": False, "poll_interval_s": 2.0, "waves": True})
+    pair.run(0.3)
+    pair.monitor.mute = True
+    pair.run(2.0)
+    pair.session.events()
+    invoke = pair.session._invoke_id  # the wave poll left unanswered (sent after the numerics poll)
+    spec = m.SaSpec(array_size=2, sample_size=16, significant_bits=12, flags=0)
+    scale = m.ScaleSpec(
+        lower_absolute=m.encode_float(0.0),
+        upper_absolute=m.encode_float(100.0),
+        lower_scaled=0,
+        upper_scaled=1000,
+    )
+    compound = b"".join(
+        m.encode_sa_obs(m.SaObsValue(physio_id=physio, state=state, samples=bytes.fromhex("0064 01F4")))
+        for physio, state in ((0x50AC, 0), (0x50AC, 0x8000))
+    )
+    value = m.attribute_list_header(2, len(compound)) + compound
+    obs = m.Observation(
+        handle=0x300,
+        attributes=(
+            (m.Attr.SA_SPECN, m.encode_sa_spec(spec)),
+            (m.Attr.SCALE_SPECN_I16, m.encode_scale_spec(scale)),
+            (m.Attr.TIME_PD_SAMP, m.encode_u32(128)),
+            (m.Attr.SA_CMPD_VAL_OBS, value),
+        ),
+    )
+    reply = m.PollReply(
+        extended=True, poll_number=1, object_class=m.ObjectClass.SAMPLE_ARRAY_RT, observations=(obs,)
+    )
+    message = m.encode_rors(invoke_id=invoke, command=7, result=m.encode_poll_result(reply))
+    pair.session.receive(encode_frame(message), now_s=pair.now_s)
+    chunks = _of(pair.session.events(), WaveformChunk)
+    assert [(c.signal, c.sample_period_s, c.samples) for c in chunks] == [
+        ("co2", 0.016, (10.0, 50.0)),
+        ("co2", 0.016, (None, None)),
+    ]
+    # The next reply leaves out the (static) format attributes: the format of handle 0x300 is kept.
+    pair.run(2.0)
+    pair.session.events()
+    plain = m.Observation(
+        handle=0x300,
+        attributes=(
+            (
+                m.Attr.SA_VAL_OBS,
+                m.encode_sa_obs(m.SaObsValue(physio_id=0x50AC, state=0, samples=bytes.fromhex("03E8"))),
+            ),
+        ),
+    )
+    reply = m.PollReply(
+        extended=True, poll_number=2, object_class=m.ObjectClass.SAMPLE_ARRAY_RT, observations=(plain,)
+    )
+    message = m.encode_rors(invoke_id=pair.session._invoke_id, command=7, result=m.encode_poll_result(reply))
+    pair.session.receive(encode_frame(message), now_s=pair.now_s)
+    assert [c.samples for c in _of(pair.session.events(), WaveformChunk)] == [(100.0,)]
