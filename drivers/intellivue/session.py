@@ -492,18 +492,24 @@ class IntellivueSession:
             self._alarms(reply, pending=pending, final=final)
 
     def _handle_event(self, apdu: m.DataApdu, *, now_s: float) -> None:
+        """Answer every confirmed event report (a monitor repeats an unanswered one); act on MDS create."""
         report = m.decode_event_report(apdu.payload)
+        if apdu.command == m.Command.CONFIRMED_EVENT_REPORT:
+            result = m.encode_event_result(
+                invoke_id=apdu.invoke_id, event_time=report.event_time, event_type=report.event_type
+            )
+            self._send_message(result, now_s=now_s)
         if report.event_type != m.NOM_NOTI_MDS_CREAT:
             self.counters.unknown_commands += 1
             return
-        if apdu.command == m.Command.CONFIRMED_EVENT_REPORT:
-            self._send_message(
-                m.encode_event_result(invoke_id=apdu.invoke_id, event_time=report.event_time), now_s=now_s
-            )
         model = None
-        for attribute_id, value in m.decode_mds_create_info(report.info):
-            if attribute_id == m.Attr.ID_MODEL:
-                model = m.decode_system_model(value) or None
+        try:
+            for attribute_id, value in m.decode_mds_create_info(report.info):
+                if attribute_id == m.Attr.ID_MODEL:
+                    model = m.decode_system_model(value) or None
+        except m.MessageError as exc:
+            self._bump(EXTRA_MALFORMED)
+            LOGGER.info("IntelliVue MDS create event without a readable model: %s", exc)
         if self._state is _State.WAIT_CREATE:
             self.model = model
             self._state = _State.RUNNING

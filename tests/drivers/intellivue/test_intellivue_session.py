@@ -20,7 +20,7 @@ from drivers.base import (
     WaveformChunk,
 )
 from drivers.intellivue import messages as m
-from drivers.intellivue.framing import encode_frame
+from drivers.intellivue.framing import FrameDecoder, encode_frame
 from drivers.intellivue.session import (
     DRIVER,
     EXTRA_DEMO_REFUSED,
@@ -409,3 +409,31 @@ def test_compound_sample_array_with_cached_format_and_invalid_state() -> None:
     message = m.encode_rors(invoke_id=pair.session._invoke_id, command=7, result=m.encode_poll_result(reply))
     pair.session.receive(encode_frame(message), now_s=pair.now_s)
     assert [c.samples for c in _of(pair.session.events(), WaveformChunk)] == [(100.0,)]
+
+
+def _event(*, invoke_id: int, event_type: int, info: bytes) -> bytes:
+    report = m.EventReport(object_class=m.ObjectClass.MDS, event_time=77, event_type=event_type, info=info)
+    return encode_frame(
+        m.encode_roiv(
+            invoke_id=invoke_id,
+            command=m.Command.CONFIRMED_EVENT_REPORT,
+            argument=m.encode_event_report(report),
+        )
+    )
+
+
+def test_every_confirmed_event_report_is_answered_and_a_bad_model_still_links_up() -> None:
+    """Regression: other confirmed events went unanswered; an unreadable model kept the link down."""
+    session = IntellivueSession(options=IntellivueOptions(link="serial"))
+    session.reset(now_s=0.0)
+    session.data_to_send()
+    session.receive(encode_frame(m.build_aare()), now_s=0.1)
+    session.receive(_event(invoke_id=4, event_type=0x0D17, info=b"\x01\x02"), now_s=0.2)
+    bad_model = m.encode_mds_create_info([(m.Attr.ID_MODEL, b"\x00\x09ab")])
+    session.receive(_event(invoke_id=5, event_type=m.NOM_NOTI_MDS_CREAT, info=bad_model), now_s=0.3)
+    answers = [m.decode_data(x) for x in FrameDecoder().feed(session.data_to_send())]
+    results = [(a.invoke_id, a.payload[-4:-2]) for a in answers if a.ro_type is m.RoType.RORS]
+    assert results == [(4, b"\x0d\x17"), (5, b"\x0d\x06")]
+    ups = _of(session.events(), LinkUp)
+    assert len(ups) == 1
+    assert ups[0].model is None
