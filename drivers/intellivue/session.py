@@ -86,6 +86,9 @@ MAX_PENDING_POLLS = 16
 MAX_CHAIN_PARTS = 64
 """A linked-result chain longer than this is dropped as a whole (a monitor answers in a few parts)."""
 LINKS = ("auto", "serial", "lan")
+RTSA_PRIORITY: tuple[int, ...] = (0x00020102, 0x00024BB4, 0x00024A14, 0x00024A10, 0x000250AC, 0x00025000)
+"""Waves asked for when `waves` is on (TextId labels): ECG II, pleth, ABP, ART, CO2, resp; within the
+monitor's limit of 3 ECG + 8 other waves (VSCaptureMP `CreateWaveformSet`)."""
 MAX_WAVE_OBJECTS = 64
 """Sample-array formats remembered per object handle (a monitor has a few dozen at most)."""
 
@@ -519,7 +522,21 @@ class IntellivueSession:
             LOGGER.info("IntelliVue link up: %s", model)
             self._next_poll_s = now_s
             self._next_alarm_s = now_s
+            if self.options.waves:
+                self._send_wave_priority(now_s=now_s)
             self.poll(now_s=now_s)
+
+    def _send_wave_priority(self, *, now_s: float) -> None:
+        """Ask for our waves: a confirmed SET of the RTSA priority list (VSCaptureMP does the same).
+
+        A monitor that refuses (ROER) keeps its own list; its waves are still polled and mapped.
+        """
+        value = m.encode_text_id_list(RTSA_PRIORITY)
+        argument = m.encode_set_argument([(m.Attr.POLL_RTSA_PRIO_LIST, value)])
+        message = m.encode_roiv(
+            invoke_id=self._next_invoke(), command=m.Command.CONFIRMED_SET, argument=argument
+        )
+        self._send_message(message, now_s=now_s)
 
     # ---- poll results -----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from drivers.intellivue.session import (
     EXTRA_REFUSALS,
     EXTRA_TEST_REFUSED,
     EXTRA_UNKNOWN_PHYSIO,
+    RTSA_PRIORITY,
     IntellivueOptions,
     IntellivueSession,
     option_problems,
@@ -437,3 +438,13 @@ def test_every_confirmed_event_report_is_answered_and_a_bad_model_still_links_up
     ups = _of(session.events(), LinkUp)
     assert len(ups) == 1
     assert ups[0].model is None
+
+
+def test_waves_on_sets_the_rtsa_priority_list_once_per_association() -> None:
+    pair = Pair(options={"waves": True})
+    pair.monitor.rtsa_priority = ()
+    pair.run(2.5)
+    assert pair.monitor.requests["set"] == 1
+    assert pair.monitor.rtsa_priority == RTSA_PRIORITY
+    assert pair.session.counters.extra.get("unexpected_messages", 0) == 0
+    assert {c.signal for c in _of(pair.events, WaveformChunk)} == {"ecg", "pleth", "abp", "co2"}
