@@ -204,6 +204,8 @@ class SerialSettings:
     parity: str = "E"
     """pyserial parity letter: N, E, O."""
     stopbits: float = 1
+    rtscts: bool = False
+    """RTS/CTS hardware flow control (S/5 DRI); never asked of a pty, which has none."""
 
 
 @runtime_checkable

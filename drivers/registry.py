@@ -12,6 +12,7 @@ from drivers.vocabulary import DeviceKind
 _DRIVERS: dict[str, str] = {
     "medibus": "drivers.medibus.session:DRIVER",
     "intellivue": "drivers.intellivue.session:DRIVER",
+    "datex": "drivers.datex.session:DRIVER",
 }
 
 

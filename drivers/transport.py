@@ -302,14 +302,14 @@ def is_pty(path: str) -> bool:
 
 
 def _line_for(url: str, line: SerialSettings) -> SerialSettings:
-    """Return the line settings to ask of url: parity off on a pty.
+    """Return the line settings to ask of url: parity and RTS/CTS off on a pty.
 
     A pty has no parity: Linux clears PARENB and forces CS8, and once it holds 8N1 a request that
     only adds parity is refused with EINVAL (tcsetattr fails when none of its changes apply), so a
     second open of the same pty, by a reconnecting link or a restarted daemon, would never succeed.
     """
-    if url.startswith("/") and line.parity != "N" and is_pty(url):
-        return dataclasses.replace(line, parity="N", bytesize=8)
+    if url.startswith("/") and (line.parity != "N" or line.rtscts) and is_pty(url):
+        return dataclasses.replace(line, parity="N", bytesize=8, rtscts=False)
     return line
 
 
@@ -325,7 +325,7 @@ def _open_exclusive(url: str, *, line: SerialSettings, read_timeout_s: float) ->
             timeout=read_timeout_s,
             write_timeout=2.0,
             xonxoff=False,
-            rtscts=False,
+            rtscts=line.rtscts,
             exclusive=True if url.startswith("/") else None,
         )
     except (*_PORT_ERRORS, ValueError) as exc:

@@ -51,7 +51,13 @@ class Term:
     domain: Domain
     mdc: str | None = None
     """IEEE 11073-10101 reference id, where one exists."""
+    intermittent_max_age_s: float | None = None
+    """For a value measured now and then (a cuff pressure every 5-60 min): how long it stays current.
+    Continuous values go stale after the bed's `stale_after_s`."""
 
+
+NIBP_MAX_AGE_S = 3900.0
+"""A cuff pressure stays current for the longest automatic cycle ICU monitors offer (60 min) plus 5 min."""
 
 _H = Domain.HAEMODYNAMIC
 _RESP = Domain.RESPIRATORY
@@ -70,9 +76,30 @@ TERMS: Mapping[str, Term] = _terms(
     Term(key="pr", unit="/min", label="Pulse rate", domain=_H, mdc="MDC_PULS_OXIM_PULS_RATE"),
     Term(key="spo2", unit="%", label="SpO2", domain=_H, mdc="MDC_PULS_OXIM_SAT_O2"),
     Term(key="pi", unit="%", label="Perfusion index", domain=_H, mdc="MDC_PULS_OXIM_PERF_REL"),
-    Term(key="nbp_sys", unit="mm[Hg]", label="NBP systolic", domain=_H, mdc="MDC_PRESS_BLD_NONINV_SYS"),
-    Term(key="nbp_dia", unit="mm[Hg]", label="NBP diastolic", domain=_H, mdc="MDC_PRESS_BLD_NONINV_DIA"),
-    Term(key="nbp_mean", unit="mm[Hg]", label="NBP mean", domain=_H, mdc="MDC_PRESS_BLD_NONINV_MEAN"),
+    Term(
+        key="nbp_sys",
+        unit="mm[Hg]",
+        label="NBP systolic",
+        domain=_H,
+        mdc="MDC_PRESS_BLD_NONINV_SYS",
+        intermittent_max_age_s=NIBP_MAX_AGE_S,
+    ),
+    Term(
+        key="nbp_dia",
+        unit="mm[Hg]",
+        label="NBP diastolic",
+        domain=_H,
+        mdc="MDC_PRESS_BLD_NONINV_DIA",
+        intermittent_max_age_s=NIBP_MAX_AGE_S,
+    ),
+    Term(
+        key="nbp_mean",
+        unit="mm[Hg]",
+        label="NBP mean",
+        domain=_H,
+        mdc="MDC_PRESS_BLD_NONINV_MEAN",
+        intermittent_max_age_s=NIBP_MAX_AGE_S,
+    ),
     Term(key="abp_sys", unit="mm[Hg]", label="ABP systolic", domain=_H, mdc="MDC_PRESS_BLD_ART_ABP_SYS"),
     Term(key="abp_dia", unit="mm[Hg]", label="ABP diastolic", domain=_H, mdc="MDC_PRESS_BLD_ART_ABP_DIA"),
     Term(key="abp_mean", unit="mm[Hg]", label="ABP mean", domain=_H, mdc="MDC_PRESS_BLD_ART_ABP_MEAN"),

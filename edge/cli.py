@@ -85,6 +85,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 _SIMULATORS = {
     "medibus": ("drivers.medibus.simulator", "--pty LINK"),
     "intellivue": ("drivers.intellivue.simulator", "--pty LINK | --udp HOST:PORT"),
+    "datex": ("drivers.datex.simulator", "--pty LINK"),
 }
 """Device simulators by driver name: module (with a `main(argv) -> int`) and its usage line."""
 

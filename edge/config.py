@@ -41,8 +41,10 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from drivers.plausibility import TABLE
 from drivers.registry import driver_names, get_driver
 from drivers.transport import PORT_FORMS, port_identity, port_problem
+from drivers.vocabulary import WAVES
 
 CONFIG_VERSION: Literal[1] = 1
 DEFAULT_CONFIG_PATH = Path("/etc/icu-edge/config.toml")
@@ -301,7 +303,51 @@ class BedConfig(_Section):
 
     id: Identifier
     stale_after_s: float = Field(default=10.0, gt=0, le=3600, description="a value older than this is stale")
+    sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="key -> id of the device of this bed whose value the twin shows when two report it "
+        "(default: the monitor for haemodynamics, the ventilator for respiration)",
+    )
     device: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _sources_name_keys_and_devices_of_this_bed(self) -> BedConfig:
+        devices = [d.id for d in self.device]
+        problems = []
+        for key, device in self.sources.items():
+            if key not in TABLE:
+                near = difflib.get_close_matches(key, TABLE, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                problems.append(_problem(("sources", key), key, f"unknown key {key!r}{hint}"))
+            elif device not in devices:
+                problems.append(
+                    _problem(
+                        ("sources", key),
+                        device,
+                        f"bed {self.id} has no device {device!r} (its devices: {', '.join(devices) or '-'})",
+                    )
+                )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+
+class WavesConfig(_Section):
+    """Waveforms on `R/bed/{bed}/wave/{signal}` (a device sends them when its `waves` option is on)."""
+
+    enabled: bool = Field(default=False, description="publish waveforms (QoS 0, never stored in the outbox)")
+    window_s: float = Field(default=1.0, ge=0.2, le=10, description="each message carries this many seconds")
+    signals: list[str] = Field(
+        default_factory=list, description=f"signals to publish (empty: all): {', '.join(WAVES)}"
+    )
+
+    @field_validator("signals")
+    @classmethod
+    def _known_signals(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in WAVES]
+        if unknown:
+            raise ValueError(f"unknown signal(s) {', '.join(unknown)}; allowed: {', '.join(WAVES)}")
+        return value
 
 
 class StoreConfig(_Section):
@@ -373,6 +419,7 @@ class AppConfig(_Section):
     store: StoreConfig = StoreConfig()
     engines: EnginesConfig = EnginesConfig()
     publish: PublishConfig = PublishConfig()
+    waves: WavesConfig = WavesConfig()
     bed: list[BedConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -601,6 +648,11 @@ def _file_problems(config: AppConfig) -> tuple[list[str], list[str]]:
                 warnings.append(
                     f"bed[{i}].device[{k}].port: {device.port} is numbered in plug order, so after a replug "
                     f"or reboot it may be another bed's device; use its /dev/serial/by-id/... name"
+                )
+            if device.options.get("waves") is True and not config.waves.enabled:
+                warnings.append(
+                    f"bed[{i}].device[{k}].options.waves: the device is asked for waves, but [waves] "
+                    f"enabled is false, so they are decoded and dropped; enable [waves] or drop the option"
                 )
     return errors, warnings
 

@@ -47,6 +47,10 @@ class Topics:
         """Return the retained device status topic."""
         return f"{self.root}/bed/{bed}/device/{device}"
 
+    def wave(self, bed: str, signal: str) -> str:
+        """Return the waveform topic of one signal of a bed."""
+        return f"{self.root}/bed/{bed}/wave/{signal}"
+
 
 def encode_message(
     body: Body, *, appliance: str, bed: str | None, session: int, seq: int, ts: datetime

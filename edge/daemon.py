@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from drivers.base import DeviceSession, SerialSettings
+from drivers.base import DeviceSession, SerialSettings, WaveformChunk
 from drivers.registry import get_driver
 from edge import appliance_version
 from edge.bus import ReportBus
@@ -29,6 +29,7 @@ from edge.outbox import DeliveryPriority, OutboxError
 from edge.publisher import Publisher
 from edge.systemd import SystemdNotifier, WatchdogGate, run_watchdog
 from edge.twin import DeviceIdentity, TwinDelta, TwinStore
+from edge.waves import WaveWindow, WaveWindows
 from engines.runtime import EnginesUnavailable, ForecastRuntime
 
 LOGGER = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Daemon:
                     driver=device.driver,
                     protocol=driver.protocol,
                     port=device.endpoint,
+                    kind=driver.device_kind,
                 )
                 identities.append(identity)
                 self._sessions[(bed.id, device.id)] = session
@@ -101,9 +103,19 @@ class Daemon:
                     bytesize=driver.default_line.bytesize,
                     parity=device.parity or driver.default_line.parity,
                     stopbits=driver.default_line.stopbits,
+                    rtscts=driver.default_line.rtscts,
                 )
         self._identities = identities
-        self._twin = TwinStore(stale_after_s={b.id: b.stale_after_s for b in config.bed}, devices=identities)
+        self._twin = TwinStore(
+            stale_after_s={b.id: b.stale_after_s for b in config.bed},
+            devices=identities,
+            sources={b.id: dict(b.sources) for b in config.bed},
+        )
+        self._waves = (
+            WaveWindows(window_s=config.waves.window_s, signals=config.waves.signals)
+            if config.waves.enabled
+            else None
+        )
         self._bed_state = {b.id: _BedPublishState() for b in config.bed}
         self._bus = ReportBus()
         self._gate = WatchdogGate()
@@ -249,6 +261,9 @@ class Daemon:
             # periodic status: it is what a field engineer looks for first.
             self._publish_device_status(bed=bed, device=device)
         for event in report.events:
+            if isinstance(event, WaveformChunk):
+                self._publish_wave(report, event)
+                continue
             delta = self._twin.apply(
                 bed=bed,
                 device=device,
@@ -258,11 +273,35 @@ class Daemon:
             )
             self._publish_delta(delta, received_mono_s=report.received_mono_s)
 
+    def _publish_wave(self, report: DeviceReport, chunk: WaveformChunk) -> None:
+        """Window a wave chunk and queue the finished windows on the publisher's wave lane."""
+        if self._waves is None:
+            return
+        for window in self._waves.add(
+            bed=report.identity.bed,
+            device=report.identity.device,
+            chunk=chunk,
+            received_at=report.received_at,
+            received_mono_s=report.received_mono_s,
+        ):
+            self._submit_wave(window)
+
+    def _submit_wave(self, window: WaveWindow) -> None:
+        self._publisher.submit_wave(
+            topic=self._topics.wave(window.bed, window.body.signal), bed=window.bed, body=window.body
+        )
+
     def _publish_delta(self, delta: TwinDelta, *, received_mono_s: float) -> None:
         bed, device = delta.bed, delta.device
         submit = self._publisher.submit
         if delta.observations and self._forecasts is not None:
             for observation in delta.observations:
+                # Only the key's source feeds its forecast: two devices' readings interleaved would
+                # make one jagged series out of two sensors.
+                if not self._twin.is_source(
+                    bed=bed, key=observation.key, device=device, now_mono_s=received_mono_s
+                ):
+                    continue
                 self._forecasts.observe(
                     bed=bed,
                     key=observation.key,
@@ -279,6 +318,8 @@ class Daemon:
                 body=VitalsBody(device=device, observations=delta.observations, coalesced=coalesced),
                 priority=DeliveryPriority.OBSERVATION,
             )
+        if delta.device_status_changed and delta.device_state is None:
+            self._publish_device_status(bed=bed, device=device)
         if delta.device_state is not None:
             state = delta.device_state
             self._publish_device_status(bed=bed, device=device)
@@ -364,6 +405,9 @@ class Daemon:
         while True:
             await asyncio.sleep(min(publish.twin_min_interval_s, 0.25))
             self._publish_twins()
+            if self._waves is not None:
+                for window in self._waves.flush_idle(now_mono_s=time.monotonic()):
+                    self._submit_wave(window)
             now_s = time.monotonic()
             if now_s - last_status_s >= publish.device_status_interval_s:
                 last_status_s = now_s

@@ -49,6 +49,10 @@ class InvalidReason(enum.StrEnum):
 
 _VALUE_DESCRIPTION = "null whenever valid is false: a rejected number never sits where a value belongs"
 _REJECTED_DESCRIPTION = "the number the device sent when the appliance rejected it (never a measurement)"
+_DEVICE_FLAG_DESCRIPTION = (
+    "the device's own word for why it flagged the value (questionable, under_range, not_calibrated, ...); "
+    "null when it gave none"
+)
 
 
 class Observation(_Frozen):
@@ -63,6 +67,7 @@ class Observation(_Frozen):
     device_code: str = Field(description="the device protocol's own code for the parameter")
     valid: bool
     invalid_reason: InvalidReason | None = Field(default=None, description="why not valid; null when valid")
+    device_flag: str | None = Field(default=None, description=_DEVICE_FLAG_DESCRIPTION)
     rejected_value: float | None = Field(default=None, description=_REJECTED_DESCRIPTION)
     device_time: Timestamp | None = Field(description="when the device says it measured (null: not told)")
     received_at: Timestamp = Field(description="appliance wall clock when the value was received")
@@ -105,13 +110,23 @@ class RejectedReading(_Frozen):
     at: Timestamp = Field(description="appliance wall clock when it was received")
 
 
+class RefusedData(_Frozen):
+    """Values a device keeps sending that never reach the twin (a monitor in demo or test mode)."""
+
+    reason: str = Field(description="demo_data or test_data")
+    detail: str = Field(description="one line for the field engineer")
+    since: Timestamp = Field(description="first refused set of this episode")
+    refused_values: int = Field(description="values refused in this episode")
+
+
 class DeviceState(_Frozen):
     """Connectivity and health of one device link."""
 
     device: str
+    kind: str = Field(description="ventilator or monitor: the default source of a key follows it")
     driver: str
     protocol: str
-    port: str
+    port: str = Field(description="where the data comes from: a device path, socket://, udp://, listen://")
     connected: bool
     model: str | None = None
     protocol_version: str | None = None
@@ -124,6 +139,9 @@ class DeviceState(_Frozen):
     )
     last_rejected: RejectedReading | None = Field(
         default=None, description="the latest reading the plausibility check rejected"
+    )
+    refused: RefusedData | None = Field(
+        default=None, description="set while the device sends data the appliance refuses (demo, test)"
     )
 
 
@@ -138,9 +156,10 @@ class TwinValue(_Frozen):
     unit: str
     mdc: str | None
     label: str
-    device: str
+    device: str = Field(description="the device this value comes from (the key's source, see `sources`)")
     valid: bool
     invalid_reason: InvalidReason | None = Field(default=None, description="why not valid; null when valid")
+    device_flag: str | None = Field(default=None, description=_DEVICE_FLAG_DESCRIPTION)
     rejected_value: float | None = Field(default=None, description=_REJECTED_DESCRIPTION)
     device_time: Timestamp | None
     received_at: Timestamp
@@ -197,8 +216,11 @@ class EventForecast(_Frozen):
 class TwinBody(_Frozen):
     """Full twin snapshot of one bed."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/twin/2"
-    values: dict[str, TwinValue]
+    SCHEMA: ClassVar[str] = "icu-edge/twin/3"
+    values: dict[str, TwinValue] = Field(
+        description="per key, the value of its source device: the configured one, else the monitor for "
+        "haemodynamics and the ventilator for respiration, else any device with a fresh value"
+    )
     settings: dict[str, VentilatorSetting]
     devices: dict[str, DeviceState]
     device_alarms: list[DeviceAlarm]
@@ -225,7 +247,7 @@ class ForecastBody(_Frozen):
 class VitalsBody(_Frozen):
     """A batch of observations as they arrived from one device."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/vitals/2"
+    SCHEMA: ClassVar[str] = "icu-edge/vitals/3"
     device: str
     observations: list[Observation]
     coalesced: int = Field(
@@ -236,8 +258,23 @@ class VitalsBody(_Frozen):
 class DeviceStatusBody(_Frozen):
     """Retained device status."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/device/2"
+    SCHEMA: ClassVar[str] = "icu-edge/device/3"
     status: DeviceState
+
+
+class WaveBody(_Frozen):
+    """A fixed window of one waveform signal from one device (QoS 0, not retained, never stored)."""
+
+    SCHEMA: ClassVar[str] = "icu-edge/wave/1"
+    device: str
+    signal: str = Field(description="ecg, pleth, abp, cvp, co2, resp, paw, flow, volume")
+    unit: str = Field(description="UCUM unit of the samples")
+    label: str
+    mdc: str | None = None
+    sample_period_s: float = Field(gt=0)
+    start: Timestamp = Field(description="time of the first sample (appliance clock unless the device said)")
+    samples: list[float | None] = Field(description="oldest first; null where the device marked it invalid")
+    gap_before: bool = Field(description="samples were lost or the stream restarted before this window")
 
 
 class EventKind(enum.StrEnum):
@@ -279,7 +316,7 @@ class ApplianceStatusBody(_Frozen):
     reason: str | None = Field(default=None, description="why offline: shutdown, or lost (the Will)")
 
 
-Body = TwinBody | VitalsBody | DeviceStatusBody | EventBody | ApplianceStatusBody | ForecastBody
+Body = TwinBody | VitalsBody | DeviceStatusBody | EventBody | ApplianceStatusBody | ForecastBody | WaveBody
 
 
 class Envelope(_Frozen):
@@ -317,6 +354,10 @@ class ApplianceStatusMessage(Envelope, ApplianceStatusBody):
 
 class ForecastMessage(Envelope, ForecastBody):
     """`R/bed/{bed}/forecast`, retained, QoS 1."""
+
+
+class WaveMessage(Envelope, WaveBody):
+    """`R/bed/{bed}/wave/{signal}`, QoS 0, not retained (only when `[waves] enabled`)."""
 
 
 def utc_now() -> datetime:

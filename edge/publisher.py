@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -80,7 +81,7 @@ import ssl
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,6 +102,7 @@ from edge.model import (
     Body,
     EventBody,
     EventKind,
+    WaveBody,
     format_rfc3339_ms,
     utc_now,
 )
@@ -122,6 +124,10 @@ HOLD_MARGIN_S = 1.0
 """Added to 1.5 x keepalive before a new attempt after a keepalive timeout (the broker's timer ticks)."""
 LOSS_REPORT_INTERVAL_S = 10.0
 """Outbox drops are reported (one event per bed, one log line) at once, then at most this often."""
+WAVE_QUEUE_MAX = 256
+"""Wave windows waiting for the worker; past this the oldest is dropped (and counted)."""
+WAVE_BURST = 32
+"""Wave windows sent per worker step while nothing else waits; then the worker looks at its queue again."""
 SPILL_MAX_BYTES = 4 * 1024 * 1024
 """Rows a full disk refused are kept in memory up to this many bytes (see `Spill`)."""
 DISK_RETRY_S = 1.0
@@ -149,6 +155,9 @@ class PublisherStats:
     """The cap in force: `max_bytes`, or less when the filesystem is short of room."""
     errors: int
     """Exceptions caught in the worker and the callbacks (each logged with its traceback)."""
+    waves_sent: int = 0
+    waves_dropped: int = 0
+    """Wave windows not sent: queue full (the worker was busy with what matters more), or offline."""
     last_progress_s: float
     """Monotonic time of the worker's last loop: it loops whether or not the broker is reachable."""
     last_error: str | None
@@ -225,6 +234,20 @@ class _StopRequest:
     flush_timeout_s: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _WavesWaiting:
+    """Wakes the worker for the wave lane (the waves themselves wait in `Publisher._waves`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Wave:
+    topic: str
+    bed: str
+    body: WaveBody
+    seq: int
+    ts: datetime
+
+
 _Event = (
     _Submission
     | _Acked
@@ -236,6 +259,7 @@ _Event = (
     | _WatchRefused
     | _CallbackFailed
     | _StopRequest
+    | _WavesWaiting
 )
 
 
@@ -250,6 +274,8 @@ class _WorkerSnapshot:
     outbox_disk_bytes: int = 0
     outbox_cap_bytes: int = 0
     errors: int = 0
+    waves_sent: int = 0
+    waves_dropped: int = 0
     last_progress_s: float = 0.0
     last_error: str | None = None
     fatal_error: str | None = None
@@ -470,6 +496,9 @@ class Publisher:
         self._seq: dict[str, int] = {}
         self._submitted = 0
         self._refused: Counter[DeliveryPriority] = Counter()
+        self._waves_overflowed = 0
+        self._waves: deque[_Wave] = deque()
+        """The wave lane: filled by the loop thread, emptied by the worker (deque ends are thread-safe)."""
         self._accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session = 0
@@ -498,6 +527,8 @@ class Publisher:
         self._outbox_disk_bytes = 0
         self._outbox_cap_bytes = 0
         self._errors = 0
+        self._waves_sent = 0
+        self._waves_dropped = 0
         self._last_error: str | None = None
         self._fatal_error: str | None = None
         self._stop_request: _StopRequest | None = None
@@ -594,6 +625,27 @@ class Publisher:
             )
         )
 
+    def submit_wave(self, *, topic: str, bed: str, body: WaveBody) -> None:
+        """Queue a wave window on its own lane (QoS 0, never stored); never blocks.
+
+        The worker sends waves only when nothing else waits for it, so a burst of waves never delays
+        an observation, an alarm or a state; when waves pile up past `WAVE_QUEUE_MAX` (the worker is
+        busy, the broker slow) the oldest are dropped and counted.
+        """
+        if not self._accepting:
+            self._waves_overflowed += 1
+            return
+        seq = self._seq.get(topic, 0)
+        self._seq[topic] = seq + 1
+        was_empty = not self._waves
+        if len(self._waves) >= WAVE_QUEUE_MAX:
+            with contextlib.suppress(IndexError):
+                self._waves.popleft()
+                self._waves_overflowed += 1
+        self._waves.append(_Wave(topic=topic, bed=bed, body=body, seq=seq, ts=self._wall_clock()))
+        if was_empty:
+            self._events.put(_WavesWaiting())
+
     async def stop(self, *, flush_timeout_s: float) -> None:
         """Stop accepting, flush for up to `flush_timeout_s`, publish `offline`, disconnect, close.
 
@@ -624,6 +676,8 @@ class Publisher:
             outbox_disk_bytes=snapshot.outbox_disk_bytes,
             outbox_cap_bytes=snapshot.outbox_cap_bytes,
             errors=snapshot.errors,
+            waves_sent=snapshot.waves_sent,
+            waves_dropped=snapshot.waves_dropped + self._waves_overflowed,
             last_progress_s=snapshot.last_progress_s,
             last_error=snapshot.last_error,
             fatal_error=snapshot.fatal_error,
@@ -735,7 +789,7 @@ class Publisher:
     def _serve(self) -> None:
         while self._stop_request is None:
             try:
-                self._step(wait_s=WAKE_INTERVAL_S)
+                self._step(wait_s=0.0 if self._waves else WAKE_INTERVAL_S)
             except (sqlite3.Error, OutboxError) as exc:
                 if not is_disk_full(exc):
                     self._fail(exc)
@@ -763,6 +817,8 @@ class Publisher:
             outbox_disk_bytes=self._outbox_disk_bytes,
             outbox_cap_bytes=self._outbox_cap_bytes,
             errors=self._errors,
+            waves_sent=self._waves_sent,
+            waves_dropped=self._waves_dropped,
             last_progress_s=self._snapshot.last_progress_s if last_progress_s is None else last_progress_s,
             last_error=self._last_error,
             fatal_error=self._fatal_error,
@@ -847,6 +903,8 @@ class Publisher:
                     self._last_error = f"{where}: {error}"
                 case _StopRequest():
                     self._stop_request = event
+                case _WavesWaiting():
+                    pass
         disk_waiting = len(self._spill) > 0 or len(self._undeleted) > 0
         disk_retry = disk_waiting and self._clock() >= self._disk_retry_s
         if new_rows or disk_retry:
@@ -856,6 +914,36 @@ class Publisher:
         if self._link_up and self._sending:
             self._fill_window(outbox)
         self._flush_loss_reports()
+        self._send_waves()
+
+    def _send_waves(self) -> None:
+        """Send queued wave windows while nothing else waits for the worker, at most `WAVE_BURST` a step."""
+        sent = 0
+        while self._waves and sent < WAVE_BURST and self._events.empty():
+            wave = self._waves.popleft()
+            sent += 1
+            if not (self._link_up and self._sending) or self._client is None:
+                self._waves_dropped += 1
+                continue
+            try:
+                payload = encode_message(
+                    wave.body,
+                    appliance=self._appliance_id,
+                    bed=wave.bed,
+                    session=self._worker_session,
+                    seq=wave.seq,
+                    ts=wave.ts,
+                )
+            except Exception as exc:
+                LOGGER.exception("publisher: cannot encode a wave for %s; dropped it", wave.topic)
+                self._waves_dropped += 1
+                self._count_error(f"encoding a wave for {wave.topic}", exc)
+                continue
+            info = self._client.publish(wave.topic, payload, qos=0, retain=False)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._waves_sent += 1
+            else:
+                self._waves_dropped += 1
 
     def _store(self, outbox: Outbox, new_rows: list[NewRow], *, retry: bool) -> None:
         """Store new rows behind any spilled ones; what a full disk refuses waits in the spill."""

@@ -18,6 +18,7 @@ from edge.model import (
     ForecastMessage,
     TwinMessage,
     VitalsMessage,
+    WaveMessage,
 )
 
 _CHANNELS: list[tuple[str, str, type[Envelope], bool, str]] = [
@@ -44,6 +45,13 @@ _CHANNELS: list[tuple[str, str, type[Envelope], bool, str]] = [
         DeviceStatusMessage,
         True,
         "Device link status and counters.",
+    ),
+    (
+        "wave",
+        "{prefix}/{site}/{ward}/bed/{bed}/wave/{signal}",
+        WaveMessage,
+        False,
+        "Fixed windows of one waveform signal (QoS 0, never stored; only when [waves] enabled).",
     ),
 ]
 

@@ -12,6 +12,15 @@ the device status counters) and the latest one is shown as the device status's `
 A key's twin value is always its latest reading: a rejected one replaces the last valid value with the
 rejection marker, as a monitor shows `---` for an artefact, rather than keep a number the device's
 latest frame contradicts.
+
+A bed has several devices (a ventilator, a monitor, an HL7 feed) and two of them may report the same
+key (SpO2 from the ventilator's and the monitor's sensor). The twin keeps each device's latest reading
+of a key apart and shows one: the key's *source*. The source order is the bed's `sources` entry for the
+key when the config has one, then the devices of the kind the key's domain prefers (the monitor for
+haemodynamics, the ventilator for respiration; `drivers.vocabulary`), then the others in config order;
+the first of them with a fresh reading wins, and when none is fresh the first with any reading is shown
+(stale). `map` is derived here, never taken from a driver: the arterial mean when it is valid and
+fresh, else the cuff (NIBP) mean when that is, else the arterial mean's latest (invalid) reading.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from drivers.base import (
+    DataRefused,
     DeviceAlarmsReceived,
     DriverEvent,
     LinkDown,
@@ -30,14 +40,17 @@ from drivers.base import (
     MeasurementsReceived,
     SettingsReceived,
     TextMessagesReceived,
+    WaveformChunk,
 )
 from drivers.plausibility import TABLE, Implausibility, check
+from drivers.vocabulary import PREFERRED_KIND, TERMS, DeviceKind, domain_of
 from edge.model import (
     DeviceAlarm,
     DeviceState,
     ForecastBody,
     InvalidReason,
     Observation,
+    RefusedData,
     RejectedReading,
     TwinBody,
     TwinValue,
@@ -85,6 +98,11 @@ class DeviceIdentity:
     driver: str
     protocol: str
     port: str
+    kind: DeviceKind = DeviceKind.VENTILATOR
+
+
+MAP_SOURCES = ("abp_mean", "nbp_mean")
+"""What `map` is derived from, in order of preference."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -98,26 +116,43 @@ class TwinDelta:
     alarms_ended: list[DeviceAlarm] = field(default_factory=list)
     device_state: DeviceState | None = None
     """Set when the device's connectivity changed."""
+    device_status_changed: bool = False
+    """Set when the device status changed otherwise (refused data began or ended): publish it."""
     text_messages: tuple[str, ...] | None = None
     """Set when the device's text messages changed."""
 
     @property
     def changes_twin(self) -> bool:
         """True when a twin snapshot would now differ."""
-        return bool(self.observations or self.alarms_raised or self.alarms_ended or self.device_state)
+        return bool(
+            self.observations
+            or self.alarms_raised
+            or self.alarms_ended
+            or self.device_state
+            or self.device_status_changed
+        )
 
 
 @dataclass(slots=True)
 class _StoredValue:
     observation: Observation
     received_mono_s: float
+    max_age_s: float
+    """Older than this, the reading is stale."""
+
+    def fresh(self, now_mono_s: float) -> bool:
+        return now_mono_s - self.received_mono_s <= self.max_age_s
 
 
 @dataclass(slots=True, kw_only=True)
 class _BedTwin:
     bed: str
     stale_after_s: float
-    values: dict[str, _StoredValue] = field(default_factory=dict)
+    sources: dict[str, str]
+    """key -> the device the config names as its source."""
+    values: dict[str, dict[str, _StoredValue]] = field(default_factory=dict)
+    """key -> device -> that device's latest reading of the key."""
+    source_order: dict[str, tuple[str, ...]] = field(default_factory=dict)
     settings: dict[str, VentilatorSetting] = field(default_factory=dict)
     devices: dict[str, DeviceState] = field(default_factory=dict)
     device_alarms: dict[tuple[str, str], DeviceAlarm] = field(default_factory=dict)
@@ -128,8 +163,19 @@ class _BedTwin:
 class TwinStore:
     """All beds' twins; applies driver events as transactions."""
 
-    def __init__(self, *, stale_after_s: dict[str, float], devices: list[DeviceIdentity]) -> None:
-        self._beds = {bed: _BedTwin(bed=bed, stale_after_s=s) for bed, s in stale_after_s.items()}
+    def __init__(
+        self,
+        *,
+        stale_after_s: dict[str, float],
+        devices: list[DeviceIdentity],
+        sources: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """`sources`: per bed, key -> device id that is the key's source (the config's `sources`)."""
+        sources = sources or {}
+        self._beds = {
+            bed: _BedTwin(bed=bed, stale_after_s=s, sources=dict(sources.get(bed, {})))
+            for bed, s in stale_after_s.items()
+        }
         self._identity: dict[tuple[str, str], DeviceIdentity] = {}
         self._rejects: dict[tuple[str, str], Counter[str]] = {}
         self._logged_rejects: set[tuple[str, str, str, InvalidReason]] = set()
@@ -137,6 +183,7 @@ class TwinStore:
             self._identity[(identity.bed, identity.device)] = identity
             self._beds[identity.bed].devices[identity.device] = DeviceState(
                 device=identity.device,
+                kind=identity.kind,
                 driver=identity.driver,
                 protocol=identity.protocol,
                 port=identity.port,
@@ -179,6 +226,11 @@ class TwinStore:
         match event:
             case MeasurementsReceived():
                 self._apply_measurements(twin, delta, event, received_at, received_mono_s)
+                self._end_refusal(twin, delta)
+            case DataRefused():
+                self._note_refusal(twin, delta, event, received_at)
+            case WaveformChunk():
+                pass  # waves never enter the twin: the daemon windows and publishes them
             case SettingsReceived():
                 self._apply_settings(twin, delta, event, received_at)
             case DeviceAlarmsReceived():
@@ -234,11 +286,14 @@ class TwinStore:
                 device_code=measurement.device_code,
                 valid=reason is None,
                 invalid_reason=reason,
+                device_flag=measurement.device_flag if reason is not None else None,
                 rejected_value=rejected_value,
                 device_time=event.device_time,
                 received_at=received_at,
             )
-            twin.values[measurement.key] = _StoredValue(observation, received_mono_s)
+            twin.values.setdefault(measurement.key, {})[delta.device] = _StoredValue(
+                observation, received_mono_s, self._max_age_s(twin, measurement.key)
+            )
             delta.observations.append(observation)
             if reason is not None and rejected_value is not None:
                 self._count_rejected(
@@ -250,6 +305,114 @@ class TwinStore:
                     value=rejected_value,
                     at=received_at,
                 )
+
+        if any(o.key in MAP_SOURCES for o in delta.observations):
+            self._derive_map(twin, delta, received_mono_s)
+
+    def _max_age_s(self, twin: _BedTwin, key: str) -> float:
+        found = TERMS.get(key)
+        intermittent = None if found is None else found.intermittent_max_age_s
+        return twin.stale_after_s if intermittent is None else max(twin.stale_after_s, intermittent)
+
+    def _derive_map(self, twin: _BedTwin, delta: TwinDelta, now_mono_s: float) -> None:
+        """Record `map` from the arterial mean, else the cuff mean, when this set changed the one in use."""
+        chosen: _StoredValue | None = None
+        for key in MAP_SOURCES:
+            current = self._current(twin, key, now_mono_s)
+            if current is not None and current.observation.valid and current.fresh(now_mono_s):
+                chosen = current
+                break
+        if chosen is None:
+            arterial = self._current(twin, MAP_SOURCES[0], now_mono_s)
+            if arterial is None or not arterial.fresh(now_mono_s):
+                return
+            chosen = arterial
+        if not any(o is chosen.observation for o in delta.observations):
+            return
+        row = TERMS["map"]
+        derived = chosen.observation.model_copy(update={"key": "map", "label": row.label, "mdc": row.mdc})
+        twin.values.setdefault("map", {})[chosen.observation.device] = _StoredValue(
+            derived, chosen.received_mono_s, chosen.max_age_s
+        )
+        delta.observations.append(derived)
+
+    def _order(self, twin: _BedTwin, key: str) -> tuple[str, ...]:
+        """Return the devices of the bed in source order for key (cached: the config does not change)."""
+        order = twin.source_order.get(key)
+        if order is None:
+            preferred_kind = PREFERRED_KIND[domain_of(key)]
+            devices = list(twin.devices)
+            ranked = sorted(devices, key=lambda d: twin.devices[d].kind != preferred_kind)
+            configured = twin.sources.get(key)
+            if configured in twin.devices:
+                ranked.remove(configured)
+                ranked.insert(0, configured)
+            order = twin.source_order[key] = tuple(ranked)
+        return order
+
+    def _current(self, twin: _BedTwin, key: str, now_mono_s: float) -> _StoredValue | None:
+        """Return the reading the twin shows for key: the first fresh one in source order, else the first."""
+        readings = twin.values.get(key)
+        if not readings:
+            return None
+        if len(readings) == 1:
+            return next(iter(readings.values()))
+        fallback: _StoredValue | None = None
+        for device in self._order(twin, key):
+            stored = readings.get(device)
+            if stored is None:
+                continue
+            if stored.fresh(now_mono_s) and twin.devices[device].connected:
+                return stored
+            fallback = fallback or stored
+        return fallback
+
+    def is_source(self, *, bed: str, key: str, device: str, now_mono_s: float) -> bool:
+        """Return whether device's reading of key is the one the twin shows (forecasts follow only it)."""
+        current = self._current(self._beds[bed], key, now_mono_s)
+        return current is not None and current.observation.device == device
+
+    def _note_refusal(
+        self, twin: _BedTwin, delta: TwinDelta, event: DataRefused, received_at: datetime
+    ) -> None:
+        """Show on the device status that its values are refused, counting them for this episode."""
+        state = twin.devices[delta.device]
+        refused = state.refused
+        if refused is None or refused.reason != event.reason:
+            LOGGER.warning(
+                "%s/%s: %s",
+                twin.bed,
+                delta.device,
+                event.detail,
+                extra={"bed": twin.bed, "device": delta.device},
+            )
+            refused = RefusedData(
+                reason=event.reason, detail=event.detail, since=received_at, refused_values=event.count
+            )
+            twin.devices[delta.device] = state.model_copy(update={"refused": refused})
+            delta.device_status_changed = True
+        else:
+            twin.devices[delta.device] = state.model_copy(
+                update={
+                    "refused": refused.model_copy(
+                        update={"refused_values": refused.refused_values + event.count}
+                    )
+                }
+            )
+
+    def _end_refusal(self, twin: _BedTwin, delta: TwinDelta) -> None:
+        state = twin.devices[delta.device]
+        if state.refused is not None:
+            LOGGER.info(
+                "%s/%s: values accepted again (%s ended after %d refused values)",
+                twin.bed,
+                delta.device,
+                state.refused.reason,
+                state.refused.refused_values,
+                extra={"bed": twin.bed, "device": delta.device},
+            )
+            twin.devices[delta.device] = state.model_copy(update={"refused": None})
+            delta.device_status_changed = True
 
     def _apply_settings(
         self, twin: _BedTwin, delta: TwinDelta, event: SettingsReceived, received_at: datetime
@@ -391,7 +554,10 @@ class TwinStore:
         """Return the bed's full twin with ages computed at now_mono_s."""
         twin = self._beds[bed]
         values: dict[str, TwinValue] = {}
-        for key, stored in twin.values.items():
+        for key in twin.values:
+            stored = self._current(twin, key, now_mono_s)
+            if stored is None:
+                continue
             observation = stored.observation
             age_s = max(0.0, now_mono_s - stored.received_mono_s)
             device_connected = twin.devices[observation.device].connected
@@ -403,11 +569,12 @@ class TwinStore:
                 device=observation.device,
                 valid=observation.valid,
                 invalid_reason=observation.invalid_reason,
+                device_flag=observation.device_flag,
                 rejected_value=observation.rejected_value,
                 device_time=observation.device_time,
                 received_at=observation.received_at,
                 age_s=round(age_s, 3),
-                stale=age_s > twin.stale_after_s or not device_connected,
+                stale=age_s > stored.max_age_s or not device_connected,
             )
         return TwinBody(
             values=values,

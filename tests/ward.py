@@ -1,6 +1,7 @@
-"""Test harness: a ward of N beds as real processes (MEDIBUS simulators on ptys, `icu-edge run`).
+"""Test harness: a ward of N beds as real processes (device simulators on ptys, `icu-edge run`).
 
-Each bed has one ventilator simulator on its own pseudo-terminal; the daemon runs as a separate
+Each bed has one ventilator simulator on its own pseudo-terminal, and with `WardLayout.monitor` a
+monitor simulator of that driver on another (device `mon-1`); the daemon runs as a separate
 process on a generated config against a real Mosquitto. Fault tests start, kill and restart the parts
 and read what a central station would receive. Every process writes its log under the work directory;
 `close()` kills whatever still runs.
@@ -48,6 +49,12 @@ class WardLayout:
     extra_toml: str = ""
     stale_after_s: float = 10.0
     scenario: str = "steady"
+    ventilator_options: str = ""
+    """The ventilator's driver options as inline-table content (`waves = true, poll_interval_s = 0.5`)."""
+    monitor: str | None = None
+    """Driver of a monitor at every bed (`intellivue`, `datex`), simulated on a pty; None: none."""
+    monitor_options_toml: str = ""
+    """TOML lines under the monitor's `[bed.device.options]`."""
 
 
 class Ward:
@@ -59,6 +66,8 @@ class Ward:
         self.layout = layout
         self.beds = [f"bed-{i + 1:02d}" for i in range(layout.beds)]
         self.links = {bed: workdir / f"vent-{bed}" for bed in self.beds}
+        self.monitor_links = {bed: workdir / f"mon-{bed}" for bed in self.beds}
+        self.monitors: dict[str, subprocess.Popen[bytes]] = {}
         self.outbox = workdir / "outbox.db"
         self.config = workdir / "config.toml"
         self.simulators: dict[str, subprocess.Popen[bytes]] = {}
@@ -79,7 +88,8 @@ id = "vent-1"
 driver = "medibus"
 port = "{self.links[bed]}"
 baud = 19200
-"""
+options = {{ {layout.ventilator_options} }}
+{self._monitor_toml(bed)}"""
             for bed in self.beds
         )
         return f"""
@@ -106,6 +116,20 @@ path = "{self.outbox}"
 {layout.extra_toml}
 {beds}"""
 
+    def _monitor_toml(self, bed: str) -> str:
+        layout = self.layout
+        if layout.monitor is None:
+            return ""
+        return f"""
+[[bed.device]]
+id = "mon-1"
+driver = "{layout.monitor}"
+port = "{self.monitor_links[bed]}"
+
+[bed.device.options]
+{layout.monitor_options_toml}
+"""
+
     def write_config(self) -> None:
         """(Re)write the config file from the layout."""
         self.config.write_text(self.config_text(), encoding="utf-8")
@@ -126,15 +150,19 @@ path = "{self.outbox}"
             )
 
     def start_simulator(self, bed: str, *, scenario: str | None = None) -> None:
-        """Start one bed's ventilator and wait for its pty link."""
-        link = self.links[bed]
-        self.simulators[bed] = self.spawn(
-            f"simulator-{bed}",
-            ["drivers.medibus.simulator", "--pty", str(link), "--scenario", scenario or self.layout.scenario],
-        )
+        """Start one bed's ventilator (and monitor, when the layout has one) and wait for the pty links."""
+        scenario = scenario or self.layout.scenario
+        self.simulators[bed] = self._start_on_pty(f"simulator-{bed}", "medibus", self.links[bed], scenario)
+        if self.layout.monitor is not None:
+            self.monitors[bed] = self._start_on_pty(
+                f"monitor-{bed}", self.layout.monitor, self.monitor_links[bed], scenario
+            )
+
+    def _start_on_pty(self, name: str, driver: str, link: Path, scenario: str) -> subprocess.Popen[bytes]:
+        process = self.spawn(name, ["edge.cli", "sim", driver, "--pty", str(link), "--scenario", scenario])
         if not wait_for(lambda: link.exists() and os.path.exists(os.path.realpath(link)), timeout_s=15):
-            log = self.log(f"simulator-{bed}")
-            raise AssertionError(f"simulator of {bed} did not create its pty link: {log}")
+            raise AssertionError(f"{name} did not create its pty link: {self.log(name)}")
+        return process
 
     def start_simulators(self) -> None:
         """Start every bed's ventilator."""
@@ -176,12 +204,17 @@ path = "{self.outbox}"
 
     def close(self) -> None:
         """Stop whatever still runs."""
-        processes = [*self.simulators.values(), *([self.daemon] if self.daemon is not None else [])]
+        processes = [
+            *self.simulators.values(),
+            *self.monitors.values(),
+            *([self.daemon] if self.daemon is not None else []),
+        ]
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
         self.simulators.clear()
+        self.monitors.clear()
 
 
 class NotifySocket:

@@ -40,6 +40,8 @@ class Received:
     retain: bool
     received_wall_s: float
     """time.time() when the message arrived (to compare with the appliance's received_at)"""
+    qos: int = 1
+    """QoS of the delivery (the lower of the publisher's and the subscription's)."""
 
 
 class Subscriber:
@@ -105,6 +107,7 @@ class Subscriber:
                     payload=bytes(message.payload),
                     retain=message.retain,
                     received_wall_s=time.time(),
+                    qos=message.qos,
                 )
             )
 

@@ -8,11 +8,12 @@ import pytest
 
 from drivers.medibus.codes import DEVICE_SETTINGS, MEASURED_CP1, ParameterSpec
 from drivers.plausibility import TABLE, Implausibility, PlausibleRange, check
+from drivers.vocabulary import TERMS
 from engines.spec import CONTEXT, SIGNALS
 
 UCUM_UNITS = {"mbar", "mL", "L/min", "mL/min", "%", "mm[Hg]", "kPa", "/min", "1", "/min/L", "L/bar", "s"}
 UCUM_UNITS |= {"mbar/(L/s)", "Cel"}
-MONITOR_KEYS = {"hr", "pr", "spo2", "map", "abp_sys", "abp_dia", "abp_mean", "nbp_sys", "nbp_dia", "nbp_mean", "cvp", "temp", "rr"}
+MONITOR_KEYS = set(TERMS)
 
 
 @pytest.mark.parametrize("spec", [*MEASURED_CP1.values(), *DEVICE_SETTINGS.values()], ids=lambda s: s.key)

@@ -13,7 +13,16 @@ from broker import make_tls_files
 from cryptography.hazmat.primitives import serialization
 
 from edge.cli import main
-from edge.config import ConfigCheck, ConfigError, check_config, load_config, parse_config
+from edge.config import (
+    ConfigCheck,
+    ConfigError,
+    address_problem,
+    check_config,
+    endpoint_identity,
+    listen_problem,
+    load_config,
+    parse_config,
+)
 from tools.local_broker import TlsFiles
 
 DATA = Path(__file__).parent.parent / "data" / "config"
@@ -69,6 +78,23 @@ def test_unknown_driver_option_names_allowed_ones() -> None:
         (lambda d: d["mqtt"].update(tls={"ca": "/ca.pem", "cert": "/c.pem"}), "cert and key must be given"),
         (lambda d: d.pop("bed"), "bed: required, but missing"),
         (lambda d: d.update(config_version=2), "config_version: "),
+        (
+            lambda d: d["bed"][0]["device"][0].update(address="udp://10.0.0.5:24105"),
+            "give exactly one of port, address, listen (driver medibus takes port)",
+        ),
+        (
+            lambda d: (
+                d["bed"][0]["device"][0].pop("port"),
+                d["bed"][0]["device"][0].update(listen="0.0.0.0:2575"),
+            ),
+            "driver medibus takes port, not listen",
+        ),
+        (lambda d: d["bed"][0].update(sources={"spo2": "mon-9"}), "bed bed-07 has no device 'mon-9'"),
+        (
+            lambda d: d["bed"][0].update(sources={"sp02": "vent-1"}),
+            "unknown key 'sp02' (did you mean 'spo2'?)",
+        ),
+        (lambda d: d.update(waves={"signals": ["ecg", "eeg"]}), "unknown signal(s) eeg; allowed: ecg, pleth"),
     ],
 )
 def test_semantic_errors(mutate: object, expected: str) -> None:
@@ -591,3 +617,38 @@ def test_a_plug_order_port_name_is_a_warning(tmp_path: Path) -> None:
     (warning,) = checked.warnings
     assert warning.startswith("bed[0].device[0].port: /dev/ttyUSB0 is numbered in plug order")
     assert "/dev/serial/by-id/" in warning
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("udp://10.0.0.5:24105", None),
+        ("udp://[::1]:24105", None),
+        ("tcp://10.0.0.5:24105", "must be udp://HOST:PORT"),
+        ("udp://10.0.0.5", "udp:// needs a host and a port"),
+        ("udp://10.0.0.5:70000", "udp:// needs a host and a port"),
+        ("udp://10.0.0.5:24105/x", "udp:// takes only host:port"),
+    ],
+)
+def test_a_network_address_is_udp_host_port(address: str, problem: str | None) -> None:
+    found = address_problem(address)
+    assert (found is None) if problem is None else (found is not None and found.startswith(problem))
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:2575", "[::1]:2575", "0.0.0.0:2575", "monitor-gw:2575"])
+def test_a_listen_endpoint_is_host_port(value: str) -> None:
+    assert listen_problem(value) is None
+
+
+@pytest.mark.parametrize("value", ["2575", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:2575/x", "user@h:1"])
+def test_a_bad_listen_endpoint_says_the_form(value: str) -> None:
+    assert listen_problem(value) == (
+        "must be HOST:PORT with a port 1-65535 (127.0.0.1:2575, [::1]:2575, 0.0.0.0:2575)"
+    )
+
+
+def test_every_spelling_of_one_endpoint_has_one_identity() -> None:
+    assert endpoint_identity("udp://10.0.0.05:24105") != endpoint_identity("udp://10.0.0.6:24105")
+    assert endpoint_identity("udp://MONITOR.:24105") == endpoint_identity("udp://monitor:24105")
+    assert endpoint_identity("listen://[0:0::1]:2575") == endpoint_identity("listen://[::1]:2575")
+    assert endpoint_identity("listen://127.0.0.1:2575") != endpoint_identity("udp://127.0.0.1:2575")

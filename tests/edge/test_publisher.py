@@ -75,7 +75,11 @@ def make_publisher(broker: MosquittoBroker, store_path: Path, **store: Any) -> P
         tls = TlsConfig(ca=broker.tls_files.ca)
     return Publisher(
         mqtt=MqttConfig(
-            host=broker.host, port=broker.port, reconnect_min_s=0.1, reconnect_max_s=0.5, tls=tls,
+            host=broker.host,
+            port=broker.port,
+            reconnect_min_s=0.1,
+            reconnect_max_s=0.5,
+            tls=tls,
             insecure=tls is None,
         ),
         store=StoreConfig(path=store_path, **store),
@@ -152,7 +156,14 @@ async def test_birth_payloads_and_seq(publisher: Publisher, subscribe: Subscribe
 
     for i in range(20):
         publisher.submit(topic=VITALS, bed=BED, body=vitals(i), priority=DeliveryPriority.OBSERVATION)
-    device = DeviceState(device="vent1", driver="medibus", protocol="medibus", port="loop://", connected=True)
+    device = DeviceState(
+        device="vent1",
+        kind="ventilator",
+        driver="medibus",
+        protocol="medibus",
+        port="loop://",
+        connected=True,
+    )
     publisher.submit(
         topic=TOPICS.device(BED, "vent1"),
         bed=BED,
@@ -180,7 +191,7 @@ async def test_birth_payloads_and_seq(publisher: Publisher, subscribe: Subscribe
     assert [m.seq for m in vitals_messages] == list(range(20))
     assert [m.observations[0].value for m in vitals_messages] == [float(i) for i in range(20)]
     assert {(m.session, m.appliance, m.bed, m.schema_id) for m in vitals_messages} == {
-        (publisher.session, APPLIANCE, BED, "icu-edge/vitals/2")
+        (publisher.session, APPLIANCE, BED, "icu-edge/vitals/3")
     }
     assert (
         DeviceStatusMessage.model_validate_json(on(messages, TOPICS.device(BED, "vent1"))[0].payload).seq == 0

@@ -31,11 +31,12 @@ def test_json_schemas_cover_config_and_every_payload(capsys: pytest.CaptureFixtu
     document = _run(capsys)
     assert set(document["payloads"]) == {
         "icu-edge/status/1",
-        "icu-edge/twin/2",
-        "icu-edge/vitals/2",
+        "icu-edge/twin/3",
+        "icu-edge/vitals/3",
         "icu-edge/event/1",
-        "icu-edge/device/2",
+        "icu-edge/device/3",
         "icu-edge/forecast/1",
+        "icu-edge/wave/1",
     }
     for schema in document["payloads"].values():
         assert {"schema", "appliance", "bed", "session", "seq", "ts"} <= set(schema["properties"])
@@ -55,6 +56,7 @@ def test_asyncapi_document_is_self_contained(capsys: pytest.CaptureFixture[str])
         "events",
         "deviceStatus",
         "forecast",
+        "wave",
     }
     assert document["channels"]["twin"]["address"] == "{prefix}/{site}/{ward}/bed/{bed}/twin"
     assert document["operations"]["receive_twin"]["bindings"]["mqtt"]["retain"] is True
@@ -71,8 +73,15 @@ def test_a_non_finite_number_is_never_encoded_as_json() -> None:
 
     def vitals(value: float) -> VitalsBody:
         observation = Observation(
-            key="hr", value=value, unit="/min", label="HR", device="mon-1", device_code="x",
-            valid=True, device_time=None, received_at=now,
+            key="hr",
+            value=value,
+            unit="/min",
+            label="HR",
+            device="mon-1",
+            device_code="x",
+            valid=True,
+            device_time=None,
+            received_at=now,
         )
         return VitalsBody(device="mon-1", observations=[observation])
 

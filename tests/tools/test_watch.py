@@ -81,6 +81,7 @@ def twin_value(value: float | None, unit: str, *, valid: bool = True, stale: boo
 def vent_state(*, connected: bool = True) -> DeviceState:
     return DeviceState(
         device="vent-1",
+        kind="ventilator",
         driver="medibus",
         protocol="medibus",
         port="/dev/ttyUSB0",

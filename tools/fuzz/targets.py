@@ -35,6 +35,10 @@ from drivers.base import (
     TextMessagesReceived,
     WaveformChunk,
 )
+from drivers.datex.codec import DatexDecoder
+from drivers.datex.codec import Record as DatexRecord
+from drivers.datex.session import DatexOptions, DatexSession
+from drivers.datex.simulator import MonitorSimulator
 from drivers.intellivue import messages as iv
 from drivers.intellivue.framing import FrameDecoder as IvFrameDecoder
 from drivers.intellivue.framing import encode_frame as iv_encode_frame
@@ -442,6 +446,104 @@ def _simulator_seeds() -> list[bytes]:
     return [_conversation(steps=20, device_to_host=False)]
 
 
+# ---- S/5 DRI (drivers/datex) ---------------------------------------------------------------------
+
+_DATEX_CAP_BYTES = 512
+
+
+def run_datex_codec(data: bytes) -> object:
+    """Decode `data` whole and split at a point chosen by its first byte: same records both ways.
+
+    The buffer stays under its cap; every record re-encodes to a frame that decodes to itself.
+    """
+    whole_decoder = DatexDecoder(cap_bytes=_DATEX_CAP_BYTES)
+    whole = whole_decoder.feed(data)
+    split = data[0] % (len(data) + 1) if data else 0
+    split_decoder = DatexDecoder(cap_bytes=_DATEX_CAP_BYTES)
+    parts = split_decoder.feed(data[:split]) + split_decoder.feed(data[split:])
+    if parts != whole:
+        raise FuzzInvariantError(f"decoding depends on how the bytes were read: {whole!r} vs {parts!r}")
+    if max(whole_decoder.buffered_bytes, split_decoder.buffered_bytes) > _DATEX_CAP_BYTES:
+        raise FuzzInvariantError("DRI decoder holds more bytes than its cap")
+    for record in whole:
+        if DatexDecoder().feed(record.to_frame()) != [record]:
+            raise FuzzInvariantError(f"{record!r} does not survive a round trip")
+    counters = whole_decoder.counters
+    return (
+        len(whole),
+        frozenset(r.header.maintype for r in whole),
+        counters.resyncs > 0,
+        counters.checksum_errors > 0,
+        counters.overflows > 0,
+        frozenset(counters.extra),
+    )
+
+
+def _datex_conversation(*, steps: int, waves: bool) -> bytes:
+    """Record the monitor's side of an in-memory session <-> simulator conversation as timed chunks."""
+    now_s = _START_S
+    session = DatexSession(options=DatexOptions(interval_s=1, link_timeout_s=3.0, waves=waves))
+    monitor = MonitorSimulator(patient=SteadyPatient(), start_s=now_s, epoch_s=1_700_000_000.0)
+    session.reset(now_s=now_s)
+    records: list[tuple[float, bytes]] = []
+    for _ in range(steps):
+        now_s += 0.25
+        monitor.receive(session.data_to_send(), now_s=now_s)
+        monitor.poll(now_s=now_s)
+        to_host = monitor.data_to_send()
+        session.receive(to_host, now_s=now_s)
+        records.append((0.25, to_host))
+    return timed_chunks_bytes(records)
+
+
+def _datex_codec_seeds() -> list[bytes]:
+    return [_datex_conversation(steps=6, waves=False)[2:], _datex_conversation(steps=3, waves=True)[2:]]
+
+
+def run_datex_session(data: bytes) -> object:
+    """Feed a DRI client session (waves on) timed chunks of monitor bytes, polling between them.
+
+    It must only ever write clean request records, keep its buffer under the cap, report only finite
+    numbers (an invalid value has no number), and name a deadline that is a number.
+    """
+    session = DatexSession(options=DatexOptions(interval_s=1, link_timeout_s=3.0, waves=True))
+    now_s = _START_S
+    session.poll(now_s=now_s)
+    seen: set[str] = set()
+    for step_s, chunk in _timed_chunks(data):
+        now_s += step_s
+        session.poll(now_s=now_s)
+        session.receive(chunk, now_s=now_s)
+        counters = LinkCounters()
+        written: list[DatexRecord] = DatexDecoder(counters=counters).feed(session.data_to_send())
+        requests_only = all(r.header.maintype in (0, 1) for r in written)
+        if counters.checksum_errors or counters.resyncs or not requests_only:
+            raise FuzzInvariantError("the DRI session wrote something other than clean requests")
+        if math.isnan(session.next_deadline_s()):
+            raise FuzzInvariantError("next_deadline_s is NaN")
+        for event in session.events():
+            seen.add(type(event).__name__)
+            values: tuple[float | None, ...] = ()
+            if isinstance(event, MeasurementsReceived):
+                values = tuple(m.value for m in event.measurements)
+                if any(m.valid != (m.value is not None) for m in event.measurements):
+                    raise FuzzInvariantError(f"valid flag contradicts the value: {event!r}")
+            elif isinstance(event, WaveformChunk):
+                values = event.samples
+            if any(v is not None and not math.isfinite(v) for v in values):
+                raise FuzzInvariantError(f"non-finite number in {event!r}")
+    if session._decoder.buffered_bytes > session._decoder.cap_bytes:
+        raise FuzzInvariantError("DRI session decoder over its cap")
+    return (frozenset(seen), session.link_up, frozenset(session.counters.extra))
+
+
+def _datex_session_seeds() -> list[bytes]:
+    return [_datex_conversation(steps=12, waves=True), _datex_conversation(steps=6, waves=False)]
+
+
+_DATEX_TOKENS = (b"\x7e", b"\x7d", b"\x7d\x5e", b"\x7d\x5d", b"\x00\x80", b"\x01\x80", b"\xff")
+
+
 _MEDIBUS_TOKENS = tuple(
     bytes((byte,))
     for byte in (
@@ -635,7 +737,7 @@ TARGETS: dict[str, Target] = {
             description="simulator's command handling (drivers/medibus/simulator.py)",
         ),
         Target(
-            name="intellivue-codec",
+            name="intellivue_codec",
             run=run_intellivue_codec,
             seeds=_iv_codec_seeds,
             tokens=_IV_TOKENS,
@@ -643,12 +745,28 @@ TARGETS: dict[str, Target] = {
             description="IntelliVue serial framing and message decoders (drivers/intellivue/)",
         ),
         Target(
-            name="intellivue-session",
+            name="intellivue_session",
             run=run_intellivue_session,
             seeds=_iv_session_seeds,
             tokens=_IV_TOKENS,
             max_len=4096,
             description="IntelliVue client session receive path (drivers/intellivue/session.py)",
+        ),
+        Target(
+            name="datex_codec",
+            run=run_datex_codec,
+            seeds=_datex_codec_seeds,
+            tokens=_DATEX_TOKENS,
+            max_len=2048,
+            description="S/5 DRI stream decoder and record parser (drivers/datex/codec.py)",
+        ),
+        Target(
+            name="datex_session",
+            run=run_datex_session,
+            seeds=_datex_session_seeds,
+            tokens=_DATEX_TOKENS,
+            max_len=4096,
+            description="S/5 DRI client session receive path (drivers/datex/session.py, records.py)",
         ),
     )
 }

@@ -151,7 +151,7 @@ def test_frames_after_garbage_split_anywhere_all_arrive(
 
 @pytest.mark.parametrize("split", [None, 50], ids=["whole", "split"])
 def test_frame_over_the_cap_is_dropped_however_it_arrives(split: int | None) -> None:
-    """Regression (fuzz target intellivue-codec): a frame over the cap decoded when it came in one read."""
+    """Regression (fuzz target intellivue_codec): a frame over the cap decoded when it came in one read."""
     big = encode_frame(bytes(200))
     decoder = FrameDecoder(cap_bytes=128)
     chunks = [big] if split is None else [big[:split], big[split:]]

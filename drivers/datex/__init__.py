@@ -1,0 +1,1 @@
+"""GE Datex-Ohmeda S/5 computer interface (DRI) driver."""
