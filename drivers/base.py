@@ -245,3 +245,15 @@ class DeviceSession(Protocol):
     @property
     def link_up(self) -> bool:
         """True while the handshake holds and the device answers."""
+
+
+@runtime_checkable
+class ReleasingSession(Protocol):
+    """A session whose protocol has a goodbye (IntelliVue's Release Request), optional to implement.
+
+    The device link calls `release` once when it stops, writes what `data_to_send` then returns, and
+    closes the transport; the device learns at once that the association ended instead of timing out.
+    """
+
+    def release(self, *, now_s: float) -> None:
+        """Queue the goodbye and stop all further requests."""

@@ -11,6 +11,7 @@ from drivers.vocabulary import DeviceKind
 
 _DRIVERS: dict[str, str] = {
     "medibus": "drivers.medibus.session:DRIVER",
+    "intellivue": "drivers.intellivue.session:DRIVER",
     "datex": "drivers.datex.session:DRIVER",
     "hl7": "drivers.hl7.session:DRIVER",
 }

@@ -1,4 +1,4 @@
-"""Byte transports behind one `open_transport(url)`: a device path, `socket://host:port` or `loop://`.
+"""Byte transports behind one `open_transport(url)`: a device path, `socket://host:port`, `loop://`, `udp://`.
 
 pyserial's `serial_for_url` already understands all three, so the same driver runs on a cable, a TCP
 serial bridge or a pseudo-terminal. Reads block for at most `read_timeout_s` and are meant to run on a
@@ -11,6 +11,10 @@ A port carries one device's data to one bed, so it is opened by one reader at a 
   (`/dev/serial/by-id/...`) cannot dodge because the lock is on the device node, and which the kernel
   drops when the holder dies.
 A refused open raises `PortBusy` ("port busy: ..."); the device link shows it and retries.
+
+`udp://host:port` (a networked monitor, IntelliVue LAN) is a connected UDP socket, not a byte stream:
+`read` returns one datagram and `write` sends one, so a datagram session hands over one message per
+`data_to_send` call. Its claim is `udp://host:port` (host lower-cased, IP literal canonical).
 
 Not TIOCEXCL: on a pseudo-terminal the exclusive flag outlives its opener while the other side stays
 open, so a daemon killed by the watchdog would find its own port EBUSY after the restart (seen on
@@ -193,11 +197,87 @@ class SerialTransport:
             self._identity = None
 
 
+class UdpTransport:
+    """A connected UDP socket: one datagram per read, one per write (line settings do not apply)."""
+
+    MAX_DATAGRAM_BYTES = 65535
+
+    def __init__(self, *, url: str, sock: socket.socket, identity: str | None) -> None:
+        self.url = url
+        self._socket = sock
+        self._identity = identity
+
+    def read(self, *, max_bytes: int) -> bytes:
+        """Return the next datagram (b"" after the read time-out); a datagram is never split."""
+        try:
+            return self._socket.recv(max(max_bytes, self.MAX_DATAGRAM_BYTES))
+        except TimeoutError:
+            return b""
+        except OSError as exc:
+            raise TransportError(f"{self.url}: read failed: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        """Send data as one datagram."""
+        try:
+            self._socket.send(data)
+        except OSError as exc:
+            raise TransportError(f"{self.url}: write failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the socket and release its claim."""
+        try:
+            self._socket.close()
+        finally:
+            _release(self._identity)
+            self._identity = None
+
+
+def udp_identity(url: str) -> str:
+    """Return the claim name of a udp:// address: `udp://host:port`, host canonical."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    address = _ip_literal(host)
+    if address is not None:
+        host = f"[{address.compressed}]" if address.version == 6 else address.compressed
+    return f"udp://{host}:{parts.port}"
+
+
+def _open_udp(url: str, *, read_timeout_s: float) -> socket.socket:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise TransportError(f"{url}: cannot open: udp:// needs a host and a port (udp://HOST:PORT)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise TransportError(f"{url}: cannot open: {exc}") from exc
+    try:
+        sock.settimeout(read_timeout_s)
+        sock.connect(address)
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"{url}: cannot open: {exc}") from exc
+    return sock
+
+
 def open_transport(url: str, *, line: SerialSettings, read_timeout_s: float = 0.1) -> Transport:
     """Open the port named by url with the driver's line settings, for this reader alone.
 
     Raise PortBusy when another reader holds it, TransportError when it cannot be opened.
     """
+    if url.startswith("udp://"):
+        udp = udp_identity(url)
+        _claim(udp, url=url)
+        try:
+            sock = _open_udp(url, read_timeout_s=read_timeout_s)
+        except BaseException:
+            _release(udp)
+            raise
+        return UdpTransport(url=url, sock=sock, identity=udp)
     identity = port_identity(url)
     _claim(identity, url=url)
     try:

@@ -84,6 +84,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 _SIMULATORS = {
     "medibus": ("drivers.medibus.simulator", "--pty LINK"),
+    "intellivue": ("drivers.intellivue.simulator", "--pty LINK | --udp HOST:PORT"),
     "datex": ("drivers.datex.simulator", "--pty LINK"),
     "hl7": ("drivers.hl7.simulator", "--to HOST:PORT"),
 }

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from drivers.base import DeviceSession, DriverEvent, LinkDown, SerialSettings
+from drivers.base import DeviceSession, DriverEvent, LinkDown, ReleasingSession, SerialSettings
 from drivers.transport import Transport, TransportError, open_transport
 from edge.model import utc_now
 from edge.twin import DeviceIdentity
@@ -182,6 +182,10 @@ class DeviceLink:
                 self._last_frame_at = utc_now()
                 self._last_error = None
             self._report()
+        if isinstance(session, ReleasingSession):
+            session.release(now_s=time.monotonic())
+            while outgoing := session.data_to_send():
+                transport.write(outgoing)
 
     def _note_error(self, message: str, *, exc_info: bool = False) -> None:
         """Remember why the link has no data; log it once per distinct reason, not on every retry."""

@@ -44,6 +44,11 @@ from drivers.hl7.mllp import Block, MllpFramer, Oversized
 from drivers.hl7.mllp import wrap as mllp_wrap
 from drivers.hl7.session import Hl7Options, Hl7Session
 from drivers.hl7.simulator import OruBuilder
+from drivers.intellivue import messages as iv
+from drivers.intellivue.framing import FrameDecoder as IvFrameDecoder
+from drivers.intellivue.framing import encode_frame as iv_encode_frame
+from drivers.intellivue.session import IntellivueOptions, IntellivueSession
+from drivers.intellivue.simulator import MonitorSimulator as IvMonitorSimulator
 from drivers.medibus.codec import (
     Command,
     ControlByte,
@@ -684,6 +689,135 @@ _HL7_TOKENS = (
     b"\\",
 )
 
+# ---- IntelliVue ------------------------------------------------------------------------------------
+
+_IV_CAP_BYTES = 128
+_IV_EVENTS = (LinkUp, LinkDown, MeasurementsReceived, DeviceAlarmsReceived, WaveformChunk, DataRefused)
+
+
+def _iv_decode_all(message: bytes) -> int:
+    """Run every IntelliVue decoder that could meet this message; only MessageError may escape."""
+    decoded = 0
+    for decode in (iv.decode_data, iv.decode_poll_result, iv.decode_poll_request, iv.decode_event_report):
+        try:
+            decode(message)
+            decoded += 1
+        except iv.MessageError:
+            pass
+    try:
+        apdu = iv.decode_data(message)
+        iv.decode_poll_result(apdu.payload)
+        decoded += 1
+    except iv.MessageError:
+        pass
+    return decoded
+
+
+def run_intellivue_codec(data: bytes) -> object:
+    """Decode `data` whole and split at a point its first byte picks: same messages both ways.
+
+    Every message re-frames to bytes that decode to it again; the buffer stays under its cap; the
+    message decoders raise only MessageError.
+    """
+    whole_decoder = IvFrameDecoder(cap_bytes=_IV_CAP_BYTES)
+    whole = whole_decoder.feed(data)
+    split = data[0] % (len(data) + 1) if data else 0
+    split_decoder = IvFrameDecoder(cap_bytes=_IV_CAP_BYTES)
+    parts = split_decoder.feed(data[:split]) + split_decoder.feed(data[split:])
+    if parts != whole:
+        raise FuzzInvariantError(f"decoding depends on how the bytes were read: {whole!r} vs {parts!r}")
+    if whole_decoder.buffered_bytes > _IV_CAP_BYTES:
+        raise FuzzInvariantError(f"decoder holds {whole_decoder.buffered_bytes} bytes over its cap")
+    decoded = 0
+    for message in whole:
+        if IvFrameDecoder().feed(iv_encode_frame(message)) != [message]:
+            raise FuzzInvariantError(f"{message!r} does not survive a round trip")
+        decoded += _iv_decode_all(message)
+    decoded += _iv_decode_all(data)
+    counters = whole_decoder.counters
+    return (len(whole), decoded, counters.resyncs > 0, counters.checksum_errors > 0, counters.overflows > 0)
+
+
+def _iv_conversation(*, steps: int, lan: bool, waves: bool) -> bytes:
+    """Record the monitor's side of an in-memory session <-> simulator run as a timed-chunk input."""
+    now_s = _START_S
+    session = IntellivueSession(options=IntellivueOptions(link="lan" if lan else "serial", waves=waves))
+    monitor = IvMonitorSimulator(patient=SteadyPatient(), start_s=now_s, lan=lan, mtu_bytes=300)
+    records: list[tuple[float, bytes]] = []
+    for _ in range(steps):
+        now_s += 0.25
+        session.poll(now_s=now_s)
+        while out := session.data_to_send():
+            monitor.receive(out, now_s=now_s)
+        step_s = 0.25
+        while back := monitor.data_to_send():
+            session.receive(back, now_s=now_s)
+            records.append((step_s, back))
+            step_s = 0.0
+    return bytes((1 if lan else 0,)) + timed_chunks_bytes(records)
+
+
+def _iv_codec_seeds() -> list[bytes]:
+    return [
+        _iv_conversation(steps=8, lan=False, waves=True)[1:],
+        iv_encode_frame(iv.build_aarq()),
+        bytes.fromhex("C0 3A 91 95 7D E1 C1"),
+    ]
+
+
+def run_intellivue_session(data: bytes) -> object:
+    """Feed a client session the monitor's side as timed chunks; the first byte's bit 0 picks the LAN.
+
+    The session must write only clean frames (serial) or known SPDUs (LAN), keep its buffer under its
+    cap, emit only contract events with finite values, and name a deadline that is a number.
+    """
+    if not data:
+        return None
+    lan = bool(data[0] & 1)
+    session = IntellivueSession(options=IntellivueOptions(link="lan" if lan else "serial", waves=True))
+    now_s = _START_S
+    session.poll(now_s=now_s)
+    seen: set[str] = set()
+    for step_s, chunk in _timed_chunks(data[1:]):
+        now_s += step_s
+        session.poll(now_s=now_s)
+        session.receive(chunk, now_s=now_s)
+        while out := session.data_to_send():
+            if lan and iv.spdu_of(out) is None:
+                raise FuzzInvariantError(f"session sent an unknown datagram {out!r}")
+            if not lan:
+                counters = LinkCounters()
+                IvFrameDecoder(counters=counters, cap_bytes=1 << 20).feed(out)
+                if counters.checksum_errors or counters.resyncs or counters.overflows:
+                    raise FuzzInvariantError(f"session wrote bytes that are no clean frames: {out!r}")
+        if math.isnan(session.next_deadline_s()):
+            raise FuzzInvariantError("next_deadline_s is NaN")
+        for event in session.events():
+            if not isinstance(event, _IV_EVENTS):
+                raise FuzzInvariantError(f"unexpected event {event!r}")
+            seen.add(type(event).__name__)
+            values: list[float | None] = []
+            if isinstance(event, MeasurementsReceived):
+                values = [m.value for m in event.measurements]
+            elif isinstance(event, WaveformChunk):
+                values = list(event.samples)
+            if any(v is not None and not math.isfinite(v) for v in values):
+                raise FuzzInvariantError(f"non-finite value in {event!r}")
+    if session._decoder.buffered_bytes > session.options.buffer_cap_bytes:
+        raise FuzzInvariantError("session decoder over its cap")
+    return (frozenset(seen), session.link_up, lan)
+
+
+def _iv_session_seeds() -> list[bytes]:
+    return [
+        _iv_conversation(steps=10, lan=False, waves=True),
+        _iv_conversation(steps=10, lan=True, waves=True),
+    ]
+
+
+_IV_TOKENS = (b"\xc0", b"\xc1", b"\x7d", b"\x7d\xc1", b"\xe1\x00\x00\x02", b"\x00\x7f\xff\xff", b"\x04\x00")
+
+
 TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
@@ -732,6 +866,22 @@ TARGETS: dict[str, Target] = {
             tokens=_MEDIBUS_TOKENS,
             max_len=1024,
             description="simulator's command handling (drivers/medibus/simulator.py)",
+        ),
+        Target(
+            name="intellivue_codec",
+            run=run_intellivue_codec,
+            seeds=_iv_codec_seeds,
+            tokens=_IV_TOKENS,
+            max_len=1024,
+            description="IntelliVue serial framing and message decoders (drivers/intellivue/)",
+        ),
+        Target(
+            name="intellivue_session",
+            run=run_intellivue_session,
+            seeds=_iv_session_seeds,
+            tokens=_IV_TOKENS,
+            max_len=4096,
+            description="IntelliVue client session receive path (drivers/intellivue/session.py)",
         ),
         Target(
             name="datex_codec",
