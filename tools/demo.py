@@ -1,9 +1,10 @@
 """`icu-edge demo`: a live bed on this machine within a minute, with nothing but loopback.
 
-Starts a private Mosquitto on a free port, the MEDIBUS ventilator simulator on a pseudo-terminal with a
-deteriorating patient, the daemon (`icu-edge run`) against a generated config, and the ward view in the
-foreground, subscribed like a central station. Ctrl-C (or `--seconds`) stops all of it, daemon first
-so it can flush and publish its offline status.
+Starts a private Mosquitto on a free port, a whole bed of simulated devices on pseudo-terminals (a
+MEDIBUS ventilator and a Philips IntelliVue monitor, both following the same deteriorating patient),
+the daemon (`icu-edge run`) against a generated config, and the ward view in the foreground,
+subscribed like a central station. Ctrl-C (or `--seconds`) stops all of it, daemon first so it can
+flush and publish its offline status.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ id = "vent-1"
 driver = "medibus"
 port = "{pty}"
 baud = 19200
+"""
+
+DEMO_MONITOR = """
+[[bed.device]]
+id = "mon-1"
+driver = "intellivue"
+port = "{pty}"
 """
 
 
@@ -90,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="icu-edge-demo-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     pty_link = workdir / "vent-1"
+    monitor_link = workdir / "mon-1"
     config_path = workdir / "config.toml"
     python = sys.executable
     broker: LocalMosquitto | None = None
     simulator: subprocess.Popen[bytes] | None = None
+    monitor: subprocess.Popen[bytes] | None = None
     daemon: subprocess.Popen[bytes] | None = None
     try:
         broker = LocalMosquitto(directory=workdir)
@@ -107,8 +117,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the ventilator simulator did not start; see {workdir / 'simulator.log'}", file=sys.stderr)
             return EX_UNAVAILABLE
         print(f"ventilator MEDIBUS simulator on {pty_link} -> {os.path.realpath(pty_link)}", flush=True)
+        monitor = _spawn(
+            [
+                python,
+                "-m",
+                "drivers.intellivue.simulator",
+                "--pty",
+                str(monitor_link),
+                "--scenario",
+                args.scenario,
+            ],
+            log_path=workdir / "monitor.log",
+        )
+        if not _wait_for_link(monitor_link, simulator=monitor, timeout_s=10.0):
+            print(f"the monitor simulator did not start; see {workdir / 'monitor.log'}", file=sys.stderr)
+            return EX_UNAVAILABLE
+        print(
+            f"monitor    IntelliVue simulator on {monitor_link} -> {os.path.realpath(monitor_link)}",
+            flush=True,
+        )
         config_path.write_text(
-            DEMO_CONFIG.format(port=broker.port, outbox=workdir / "outbox.db", pty=pty_link), encoding="utf-8"
+            DEMO_CONFIG.format(port=broker.port, outbox=workdir / "outbox.db", pty=pty_link)
+            + DEMO_MONITOR.format(pty=monitor_link),
+            encoding="utf-8",
         )
         daemon = _spawn(
             [python, "-m", "edge.cli", "run", "--config", str(config_path)], log_path=workdir / "daemon.log"
@@ -138,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         _stop(daemon, timeout_s=15.0)
+        _stop(monitor, timeout_s=5.0)
         _stop(simulator, timeout_s=5.0)
         if broker is not None:
             broker.stop()
