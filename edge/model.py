@@ -163,7 +163,10 @@ class TwinValue(_Frozen):
     rejected_value: float | None = Field(default=None, description=_REJECTED_DESCRIPTION)
     device_time: Timestamp | None
     received_at: Timestamp
-    age_s: float = Field(description="seconds since received_at, at snapshot time")
+    age_s: float = Field(
+        description="seconds since the value was measured, at snapshot time: since device_time for an "
+        "intermittent value (a cuff pressure) whose device dates it, else since received_at"
+    )
     stale: bool = Field(description="older than the bed's staleness limit, or its device is disconnected")
 
 

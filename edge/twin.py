@@ -292,7 +292,9 @@ class TwinStore:
                 received_at=received_at,
             )
             twin.values.setdefault(measurement.key, {})[delta.device] = _StoredValue(
-                observation, received_mono_s, self._max_age_s(twin, measurement.key)
+                observation,
+                self._measured_mono_s(measurement.key, event, received_at, received_mono_s),
+                self._max_age_s(twin, measurement.key),
             )
             delta.observations.append(observation)
             if reason is not None and rejected_value is not None:
@@ -308,6 +310,23 @@ class TwinStore:
 
         if any(o.key in MAP_SOURCES for o in delta.observations):
             self._derive_map(twin, delta, received_mono_s)
+
+    @staticmethod
+    def _measured_mono_s(
+        key: str, event: MeasurementsReceived, received_at: datetime, received_mono_s: float
+    ) -> float:
+        """Return when the value was measured, on the monotonic clock.
+
+        A monitor repeats the last cuff pressure in every answer (Mindray's HL7 feed with its old
+        OBX-14, IntelliVue's poll replies): its age runs from the measurement the device dates, or it
+        would look fresh for ever. A device time in the future (a skewed clock) is not believed.
+        Continuous values age from their receipt.
+        """
+        found = TERMS.get(key)
+        if found is None or found.intermittent_max_age_s is None or event.device_time is None:
+            return received_mono_s
+        lag_s = (received_at - event.device_time).total_seconds()
+        return received_mono_s - max(0.0, lag_s)
 
     def _max_age_s(self, twin: _BedTwin, key: str) -> float:
         found = TERMS.get(key)

@@ -153,3 +153,23 @@ def test_the_devices_own_flag_travels_with_an_invalid_value(flag: str) -> None:
     delta = _apply(store, "mon-1", MeasurementsReceived(measurements=(measurement,)), at_s=1.0)
     assert (delta.observations[0].device_flag, delta.observations[0].invalid_reason) == (flag, "no_value")
     assert store.snapshot(bed=BED, now_mono_s=101.0).values["abp_sys"].device_flag == flag
+
+
+def test_a_cuff_pressure_the_monitor_repeats_ages_from_its_measurement_not_its_receipt() -> None:
+    store = _store()
+    measured = T0 - timedelta(seconds=NIBP_MAX_AGE_S - 5)
+    cuff = (Measurement(key="nbp_sys", value=118.0, unit="mm[Hg]", device_code="170", label="NBP"),)
+    for at_s in (1.0, 2.0, 3.0):
+        _apply(store, "mon-1", MeasurementsReceived(measurements=cuff, device_time=measured), at_s=at_s)
+    shown = store.snapshot(bed=BED, now_mono_s=103.0).values["nbp_sys"]
+    assert shown.age_s == pytest.approx(NIBP_MAX_AGE_S - 2.0)
+    assert shown.stale is False
+    assert store.snapshot(bed=BED, now_mono_s=110.0).values["nbp_sys"].stale is True
+
+
+def test_a_device_clock_ahead_of_ours_never_makes_a_value_younger_than_its_receipt() -> None:
+    store = _store()
+    cuff = (Measurement(key="nbp_sys", value=118.0, unit="mm[Hg]", device_code="170", label="NBP"),)
+    future = T0 + timedelta(hours=1)
+    _apply(store, "mon-1", MeasurementsReceived(measurements=cuff, device_time=future), at_s=1.0)
+    assert store.snapshot(bed=BED, now_mono_s=103.0).values["nbp_sys"].age_s == pytest.approx(2.0)
