@@ -144,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_cmd_schema)
 
     for name, text in [
-        ("demo", "loopback broker + simulated ventilator + daemon + ward view (see: demo --help)"),
+        ("demo", "loopback broker + simulated ventilator and monitor + daemon + view (see: demo --help)"),
         ("watch", "terminal ward view subscribing like a central station (see: watch --help)"),
-        ("sim", "a device simulator, e.g. sim medibus --pty LINK (see: sim medibus --help)"),
+        ("sim", "a device simulator: sim medibus|intellivue|datex|hl7 (see: sim NAME --help)"),
         ("engines", "forecasting engines: build, list, verify, bench, eval (see: engines --help)"),
     ]:
         commands.add_parser(name, help=text, add_help=False)
