@@ -1,0 +1,295 @@
+"""Benchmark (not a test): how many whole beds one daemon on one core serves with p99 under 20 ms.
+
+Each bed is a MEDIBUS ventilator and an IntelliVue monitor, numerics at 1 Hz, waves on (the monitor's
+ECG, pleth, ABP, CO2 and resp arrays, the ventilator's Paw, flow and volume curves), published in 1 s
+windows. All devices are the real simulator cores on real ptys, served by one simulator-host process
+(one select loop for every pty, so the bench does not need 2 x beds processes); the daemon
+(`icu-edge run`) is pinned to CPU 0, the simulator host, Mosquitto and the subscribers to the others.
+
+Latency is frame-to-subscriber: the subscriber's wall clock at arrival minus the observation's
+`received_at`, stamped by the daemon's reader thread right after the frame was decoded (one clock, no
+offset). The daemon's CPU share comes from /proc/PID/stat (user + system) over the measured window,
+its RSS from /proc/PID/status at the end. The first `--warm-up-s` are discarded.
+
+    python -m tools.bench.ward_capacity --beds 8 16 32 64 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from drivers.intellivue.simulator import MonitorSimulator
+from drivers.medibus.simulator import SCENARIOS, VentilatorSimulator
+from drivers.scenario import SteadyPatient
+from tools.local_broker import LocalMosquitto
+from tools.mqtt_collector import Subscriber, wait_for
+
+READ_CHUNK_BYTES = 4096
+P99_LIMIT_MS = 20.0
+
+
+class _SimulatorCore(Protocol):
+    def receive(self, data: bytes, *, now_s: float) -> None: ...
+    def poll(self, *, now_s: float) -> None: ...
+    def data_to_send(self) -> bytes: ...
+
+
+def serve_ptys(directory: Path, *, beds: int, stop: threading.Event) -> None:
+    """Serve `beds` ventilators and monitors on ptys linked as vent-NN / mon-NN until stop is set."""
+    start_s = time.monotonic()
+    cores: dict[int, _SimulatorCore] = {}
+    pending: dict[int, bytes] = {}
+    slaves: list[int] = []
+    for i in range(beds):
+        devices: tuple[tuple[str, _SimulatorCore], ...] = (
+            (f"vent-{i:02d}", VentilatorSimulator(scenario=SCENARIOS["steady"](), start_s=start_s)),
+            (f"mon-{i:02d}", MonitorSimulator(patient=SteadyPatient(), start_s=start_s)),
+        )
+        for name, core in devices:
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            link = directory / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(os.ttyname(slave))
+            cores[master] = core
+            pending[master] = b""
+            slaves.append(slave)
+    try:
+        while not stop.is_set():
+            readable, _, _ = select.select(list(cores), [], [], 0.02)
+            now_s = time.monotonic()
+            for fd in readable:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    cores[fd].receive(os.read(fd, READ_CHUNK_BYTES), now_s=now_s)
+            for fd, served in cores.items():
+                served.poll(now_s=now_s)
+                out = pending[fd] + served.data_to_send()
+                if out:
+                    try:
+                        written = os.write(fd, out)
+                    except (BlockingIOError, OSError):
+                        written = 0
+                    pending[fd] = out[written:]
+    finally:
+        for fd in [*cores, *slaves]:
+            os.close(fd)
+
+
+def _config(*, port: int, workdir: Path, beds: int) -> str:
+    text = f"""
+[appliance]
+id = "edge-bench"
+site = "bench"
+ward = "icu-1"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+keepalive = 5
+insecure = true
+
+[store]
+path = "{workdir / "outbox.db"}"
+synchronous = "normal"
+
+[engines]
+enabled = false
+
+[waves]
+enabled = true
+window_s = 1.0
+"""
+    for i in range(beds):
+        text += f"""
+[[bed]]
+id = "bed-{i:02d}"
+
+[[bed.device]]
+id = "vent-1"
+driver = "medibus"
+port = "{workdir / f"vent-{i:02d}"}"
+options = {{ waves = true, poll_interval_s = 1.0 }}
+
+[[bed.device]]
+id = "mon-1"
+driver = "intellivue"
+port = "{workdir / f"mon-{i:02d}"}"
+options = {{ waves = true, link = "serial" }}
+"""
+    return text
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    beds: int
+    latencies_ms: list[float]
+    vitals_per_s: float
+    waves_per_s: float
+    cpu_percent: float
+    rss_mib: float
+    wave_gaps: int
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, max(0, round(fraction * (len(values) - 1))))]
+
+
+def measure(*, beds: int, seconds: float, warm_up_s: float) -> Result:
+    """Run `beds` whole beds for warm-up + seconds and return what the subscriber and /proc saw."""
+    with tempfile.TemporaryDirectory(prefix="icu-edge-capacity-") as name:
+        workdir = Path(name)
+        other_cpus = sorted(os.sched_getaffinity(0) - {0}) or [0]
+        os.sched_setaffinity(0, other_cpus)
+        broker = LocalMosquitto(directory=workdir / "broker")
+        broker.start()
+        host = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tools.bench.ward_capacity",
+                "--serve-ptys",
+                str(workdir),
+                "--beds",
+                str(beds),
+            ]
+        )
+        (workdir / "config.toml").write_text(_config(port=broker.port, workdir=workdir, beds=beds))
+        vitals = Subscriber(host=broker.host, port=broker.port, topic_filter="icu/v1/+/+/bed/+/vitals")
+        waves = Subscriber(host=broker.host, port=broker.port, topic_filter="icu/v1/+/+/bed/+/wave/+")
+        daemon: subprocess.Popen[bytes] | None = None
+        log_tail = ""
+        try:
+            vitals.wait_subscribed()
+            waves.wait_subscribed()
+            if not wait_for(lambda: (workdir / f"mon-{beds - 1:02d}").exists(), timeout_s=30):
+                raise RuntimeError("the simulator host did not open its ptys")
+            daemon = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    "0",
+                    sys.executable,
+                    "-m",
+                    "edge.cli",
+                    "run",
+                    "--config",
+                    str(workdir / "config.toml"),
+                ],
+                stdout=(workdir / "daemon.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            time.sleep(warm_up_s)
+            measured_from = time.time()
+            cpu_before = _cpu_s(daemon.pid)
+            vitals_before, waves_before = len(vitals.messages), len(waves.messages)
+            time.sleep(seconds)
+            cpu_s = _cpu_s(daemon.pid) - cpu_before
+            vitals_count = len(vitals.messages) - vitals_before
+            waves_count = len(waves.messages) - waves_before
+            rss = _rss_mib(daemon.pid)
+        finally:
+            if daemon is not None:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(timeout=60)
+                log_tail = (workdir / "daemon.log").read_text(errors="replace")[-2000:]
+            host.send_signal(signal.SIGTERM)
+            host.wait(timeout=30)
+            vitals.close()
+            waves.close()
+            broker.stop()
+            os.sched_setaffinity(0, set(other_cpus) | {0})
+    if not vitals.messages:
+        raise RuntimeError(f"no vitals arrived; the daemon's log ends:\n{log_tail}")
+    latencies = []
+    for message in vitals.messages:
+        if message.received_wall_s < measured_from or message.received_wall_s > measured_from + seconds:
+            continue
+        body = json.loads(message.payload)
+        received_at_s = _parse_time(body["observations"][0]["received_at"])
+        latencies.append((message.received_wall_s - received_at_s) * 1000.0)
+    gaps = sum(
+        json.loads(m.payload)["gap_before"] for m in waves.messages if m.received_wall_s >= measured_from
+    )
+    return Result(
+        beds=beds,
+        latencies_ms=sorted(latencies),
+        vitals_per_s=vitals_count / seconds,
+        waves_per_s=waves_count / seconds,
+        cpu_percent=100.0 * cpu_s / seconds,
+        rss_mib=rss,
+        wave_gaps=gaps,
+    )
+
+
+def _parse_time(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure each bed count and print a Markdown table for BENCHMARKS.md."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--beds", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--warm-up-s", type=float, default=10.0)
+    parser.add_argument("--serve-ptys", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_ptys is not None:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        serve_ptys(args.serve_ptys, beds=args.beds[0], stop=stop)
+        return 0
+    print(f"ward capacity: Python {platform.python_version()}, {platform.platform()}, {os.cpu_count()} CPUs")
+    print(
+        f"{args.seconds:.0f} s measured per bed count after {args.warm_up_s:.0f} s warm-up; daemon on CPU 0\n"
+    )
+    print(
+        "| beds | vitals msg/s | wave msg/s | wave gaps | p50 ms | p99 ms | max ms | p99 < 20 ms "
+        "| daemon CPU % | RSS MiB |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
+    for beds in args.beds:
+        result = measure(beds=beds, seconds=args.seconds, warm_up_s=args.warm_up_s)
+        values = result.latencies_ms
+        print(
+            f"| {beds} | {result.vitals_per_s:.0f} | {result.waves_per_s:.0f} | {result.wave_gaps} | "
+            f"{statistics.median(values):.1f} | {_percentile(values, 0.99):.1f} | {values[-1]:.1f} | "
+            f"{'yes' if _percentile(values, 0.99) < P99_LIMIT_MS else 'no'} | "
+            f"{result.cpu_percent:.0f} | {result.rss_mib:.0f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
