@@ -18,13 +18,16 @@ import signal
 import threading
 import time
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+import numpy as np
+import numpy.typing as npt
+
 from drivers.base import LinkCounters
 from drivers.medibus.codec import Command, Frame, MedibusDecoder, Response
-from drivers.medibus.codes import CommandCode, MeasuredCodeCP1, SettingCode
+from drivers.medibus.codes import MEASURED_CP1, CommandCode, MeasuredCodeCP1, SettingCode
 from drivers.medibus.device import (
     ALARM_TEXT_LEN,
     MEASURED_RECORD_LEN,
@@ -33,6 +36,7 @@ from drivers.medibus.device import (
     format_value,
 )
 from drivers.medibus.sim_faults import FaultyLine, LineFaults
+from drivers.scenario import PATIENTS, DeterioratingPatient, Patient, SteadyPatient
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,9 +60,17 @@ class SimAlarm:
 
 
 class Scenario:
-    """Patient and ventilator values as a function of scenario time; the base scenario reports nothing."""
+    """What the simulated ventilator shows as a function of scenario time; the base scenario shows nothing.
+
+    The patient behind it is a `drivers.scenario.Patient` (the one engine every simulator draws from);
+    this class only adds what belongs to the ventilator: its code table, settings, alarm limits and
+    texts. The base scenario has the empty patient.
+    """
 
     name = "empty"
+
+    def __init__(self, *, patient: Patient | None = None) -> None:
+        self.patient = patient if patient is not None else Patient()
 
     def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
         """Return measured values at t_s (None: the device shows the parameter without a value)."""
@@ -80,24 +92,37 @@ class Scenario:
         """Return the text messages (2-hex code, text) shown at t_s."""
         return []
 
+    def wave(self, signal: str, *, t0_s: float, count: int, period_s: float) -> npt.NDArray[np.float64]:
+        """Return `count` samples of a realtime curve (a `drivers.vocabulary.WAVES` name) from t0_s."""
+        return self.patient.wave(signal, t0_s=t0_s, count=count, period_s=period_s)
 
-_STEADY_VALUES: dict[MeasuredCodeCP1, float | None] = {
-    MeasuredCodeCP1.PIP: 22.0,
-    MeasuredCodeCP1.PEEP: 5.0,
-    MeasuredCodeCP1.PMEAN: 11.0,
-    MeasuredCodeCP1.PPLAT: 18.0,
-    MeasuredCodeCP1.RR: 14.0,
-    MeasuredCodeCP1.VT: 480.0,
-    MeasuredCodeCP1.MV: 6.7,
-    MeasuredCodeCP1.FIO2: 40.0,
-    MeasuredCodeCP1.ETCO2_MMHG: 38.0,
-    MeasuredCodeCP1.ETCO2_KPA: 5.1,
-    MeasuredCodeCP1.SPO2: 97.0,
-    MeasuredCodeCP1.PULSE_RATE: 78.0,
+
+REPORTED_CODES: tuple[MeasuredCodeCP1, ...] = (
+    MeasuredCodeCP1.PIP,
+    MeasuredCodeCP1.PEEP,
+    MeasuredCodeCP1.PMEAN,
+    MeasuredCodeCP1.PPLAT,
+    MeasuredCodeCP1.RR,
+    MeasuredCodeCP1.VT,
+    MeasuredCodeCP1.MV,
+    MeasuredCodeCP1.FIO2,
+    MeasuredCodeCP1.ETCO2_MMHG,
+    MeasuredCodeCP1.SPO2,
+    MeasuredCodeCP1.PULSE_RATE,
+)
+"""The codes whose values come from the patient (through `MEASURED_CP1`'s key per code), in the order the
+simulated ventilator sends them. No HR: the ventilator's SpO2 module gives the pulse rate."""
+
+VENTILATOR_EXTRAS: dict[MeasuredCodeCP1, float | None] = {
     MeasuredCodeCP1.CDYN: 45.0,
     MeasuredCodeCP1.RESISTANCE: 9.0,
     MeasuredCodeCP1.P01: None,
 }
+"""Values only a ventilator has (not in the patient engine): constant compliance and resistance, and a
+P0.1 the device shows without a value."""
+
+MMHG_PER_KPA = 7.50062
+
 _STEADY_SETTINGS: dict[SettingCode, float] = {
     SettingCode.FIO2: 40.0,
     SettingCode.VTI_ML: 480.0,
@@ -109,78 +134,44 @@ _STEADY_SETTINGS: dict[SettingCode, float] = {
 }
 
 
-class SteadyScenario(Scenario):
-    """A stable, well-ventilated patient: constant values, no alarms, one text message."""
-
-    name = "steady"
-
-    def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
-        """Return the constant steady values."""
-        return dict(_STEADY_VALUES)
-
-    def settings_at(self, t_s: float) -> dict[SettingCode, float]:
-        """Return the constant settings."""
-        return dict(_STEADY_SETTINGS)
-
-    def texts_at(self, t_s: float) -> list[tuple[str, str]]:
-        """Return the mode text the ventilator shows."""
-        return [("01", "VC-CMV")]
+def _device_value(code: MeasuredCodeCP1, vitals: dict[str, float | None]) -> float | None:
+    """Return the patient's value for code in the device's unit (ours = device * scale)."""
+    spec = MEASURED_CP1[code]
+    value = vitals.get(spec.key)
+    return None if value is None else value / spec.scale
 
 
-class DeterioratingPatientScenario(Scenario):
-    """Stable for `stable_s`, then over `ramp_s` rising PIP, falling VT, rising RR and etCO2, falling SpO2.
+class PatientScenario(Scenario):
+    """A patient of the scenario engine on the simulated ventilator.
 
-    A high-priority "Paw high" alarm is active while PIP exceeds `paw_limit_mbar`, a medium "VT low"
-    alarm while VT is below `vt_low_limit_ml`.
+    The ventilator's own alarms follow its limits: a high-priority "Paw high" while PIP exceeds
+    `paw_limit_mbar`, a medium "VT low" while VT is below `vt_low_limit_ml`. Settings stay the steady
+    ones (the clinicians have not reacted yet); the mode text is VC-CMV.
     """
 
-    name = "deteriorating"
-
     def __init__(
-        self,
-        *,
-        stable_s: float = 30.0,
-        ramp_s: float = 90.0,
-        paw_limit_mbar: float = 35.0,
-        vt_low_limit_ml: float = 350.0,
+        self, *, patient: Patient, paw_limit_mbar: float = 35.0, vt_low_limit_ml: float = 350.0
     ) -> None:
-        self.stable_s = stable_s
-        self.ramp_s = ramp_s
+        super().__init__(patient=patient)
+        self.name = patient.name
         self.paw_limit_mbar = paw_limit_mbar
         self.vt_low_limit_ml = vt_low_limit_ml
 
-    def progress(self, t_s: float) -> float:
-        """Return how far the deterioration has gone at t_s (0 stable, 1 fully deteriorated)."""
-        return min(1.0, max(0.0, (t_s - self.stable_s) / self.ramp_s))
-
     def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
-        """Return values interpolated between the stable and the deteriorated patient."""
-        f = self.progress(t_s)
-        wobble = 0.5 * math.sin(t_s / 7.0)
-        vt_ml = round(480.0 - 190.0 * f)
-        rr_per_min = round(14.0 + 18.0 * f)
-        values = dict(_STEADY_VALUES)
-        values.update(
-            {
-                MeasuredCodeCP1.PIP: round(22.0 + 18.0 * f + wobble, 1),
-                MeasuredCodeCP1.PPLAT: round(18.0 + 12.0 * f, 1),
-                MeasuredCodeCP1.VT: float(vt_ml),
-                MeasuredCodeCP1.RR: float(rr_per_min),
-                MeasuredCodeCP1.MV: round(vt_ml * rr_per_min / 1000.0, 1),
-                MeasuredCodeCP1.ETCO2_MMHG: round(38.0 + 17.0 * f),
-                MeasuredCodeCP1.ETCO2_KPA: round((38.0 + 17.0 * f) / 7.50062, 1),
-                MeasuredCodeCP1.SPO2: round(97.0 - 11.0 * f),
-                MeasuredCodeCP1.PULSE_RATE: round(78.0 + 40.0 * f),
-            }
-        )
+        """Return the patient's values under the ventilator's codes, then the ventilator's extras."""
+        vitals = self.patient.vitals_at(t_s)
+        values = {code: _device_value(code, vitals) for code in REPORTED_CODES}
+        etco2 = values[MeasuredCodeCP1.ETCO2_MMHG]
+        values[MeasuredCodeCP1.ETCO2_KPA] = None if etco2 is None else round(etco2 / MMHG_PER_KPA, 1)
+        values.update(VENTILATOR_EXTRAS)
         return values
 
     def settings_at(self, t_s: float) -> dict[SettingCode, float]:
-        """Return the (unchanged) settings: the clinicians have not reacted yet."""
+        """Return the (unchanged) settings."""
         return dict(_STEADY_SETTINGS)
 
     def alarms_at(self, t_s: float) -> list[SimAlarm]:
-        """Return the alarms the deterioration triggers."""
+        """Return the ventilator alarms the patient's values trigger against the device's limits."""
         values = self.values_at(t_s)
         alarms: list[SimAlarm] = []
         pip = values[MeasuredCodeCP1.PIP]
@@ -196,6 +187,13 @@ class DeterioratingPatientScenario(Scenario):
         return [("01", "VC-CMV")]
 
 
+class SteadyScenario(PatientScenario):
+    """The steady patient on the ventilator: constant values, no alarms, one text message."""
+
+    def __init__(self) -> None:
+        super().__init__(patient=SteadyPatient())
+
+
 NOISE_VALUES: dict[MeasuredCodeCP1, float | None] = {
     MeasuredCodeCP1.FIO2: 9421.0,
     MeasuredCodeCP1.VT: 9352.0,
@@ -204,7 +202,7 @@ NOISE_VALUES: dict[MeasuredCodeCP1, float | None] = {
 """The impossible readings of issue 6 that a correct 8-bit checksum let through."""
 
 
-class NoisyLineScenario(SteadyScenario):
+class NoisyLineScenario(PatientScenario):
     """The steady patient on a noisy line: checksum-valid frames that carry impossible readings.
 
     Of each three seconds of scenario time, the first answers steady values, the second carries
@@ -212,7 +210,9 @@ class NoisyLineScenario(SteadyScenario):
     duplicated-code frame of issue 6).
     """
 
-    name = "noise"
+    def __init__(self) -> None:
+        super().__init__(patient=SteadyPatient())
+        self.name = "noise"
 
     def measured_data_at(self, t_s: float) -> bytes:
         """Return steady, impossible or duplicated-code data, in turn, one per second of scenario time."""
@@ -226,11 +226,15 @@ class NoisyLineScenario(SteadyScenario):
         return payload
 
 
-SCENARIOS: dict[str, type[Scenario]] = {
-    SteadyScenario.name: SteadyScenario,
-    DeterioratingPatientScenario.name: DeterioratingPatientScenario,
-    NoisyLineScenario.name: NoisyLineScenario,
+def _patient_scenario(patient: type[Patient]) -> Callable[[], Scenario]:
+    return lambda: PatientScenario(patient=patient())
+
+
+SCENARIOS: dict[str, Callable[[], Scenario]] = {
+    **{name: _patient_scenario(patient) for name, patient in PATIENTS.items()},
+    "noise": NoisyLineScenario,
 }
+"""What `--scenario` may name: every patient of `drivers.scenario.PATIENTS`, and the noisy line."""
 
 
 def measured_payload(values: dict[MeasuredCodeCP1, float | None]) -> bytes:
@@ -479,10 +483,10 @@ def _serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `sim medibus --pty LINK [--scenario steady|deteriorating] [--seconds N] [--speed X]`."""
+    """Run `sim medibus --pty LINK [--scenario NAME] [--seconds N] [--speed X]` (names: `SCENARIOS`)."""
     parser = argparse.ArgumentParser(prog="icu-edge sim medibus", description=__doc__.splitlines()[0])
     parser.add_argument("--pty", required=True, metavar="LINK", help="symlink to create for the pty slave")
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=DeterioratingPatientScenario.name)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=DeterioratingPatient.name)
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--speed", type=float, default=1.0, help="scenario time per wall-clock second")
     _add_fault_arguments(parser)

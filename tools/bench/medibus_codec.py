@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from drivers.medibus.codec import Command, Frame, MedibusDecoder, Response
 from drivers.medibus.codes import CommandCode
 from drivers.medibus.simulator import (
-    DeterioratingPatientScenario,
+    PatientScenario,
     alarms_payload,
     measured_payload,
     settings_payload,
     texts_payload,
 )
+from drivers.scenario import DeterioratingPatient
 
 CHUNK_SIZES_BYTES = (1, 64, 4096)
 _REALTIME_BURST = bytes([0xD0, 0x81, 0xBF, 0xC6, 0xC0, 0x92, 0xA3])
@@ -31,7 +32,7 @@ _REALTIME_BURST = bytes([0xD0, 0x81, 0xBF, 0xC6, 0xC0, 0x92, 0xA3])
 def build_stream(*, target_bytes: int, seed: int = 7) -> tuple[bytes, int]:
     """Return a realistic device-to-host stream of about target_bytes and the number of frames in it."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible test stream, not a secret
-    scenario = DeterioratingPatientScenario(stable_s=10.0, ramp_s=60.0)
+    scenario = PatientScenario(patient=DeterioratingPatient(stable_s=10.0, ramp_s=60.0))
     out = bytearray()
     frames = 0
     t_s = 0.0
