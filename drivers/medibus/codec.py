@@ -47,6 +47,8 @@ _FORBIDDEN_IN_PAYLOAD = frozenset(
 
 EXTRA_REALTIME_BYTES = "realtime_bytes"
 EXTRA_FLOW_CONTROL_BYTES = "flow_control_bytes"
+_OUTSIDE_FRAMES = bytes(range(REALTIME_MASK, 0x100)) + bytes((ControlByte.XON, ControlByte.XOFF))
+"""Bytes no frame contains, removed from each chunk (one `bytes.translate` pass) before framing."""
 
 
 def checksum(data: bytes) -> bytes:
@@ -124,11 +126,13 @@ Frame = Command | Response
 
 
 class MedibusDecoder:
-    """Byte-at-a-time MEDIBUS frame decoder with XON/XOFF and realtime filtering and a capped buffer.
+    """MEDIBUS frame decoder with XON/XOFF and realtime filtering and a capped buffer.
 
-    Rules: XON/XOFF and realtime bytes (MSB set) are dropped wherever they appear; an ESC inside a
-    response suspends it (nested device command); a second SOH, or an ESC inside a command, drops the
-    partial frame (a resync); bytes outside any frame are skipped (one resync per run of garbage).
+    Rules: XON/XOFF and realtime bytes (MSB set) are removed from each chunk before framing (counted;
+    `drivers.medibus.realtime` reads the realtime ones where curves are enabled); the remaining bytes
+    go through a byte-at-a-time state machine: an ESC inside a response suspends it (nested device
+    command); a second SOH, or an ESC inside a command, drops the partial frame (a resync); bytes
+    outside any frame are skipped (one resync per run of garbage).
     """
 
     def __init__(
@@ -157,27 +161,28 @@ class MedibusDecoder:
 
     def feed(self, data: bytes) -> list[Frame]:
         """Consume received bytes and return the complete, checksum-valid frames they finished."""
+        slow = data.translate(None, _OUTSIDE_FRAMES)
+        removed = len(data) - len(slow)
+        if removed:
+            flow_control = data.count(ControlByte.XON) + data.count(ControlByte.XOFF)
+            self._bump_extra(EXTRA_FLOW_CONTROL_BYTES, flow_control)
+            self._bump_extra(EXTRA_REALTIME_BYTES, removed - flow_control)
         frames: list[Frame] = []
-        for byte in data:
+        for byte in slow:
             frame = self._step(byte)
             if frame is not None:
                 frames.append(frame)
         return frames
 
-    def _bump_extra(self, name: str) -> None:
-        extra = self.counters.extra
-        extra[name] = extra.get(name, 0) + 1
+    def _bump_extra(self, name: str, count: int) -> None:
+        if count:
+            extra = self.counters.extra
+            extra[name] = extra.get(name, 0) + count
 
     def _resync(self) -> None:
         self.counters.resyncs += 1
 
     def _step(self, byte: int) -> Frame | None:
-        if byte & REALTIME_MASK:
-            self._bump_extra(EXTRA_REALTIME_BYTES)
-            return None
-        if byte in (ControlByte.XON, ControlByte.XOFF):
-            self._bump_extra(EXTRA_FLOW_CONTROL_BYTES)
-            return None
         if byte == ControlByte.ESC:
             self._start_command()
         elif byte == ControlByte.SOH:

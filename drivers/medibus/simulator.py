@@ -3,8 +3,12 @@
 `VentilatorSimulator` answers ICC, identification, measured-data, settings, alarm and text-message
 requests from a `Scenario`, sends its own NOP / identification request to the host now and then (so
 the host's echo logic is exercised) and, like a real device, goes silent once the host has been quiet
-for longer than the link time-out, until the host sends ICC again. The identification it reports is
-made up (`SimVent XL`); nothing here is a capture of a real device.
+for longer than the link time-out, until the host sends ICC again. As a MEDIBUS.X device it answers
+the realtime-configuration request with `SIM_CURVES`, takes the host's curve configuration and its
+raw enable sequence, and then streams one realtime cycle every curve interval, with the patient's
+curves (`Patient.wave`) and inspiration / expiration marks taken from the flow's sign, interleaved
+inside its slow-data frames. The identification and the curve ranges are made up (`SimVent XL`);
+nothing here is a capture of a real device.
 """
 
 from __future__ import annotations
@@ -35,6 +39,20 @@ from drivers.medibus.device import (
     DeviceIdentification,
     format_value,
 )
+from drivers.medibus.realtime import (
+    EXPIRATION_START,
+    INSPIRATION_START,
+    MAX_STREAMS,
+    SYNC_BYTE,
+    SYNC_COMMAND,
+    SYNC_MASK,
+    CurveCode,
+    CurveConfig,
+    SyncCommand,
+    encode_cycle,
+    parse_configure_args,
+    realtime_part,
+)
 from drivers.medibus.sim_faults import FaultyLine, LineFaults
 from drivers.scenario import PATIENTS, DeterioratingPatient, Patient, SteadyPatient
 
@@ -48,6 +66,31 @@ SELECT_TIMEOUT_S = 0.05
 _READ_CHUNK_BYTES = 4096
 _VALUE_WIDTH = MEASURED_RECORD_LEN - 2
 _SETTING_WIDTH = SETTING_RECORD_LEN - 2
+
+SIM_CURVE_INTERVAL_US = 20_000
+SIM_CURVES: tuple[CurveConfig, ...] = (
+    CurveConfig(
+        code=CurveCode.PAW, interval_us=SIM_CURVE_INTERVAL_US, min_value=-20, max_value=100, max_bin=0xFFF
+    ),
+    CurveConfig(
+        code=CurveCode.FLOW, interval_us=SIM_CURVE_INTERVAL_US, min_value=-200, max_value=200, max_bin=0xFFF
+    ),
+    CurveConfig(
+        code=CurveCode.VOLUME, interval_us=SIM_CURVE_INTERVAL_US, min_value=0, max_value=2000, max_bin=0xFFF
+    ),
+    CurveConfig(
+        code=CurveCode.CO2_MMHG, interval_us=SIM_CURVE_INTERVAL_US, min_value=0, max_value=100, max_bin=0xFFF
+    ),
+)
+"""The curves the simulated device offers (50 Hz each); CO2 is offered but not one the host asks for."""
+SIM_CURVE_SIGNALS: dict[str, str] = {
+    CurveCode.PAW: "paw",
+    CurveCode.FLOW: "flow",
+    CurveCode.VOLUME: "volume",
+    CurveCode.CO2_MMHG: "co2",
+}
+MAX_REALTIME_BACKLOG_S = 2.0
+"""After a stall (a suspended process) the device sends at most this much of the curves it missed."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,6 +338,18 @@ class VentilatorSimulator:
         self._next_device_command_s = math.inf
         self._device_commands_sent = 0
         self._nested: Command | None = None
+        self._streams: list[tuple[CurveConfig, int]] = []
+        self._enabled_mask = 0
+        self._host_sync_command: int | None = None
+        self._next_cycle_s = math.inf
+        self._cycles_sent = 0
+        self._last_flow = 0.0
+        self._cycles: list[bytes] = []
+
+    @property
+    def streaming(self) -> bool:
+        """True while the host has configured and enabled at least one realtime curve."""
+        return self.linked and bool(self._enabled_mask & ((1 << len(self._streams)) - 1))
 
     def scenario_time_s(self, now_s: float) -> float:
         """Return the scenario time for a monotonic time."""
@@ -309,6 +364,9 @@ class VentilatorSimulator:
                 self.echoes_received += 1
             else:
                 self._handle_command(frame, now_s=now_s)
+        realtime = realtime_part(data)
+        if realtime:
+            self._receive_sync_commands(realtime, now_s=now_s)
 
     def poll(self, *, now_s: float) -> None:
         """Run the device's timers: its link time-out and its own commands to the host."""
@@ -317,8 +375,10 @@ class VentilatorSimulator:
         if now_s - self._last_rx_s > self.link_timeout_s:
             LOGGER.info("simulator: host silent for %.1f s, link ended", now_s - self._last_rx_s)
             self.counters.timeouts += 1
-            self.linked = False
+            self._unlink()
             return
+        if self.streaming:
+            self._stream(now_s=now_s)
         if now_s >= self._next_device_command_s:
             code = CommandCode.NOP if self._device_commands_sent % 2 == 0 else CommandCode.DEVICE_ID
             self._device_commands_sent += 1
@@ -329,10 +389,96 @@ class VentilatorSimulator:
                 self._send(Command(code=code))
 
     def data_to_send(self) -> bytes:
-        """Return (and forget) the bytes for the host."""
-        out = bytes(self._out)
+        """Return (and forget) the bytes for the host: realtime cycles spread inside the slow data."""
+        slow, cycles = bytes(self._out), self._cycles
         self._out.clear()
-        return out
+        self._cycles = []
+        if not cycles:
+            return slow
+        out = bytearray()
+        done = 0
+        for index, cycle in enumerate(cycles):
+            cut = (index + 1) * len(slow) // (len(cycles) + 1)
+            out += slow[done:cut] + cycle
+            done = cut
+        return bytes(out + slow[done:])
+
+    def _unlink(self) -> None:
+        """End the link: no more realtime curves until the host configures them again."""
+        self.linked = False
+        self._streams = []
+        self._enabled_mask = 0
+
+    def _receive_sync_commands(self, realtime: bytes, *, now_s: float) -> None:
+        """Follow the host's raw sync sequences (`D0`, then command/argument pairs); few bytes, rarely."""
+        for byte in realtime:
+            if byte & SYNC_MASK == SYNC_BYTE:
+                self._host_sync_command = None
+            elif byte & SYNC_MASK != SYNC_COMMAND:
+                continue
+            elif self._host_sync_command is None:
+                self._host_sync_command = byte
+            else:
+                command, self._host_sync_command = self._host_sync_command, None
+                self._enable(command, byte & 0x0F, now_s=now_s)
+
+    def _enable(self, command: int, bits: int, *, now_s: float) -> None:
+        groups = (SyncCommand.DATASTREAM_1_4, SyncCommand.DATASTREAM_5_8, SyncCommand.DATASTREAM_9_12)
+        if command not in groups or not self.linked:
+            return
+        shift = 4 * groups.index(SyncCommand(command))
+        was_streaming = self.streaming
+        self._enabled_mask = self._enabled_mask & ~(0x0F << shift) | bits << shift
+        if self.streaming and not was_streaming:
+            self._next_cycle_s = now_s
+
+    def _configure_streams(self, args: bytes) -> None:
+        """Take the host's curve list (stream order); a new configuration stops the streams."""
+        offered = {curve.code: curve for curve in SIM_CURVES}
+        wanted = [
+            (offered[code], multiplier) for code, multiplier in parse_configure_args(args) if code in offered
+        ]
+        self._streams = wanted[:MAX_STREAMS]
+        self._enabled_mask = 0
+
+    def _stream(self, *, now_s: float) -> None:
+        """Queue the realtime cycles due up to now_s."""
+        period_s = min(curve.interval_us for curve, _ in self._streams) * 1e-6
+        self._next_cycle_s = max(self._next_cycle_s, now_s - MAX_REALTIME_BACKLOG_S)
+        if now_s < self._next_cycle_s:
+            return
+        count = int((now_s - self._next_cycle_s) / period_s) + 1
+        t0_s = self.scenario_time_s(self._next_cycle_s)
+        period_scenario_s = period_s * self.speed
+        flow = self.scenario.wave("flow", t0_s=t0_s, count=count, period_s=period_scenario_s)
+        raws: list[list[int] | None] = []
+        for index, (curve, _) in enumerate(self._streams):
+            if self._enabled_mask >> index & 1:
+                wave = self.scenario.wave(
+                    SIM_CURVE_SIGNALS[curve.code], t0_s=t0_s, count=count, period_s=period_scenario_s
+                )
+                raws.append(curve.to_raw(wave).tolist())
+            else:
+                raws.append(None)
+        previous = np.concatenate(([self._last_flow], flow[:-1]))
+        marks = np.where(
+            (flow > 0) & (previous <= 0),
+            INSPIRATION_START,
+            np.where((flow <= 0) & (previous > 0), EXPIRATION_START, 0),
+        ).tolist()
+        for j in range(count):
+            cycle = self._cycles_sent + j
+            samples = [
+                None if stream is None or cycle % multiplier else stream[j]
+                for stream, (_, multiplier) in zip(raws, self._streams, strict=True)
+            ]
+            commands = bytes((SyncCommand.START_CYCLE, marks[j])) if marks[j] else b""
+            raw = encode_cycle(raws=samples, commands=commands)
+            self._cycles.append(raw)
+            self.counters.bytes_out += len(raw)
+        self._cycles_sent += count
+        self._last_flow = float(flow[-1])
+        self._next_cycle_s += count * period_s
 
     def _schedule_device_command(self, *, now_s: float) -> None:
         interval = self.device_command_interval_s
@@ -355,6 +501,7 @@ class VentilatorSimulator:
             if not self.linked:
                 self.counters.handshakes += 1
                 self._schedule_device_command(now_s=now_s)
+            self._unlink()
             self.linked = True
         elif not self.linked:
             LOGGER.debug("simulator: ignoring %#04x before ICC", frame.code)
@@ -370,13 +517,18 @@ class VentilatorSimulator:
             data = alarms_payload(self.scenario.alarms_at(t_s))
         elif code is CommandCode.TEXT_MESSAGES:
             data = texts_payload(self.scenario.texts_at(t_s))
+        elif code is CommandCode.REALTIME_CONFIG:
+            data = b"".join(curve.to_record() for curve in SIM_CURVES)
+        elif code is CommandCode.CONFIGURE_REALTIME:
+            self._configure_streams(frame.args)
+            data = b""
         else:
             data = b""
         if code is None:
             self.counters.unknown_commands += 1
         self._send(Response(code=frame.code, data=data))
         if code is CommandCode.STOP:
-            self.linked = False
+            self._unlink()
 
 
 def _replace_symlink(*, link_path: str, target: str) -> None:
