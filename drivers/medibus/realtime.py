@@ -22,7 +22,7 @@ The decoder works on whole chunks with numpy (no Python step per byte). A cycle 
 next sync byte arrives; a cycle that is malformed (sample count not matching its mask, a lone sync
 command, a byte outside the realtime alphabet, marked corrupt, or longer than `MAX_CYCLE_BYTES`) gives
 NaN for each stream its sync byte names, so the sample count still follows the time; it is counted,
-never raised. The carried partial cycle never exceeds `MAX_CYCLE_BYTES`.
+never raised. What the decoder holds between calls is bounded (`max_buffered_bytes`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ MAX_CYCLE_BYTES = 1 + 2 * 4 + 2 * MAX_STREAMS
 """A sync byte, the four sync commands a device sends (C4, C5, C6, CF) with their arguments, and a
 sample for each of the twelve streams: a longer run without a sync byte is not a cycle."""
 
+MAX_BATCH_BYTES = 4096
 EXTRA_BAD_CYCLES = "realtime_bad_cycles"
 EXTRA_SKIPPED = "realtime_skipped_bytes"
 EXTRA_OUT_OF_RANGE = "realtime_out_of_range"
@@ -255,37 +256,52 @@ class RealtimeDecoder:
     """Turns realtime bytes (from `realtime_part`) into samples per configured stream.
 
     `feed` returns, per configured curve in stream order, the new samples in physical units (NaN: no
-    usable sample). Not thread-safe: owned by the session.
+    usable sample). With `batch_bytes`, bytes are held until that many have come (one numpy pass per
+    batch instead of per read: a serial read brings a few bytes at a time); `flush` decodes what is
+    held. Not thread-safe: owned by the session.
     """
 
     def __init__(self, *, counters: LinkCounters | None = None) -> None:
         self.counters = counters if counters is not None else LinkCounters()
         self.curves: tuple[CurveConfig, ...] = ()
-        self._carry = b""
+        self.batch_bytes = 0
+        self._held = b""
 
     @property
     def buffered_bytes(self) -> int:
-        """Return how many bytes of a partial cycle the decoder holds."""
-        return len(self._carry)
+        """Return how many bytes (a partial cycle, an undecoded batch) the decoder holds."""
+        return len(self._held)
 
-    def configure(self, curves: Sequence[CurveConfig]) -> None:
+    @property
+    def max_buffered_bytes(self) -> int:
+        """Return the most bytes the decoder holds between calls."""
+        return max(MAX_CYCLE_BYTES, self.batch_bytes - 1)
+
+    def configure(self, curves: Sequence[CurveConfig], *, batch_bytes: int = 0) -> None:
         """Decode streams 1..len(curves) as these curves from now on (empty: decode nothing)."""
         if len(curves) > MAX_STREAMS:
             raise ValueError(f"{len(curves)} curves: at most {MAX_STREAMS} streams")
+        if not 0 <= batch_bytes <= MAX_BATCH_BYTES:
+            raise ValueError(f"batch_bytes {batch_bytes!r} is not 0-{MAX_BATCH_BYTES}")
         self.curves = tuple(curves)
-        self._carry = b""
-
-    def clear(self) -> None:
-        """Forget the partial cycle (after a transport reopen)."""
-        self._carry = b""
+        self.batch_bytes = batch_bytes
+        self._held = b""
 
     def feed(self, data: bytes) -> list[npt.NDArray[np.float64]]:
         """Consume realtime bytes; return each configured stream's new samples, oldest first."""
+        if not self.curves:
+            return []
+        self._held += data
+        if len(self._held) < max(1, self.batch_bytes):
+            return [np.empty(0, dtype=np.float64) for _ in self.curves]
+        return self.flush()
+
+    def flush(self) -> list[npt.NDArray[np.float64]]:
+        """Decode every complete cycle held; keep only the last, unfinished one."""
         empty = [np.empty(0, dtype=np.float64) for _ in self.curves]
-        if not self.curves or not data:
+        buf, self._held = self._held, b""
+        if not buf:
             return empty
-        buf = self._carry + data
-        self._carry = b""
         a = np.frombuffer(buf, dtype=np.uint8).astype(np.int64)
         syncs = np.flatnonzero((a & SYNC_MASK) == SYNC_BYTE)
         if syncs.size == 0:
@@ -298,7 +314,7 @@ class RealtimeDecoder:
         tail = buf[last:]
         if len(tail) > MAX_CYCLE_BYTES:
             return [np.concatenate((o, extra)) for o, extra in zip(out, self._drop(tail), strict=True)]
-        self._carry = tail
+        self._held = tail
         return out
 
     def _drop(self, cycle: bytes) -> list[npt.NDArray[np.float64]]:

@@ -28,7 +28,7 @@ import difflib
 import enum
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -59,6 +59,7 @@ from drivers.medibus.device import (
 )
 from drivers.medibus.realtime import (
     CURVE_SIGNALS,
+    MAX_BATCH_BYTES,
     CurveConfig,
     RealtimeDecoder,
     configure_args,
@@ -443,27 +444,29 @@ class MedibusSession:
     def _enable_waves(self, *, now_s: float) -> None:
         """Start decoding the configured curves and let the device send them."""
         curves = self._wanted_curves()
-        self._realtime.configure(curves)
+        self._realtime.configure(curves, batch_bytes=wave_batch_bytes(curves))
         self._wave_pending = [np.empty(0, dtype=np.float64) for _ in curves]
         self._send_raw(enable_bytes(len(curves)), now_s=now_s)
         self._start_cycle(now_s=now_s)
 
     def _stop_waves(self) -> None:
-        """Hand out the samples still pending and decode no realtime bytes until configured again."""
-        for index, curve in enumerate(self._realtime.curves):
-            if self._wave_pending[index].size:
-                self._emit_chunk(curve, self._wave_pending[index])
+        """Hand out the samples still held or pending and decode no realtime bytes until configured again."""
+        self._emit_windows(self._realtime.flush())
+        for curve, pending in zip(self._realtime.curves, self._wave_pending, strict=True):
+            if pending.size:
+                self._emit_chunk(curve, pending)
         self._realtime.configure(())
         self._wave_pending = []
         self._realtime_stale = self.options.waves
 
     def _receive_waves(self, realtime: bytes) -> None:
         """Decode realtime bytes and emit a chunk per curve for every full window of samples."""
-        for index, (curve, samples) in enumerate(
-            zip(self._realtime.curves, self._realtime.feed(realtime), strict=True)
-        ):
+        self._emit_windows(self._realtime.feed(realtime))
+
+    def _emit_windows(self, new_samples: list[npt.NDArray[np.float64]]) -> None:
+        for index, (curve, samples) in enumerate(zip(self._realtime.curves, new_samples, strict=True)):
             pending = np.concatenate((self._wave_pending[index], samples))
-            window = max(1, round(WAVE_CHUNK_S / (curve.interval_us * 1e-6)))
+            window = _window_samples(curve.interval_us)
             full = pending.size - pending.size % window
             for start in range(0, full, window):
                 self._emit_chunk(curve, pending[start : start + window])
@@ -484,6 +487,18 @@ class MedibusSession:
                 label=wave.label,
             )
         )
+
+
+def _window_samples(interval_us: int) -> int:
+    """Return how many samples of a curve one `WaveformChunk` carries."""
+    return max(1, round(WAVE_CHUNK_S / (interval_us * 1e-6)))
+
+
+def wave_batch_bytes(curves: Sequence[CurveConfig]) -> int:
+    """Return the realtime bytes decoded at once: about one chunk window of cycles (a sync byte and a
+    sample per curve each), so a serial read of a few bytes costs no numpy pass of its own."""
+    window = _window_samples(min(curve.interval_us for curve in curves))
+    return min(MAX_BATCH_BYTES, window * (1 + 2 * len(curves)))
 
 
 def create_session(options: Mapping[str, object]) -> DeviceSession:

@@ -248,7 +248,7 @@ def _run_session(data: bytes, *, session: MedibusSession) -> object:
         configured.update(session._realtime.curves)
         session.receive(chunk, now_s=now_s)
         configured.update(session._realtime.curves)
-        if session._realtime.buffered_bytes > MAX_CYCLE_BYTES:
+        if session._realtime.buffered_bytes > session._realtime.max_buffered_bytes:
             raise FuzzInvariantError("realtime decoder over its cap")
         written += _check_host_output(session.data_to_send(), who="host session")
         if math.isnan(session.next_deadline_s()):

@@ -127,6 +127,22 @@ def test_streams_5_to_8_come_from_the_c4_command_and_out_of_range_raw_is_nan() -
     assert decoder.counters.extra[EXTRA_OUT_OF_RANGE] == 1
 
 
+def test_a_batch_is_held_until_full_and_flush_decodes_it() -> None:
+    decoder = RealtimeDecoder()
+    decoder.configure([PAW], batch_bytes=10)
+    (nothing,) = decoder.feed(encode_cycle(raws=[0]) + encode_cycle(raws=[4095]))
+    assert nothing.size == 0
+    assert decoder.buffered_bytes == 6
+    (two,) = decoder.feed(encode_cycle(raws=[0]) + b"\xd1")
+    assert two.tolist() == [-20.0, 100.0, -20.0]
+    assert decoder.buffered_bytes == 1
+    (held,) = decoder.feed(b"\x80\x80")
+    assert held.size == 0
+    assert decoder.flush()[0].size == 0, "an unfinished cycle stays held"
+    with pytest.raises(ValueError, match="batch_bytes"):
+        decoder.configure([PAW], batch_bytes=-1)
+
+
 def test_an_over_long_cycle_is_dropped_and_the_carry_stays_bounded() -> None:
     decoder = RealtimeDecoder()
     decoder.configure([PAW])
@@ -199,21 +215,27 @@ def test_any_split_of_interleaved_slow_and_realtime_bytes_recovers_both_streams(
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=10))
+@given(
+    data=st.binary(max_size=400),
+    cuts=st.lists(st.integers(0, 400), max_size=10),
+    batch=st.sampled_from([0, 1, 7, 84, 500]),
+)
 def test_arbitrary_realtime_bytes_split_anywhere_give_the_same_samples_with_a_bounded_carry(
-    data: bytes, cuts: list[int]
+    data: bytes, cuts: list[int], batch: int
 ) -> None:
     whole = RealtimeDecoder()
     whole.configure([PAW, FLOW, VOLUME])
     expected = whole.feed(data)
     split = RealtimeDecoder()
-    split.configure([PAW, FLOW, VOLUME])
+    split.configure([PAW, FLOW, VOLUME], batch_bytes=batch)
     got: list[list[np.ndarray]] = [[], [], []]  # type: ignore[type-arg]
     points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     for start, end in itertools.pairwise(points):
         for index, samples in enumerate(split.feed(data[start:end])):
             got[index].append(samples)
-        assert split.buffered_bytes <= MAX_CYCLE_BYTES
+        assert split.buffered_bytes <= max(MAX_CYCLE_BYTES, batch - 1)
+    for index, samples in enumerate(split.flush()):
+        got[index].append(samples)
     for index, curve in enumerate((PAW, FLOW, VOLUME)):
         assert _same(np.concatenate([np.empty(0), *got[index]]), expected[index])
         assert all(math.isnan(v) or curve.min_value <= v <= curve.max_value for v in expected[index].tolist())
@@ -237,7 +259,7 @@ def test_a_session_with_waves_survives_arbitrary_bytes_with_bounded_buffers(chun
         session.data_to_send()
         now_s += STEP_S
         assert session._decoder.buffered_bytes <= 257
-        assert session._realtime.buffered_bytes <= MAX_CYCLE_BYTES
+        assert session._realtime.buffered_bytes <= session._realtime.max_buffered_bytes
         for event in session.events():
             if isinstance(event, WaveformChunk):
                 assert all(v is None or math.isfinite(v) for v in event.samples)
