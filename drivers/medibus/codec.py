@@ -162,17 +162,21 @@ class MedibusDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         """Consume received bytes and return the complete, checksum-valid frames they finished."""
         slow = data.translate(None, _OUTSIDE_FRAMES)
-        removed = len(data) - len(slow)
-        if removed:
-            flow_control = data.count(ControlByte.XON) + data.count(ControlByte.XOFF)
-            self._bump_extra(EXTRA_FLOW_CONTROL_BYTES, flow_control)
-            self._bump_extra(EXTRA_REALTIME_BYTES, removed - flow_control)
+        if len(slow) != len(data):
+            self._count_outside(data, removed=len(data) - len(slow))
         frames: list[Frame] = []
+        step = self._step
         for byte in slow:
-            frame = self._step(byte)
+            frame = step(byte)
             if frame is not None:
                 frames.append(frame)
         return frames
+
+    def _count_outside(self, data: bytes, *, removed: int) -> None:
+        """Count the flow-control and realtime bytes a chunk had."""
+        flow_control = data.count(ControlByte.XON) + data.count(ControlByte.XOFF)
+        self._bump_extra(EXTRA_FLOW_CONTROL_BYTES, flow_control)
+        self._bump_extra(EXTRA_REALTIME_BYTES, removed - flow_control)
 
     def _bump_extra(self, name: str, count: int) -> None:
         if count:

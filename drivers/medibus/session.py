@@ -13,13 +13,14 @@ Policies worth knowing:
   the cycle moves on, while an unanswered device command is repeated by the device.
 - A bad frame that arrives while a request is pending was most likely its answer: the request is sent
   again at once (at most `MAX_CORRUPT_RETRIES` times), so a noisy line costs a retry, not a 3 s wait.
-- With `waves = true` (MEDIBUS.X), once the link is up the session asks for the realtime configuration,
-  configures the curves it knows (Paw, flow, volume; those the device offers), enables them with the raw
-  sync sequence and then polls as usual. Realtime bytes are split from the slow-data bytes before
-  framing; their samples leave as `WaveformChunk` events of `WAVE_CHUNK_S` worth of samples per curve,
-  appended after the slow-data events of the same read, so they never hold a value back. A device's
-  "realtime configuration changed" command disables the streams and configures them anew at the next
-  cycle. A device that offers none of the curves, or does not answer, is polled without waves.
+- With `waves = true` (MEDIBUS.X), after the first poll cycle of a link the session asks for the
+  realtime configuration, configures the curves it knows (Paw, flow, volume; those the device offers)
+  and enables them with the raw sync sequence; values are polled from the start either way. Realtime
+  bytes are split from the slow-data bytes before framing; their samples leave as `WaveformChunk`
+  events of `WAVE_CHUNK_S` worth of samples per curve, appended after the slow-data events of the same
+  read, so they never hold a value back. A device's "realtime configuration changed" command disables
+  the streams and configures them anew after the next cycle. A device that offers none of the curves,
+  or does not answer, is polled without waves (and asked again after the next link loss).
 """
 
 from __future__ import annotations
@@ -353,11 +354,6 @@ class MedibusSession:
     def _start_cycle(self, *, now_s: float) -> None:
         self._cycle_index = 0
         self._next_cycle_s = now_s + self.options.poll_interval_s
-        if self._realtime_stale:
-            self._realtime_stale = False
-            self._offered = ()
-            self._send_request(CommandCode.REALTIME_CONFIG, now_s=now_s)
-            return
         self._send_request(POLL_CYCLE[0], now_s=now_s)
 
     def _advance(self, *, now_s: float) -> None:
@@ -376,6 +372,10 @@ class MedibusSession:
         elif self._state is _State.RUNNING and self._cycle_index + 1 < len(POLL_CYCLE):
             self._cycle_index += 1
             self._send_request(POLL_CYCLE[self._cycle_index], now_s=now_s)
+        elif self._state is _State.RUNNING and self._realtime_stale:
+            self._realtime_stale = False
+            self._offered = ()
+            self._send_request(CommandCode.REALTIME_CONFIG, now_s=now_s)
 
     def _handle_response(self, frame: Response, *, now_s: float) -> None:
         code = CommandCode.lookup(frame.code)
@@ -436,7 +436,6 @@ class MedibusSession:
         if not curves:
             self._bump_extra(EXTRA_NO_CURVES)
             LOGGER.warning("MEDIBUS device offers none of the realtime curves %s", ", ".join(CURVE_SIGNALS))
-            self._start_cycle(now_s=now_s)
             return
         args = configure_args([(curve.code, 1) for curve in curves])
         self._send_request(CommandCode.CONFIGURE_REALTIME, now_s=now_s, args=args)
@@ -447,7 +446,6 @@ class MedibusSession:
         self._realtime.configure(curves, batch_bytes=wave_batch_bytes(curves))
         self._wave_pending = [np.empty(0, dtype=np.float64) for _ in curves]
         self._send_raw(enable_bytes(len(curves)), now_s=now_s)
-        self._start_cycle(now_s=now_s)
 
     def _stop_waves(self) -> None:
         """Hand out the samples still held or pending and decode no realtime bytes until configured again."""

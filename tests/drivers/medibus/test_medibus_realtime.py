@@ -376,15 +376,29 @@ def test_realtime_configuration_changed_disables_and_configures_anew() -> None:
     assert [e for _, e in events if isinstance(e, WaveformChunk)]
 
 
-def test_a_device_without_the_curves_is_polled_without_waves() -> None:
+def test_values_come_first_then_a_device_without_the_curves_is_polled_without_waves() -> None:
     session = MedibusSession(options=MedibusOptions(waves=True))
     session.poll(now_s=0.0)
     assert session.data_to_send() == Command(code=CommandCode.ICC).to_bytes()
     session.receive(Response(code=CommandCode.ICC).to_bytes(), now_s=0.1)
     session.data_to_send()
     session.receive(Response(code=CommandCode.DEVICE_ID, data=b"SIM0'Old'01.00:03.00").to_bytes(), now_s=0.2)
+    for code in (CommandCode.MEASURED_CP1, CommandCode.DEVICE_SETTINGS, CommandCode.ALARMS_CP1):
+        assert session.data_to_send() == Command(code=code).to_bytes()
+        session.receive(Response(code=code).to_bytes(), now_s=0.3)
+    assert session.data_to_send() == Command(code=CommandCode.TEXT_MESSAGES).to_bytes()
+    session.receive(Response(code=CommandCode.TEXT_MESSAGES).to_bytes(), now_s=0.4)
     assert session.data_to_send() == Command(code=CommandCode.REALTIME_CONFIG).to_bytes()
-    session.receive(Response(code=CommandCode.REALTIME_CONFIG, data=b"").to_bytes(), now_s=0.3)
-    assert session.data_to_send() == Command(code=CommandCode.MEASURED_CP1).to_bytes()
+    session.poll(now_s=1.5)
+    assert session.data_to_send() == Command(code=CommandCode.NOP).to_bytes()
+    session.receive(Response(code=CommandCode.NOP).to_bytes(), now_s=1.6)
+    session.poll(now_s=3.45)
+    assert session.counters.extra["response_timeouts"] == 1, "a device that does not know the request"
     assert session.counters.extra[EXTRA_NO_CURVES] == 1
+    assert session.data_to_send() == Command(code=CommandCode.MEASURED_CP1).to_bytes()
     assert session.link_up
+    for code in (CommandCode.MEASURED_CP1, CommandCode.DEVICE_SETTINGS, CommandCode.ALARMS_CP1):
+        session.receive(Response(code=code).to_bytes(), now_s=3.5)
+        session.data_to_send()
+    session.receive(Response(code=CommandCode.TEXT_MESSAGES).to_bytes(), now_s=3.6)
+    assert session.data_to_send() == b"", "asked once per link"
