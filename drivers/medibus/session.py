@@ -94,6 +94,7 @@ EXTRA_RESPONSE_TIMEOUTS = "response_timeouts"
 EXTRA_UNEXPECTED_RESPONSES = "unexpected_responses"
 EXTRA_CORRUPT_RETRIES = "corrupt_response_retries"
 EXTRA_NO_CURVES = "realtime_no_curves"
+EXTRA_CURVES_UNCONFIRMED = "realtime_configure_unanswered"
 WAVE_CHUNK_S = 0.25
 """Samples per `WaveformChunk`: this much of each curve's time (at least one sample)."""
 MAX_CORRUPT_RETRIES = 2
@@ -268,7 +269,7 @@ class MedibusSession:
         if self._pending is not None and now_s >= self._pending_since_s + opts.response_timeout_s:
             self._bump_extra(EXTRA_RESPONSE_TIMEOUTS)
             LOGGER.info("MEDIBUS request %s unanswered; moving on", self._pending.name)
-            self._advance(now_s=now_s)
+            self._advance(now_s=now_s, answered=False)
         if self._state is _State.RUNNING and self._pending is None and now_s >= self._next_cycle_s:
             self._start_cycle(now_s=now_s)
         if now_s >= self._last_tx_s + opts.keepalive_s:
@@ -356,7 +357,7 @@ class MedibusSession:
         self._next_cycle_s = now_s + self.options.poll_interval_s
         self._send_request(POLL_CYCLE[0], now_s=now_s)
 
-    def _advance(self, *, now_s: float) -> None:
+    def _advance(self, *, now_s: float, answered: bool = True) -> None:
         """Finish the pending step: continue the handshake or send the next request of the cycle."""
         pending, self._pending = self._pending, None
         if pending is CommandCode.ICC:
@@ -368,7 +369,7 @@ class MedibusSession:
         elif pending is CommandCode.REALTIME_CONFIG:
             self._configure_waves(now_s=now_s)
         elif pending is CommandCode.CONFIGURE_REALTIME:
-            self._enable_waves(now_s=now_s)
+            self._enable_waves(answered=answered, now_s=now_s)
         elif self._state is _State.RUNNING and self._cycle_index + 1 < len(POLL_CYCLE):
             self._cycle_index += 1
             self._send_request(POLL_CYCLE[self._cycle_index], now_s=now_s)
@@ -440,8 +441,18 @@ class MedibusSession:
         args = configure_args([(curve.code, 1) for curve in curves])
         self._send_request(CommandCode.CONFIGURE_REALTIME, now_s=now_s, args=args)
 
-    def _enable_waves(self, *, now_s: float) -> None:
-        """Start decoding the configured curves and let the device send them."""
+    def _enable_waves(self, *, answered: bool, now_s: float) -> None:
+        """Start decoding the configured curves and let the device send them, once it confirmed them.
+
+        Without the device's echo its streams may still be in an older order: decoding them as ours
+        could put one curve's samples under another's name, so this link goes without waves.
+        """
+        if not answered:
+            self._bump_extra(EXTRA_CURVES_UNCONFIRMED)
+            LOGGER.warning(
+                "MEDIBUS device did not confirm the realtime configuration; no curves on this link"
+            )
+            return
         curves = self._wanted_curves()
         self._realtime.configure(curves, batch_bytes=wave_batch_bytes(curves))
         self._wave_pending = [np.empty(0, dtype=np.float64) for _ in curves]

@@ -34,6 +34,7 @@ from drivers.medibus.realtime import (
 )
 from drivers.medibus.session import (
     DRIVER,
+    EXTRA_CURVES_UNCONFIRMED,
     EXTRA_NO_CURVES,
     WAVE_CHUNK_S,
     MedibusOptions,
@@ -402,3 +403,24 @@ def test_values_come_first_then_a_device_without_the_curves_is_polled_without_wa
         session.data_to_send()
     session.receive(Response(code=CommandCode.TEXT_MESSAGES).to_bytes(), now_s=3.6)
     assert session.data_to_send() == b"", "asked once per link"
+
+
+def test_an_unconfirmed_curve_configuration_enables_nothing() -> None:
+    session = MedibusSession(options=MedibusOptions(waves=True))
+    session.poll(now_s=0.0)
+    session.receive(Response(code=CommandCode.ICC).to_bytes(), now_s=0.1)
+    session.receive(Response(code=CommandCode.DEVICE_ID, data=b"SIM0'X'01.00:06.00").to_bytes(), now_s=0.2)
+    for code in (CommandCode.MEASURED_CP1, CommandCode.DEVICE_SETTINGS, CommandCode.ALARMS_CP1):
+        session.receive(Response(code=code).to_bytes(), now_s=0.3)
+    session.receive(Response(code=CommandCode.TEXT_MESSAGES).to_bytes(), now_s=0.3)
+    offered = b"".join(curve.to_record() for curve in SIM_CURVES)
+    session.data_to_send()
+    session.receive(Response(code=CommandCode.REALTIME_CONFIG, data=offered).to_bytes(), now_s=0.4)
+    assert session.data_to_send() == b"\x1bT000101010301B6\r"
+    session.poll(now_s=1.5)
+    session.receive(Response(code=CommandCode.NOP).to_bytes(), now_s=1.6)
+    session.poll(now_s=3.45)
+    assert session.counters.extra[EXTRA_CURVES_UNCONFIRMED] == 1
+    assert not session.data_to_send().startswith(b"\xd0"), "no enable sequence"
+    session.receive(encode_cycle(raws=[1, 2, 3]) * 30, now_s=3.5)
+    assert not [e for e in session.events() if isinstance(e, WaveformChunk)]
