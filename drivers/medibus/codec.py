@@ -47,6 +47,8 @@ _FORBIDDEN_IN_PAYLOAD = frozenset(
 
 EXTRA_REALTIME_BYTES = "realtime_bytes"
 EXTRA_FLOW_CONTROL_BYTES = "flow_control_bytes"
+_ESC, _SOH, _CR = int(ControlByte.ESC), int(ControlByte.SOH), int(ControlByte.CR)
+"""Plain ints for the per-byte state machine (an IntEnum comparison costs more)."""
 _OUTSIDE_FRAMES = bytes(range(REALTIME_MASK, 0x100)) + bytes((ControlByte.XON, ControlByte.XOFF))
 """Bytes no frame contains, removed from each chunk (one `bytes.translate` pass) before framing."""
 
@@ -187,9 +189,9 @@ class MedibusDecoder:
         self.counters.resyncs += 1
 
     def _step(self, byte: int) -> Frame | None:
-        if byte == ControlByte.ESC:
+        if byte == _ESC:
             self._start_command()
-        elif byte == ControlByte.SOH:
+        elif byte == _SOH:
             self._start_response()
         else:
             target = self._command if self._in_command else self._response
@@ -199,9 +201,9 @@ class MedibusDecoder:
                     self._resync()
                 return None
             target.append(byte)
-            if byte == ControlByte.CR:
+            if byte == _CR:
                 return self._finish()
-        if self.buffered_bytes > self.cap_bytes:
+        if len(self._command) + len(self._response) > self.cap_bytes:
             self.counters.overflows += 1
             LOGGER.warning("MEDIBUS receive buffer passed %d bytes; discarded", self.cap_bytes)
             self.clear()
