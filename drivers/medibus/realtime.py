@@ -70,12 +70,15 @@ class SyncCommand(enum.IntEnum):
     """Device -> host: streams 5-8 present in this cycle (argument C0 | mask)."""
     TX_DATASTREAM_9_12 = 0xC5
     START_CYCLE = 0xC6
-    """Argument `INSPIRATION_START` or `EXPIRATION_START`."""
+    """Argument: a `BreathMark`."""
     CORRUPT_DATA = 0xCF
 
 
-INSPIRATION_START = 0xC0
-EXPIRATION_START = 0xC1
+class BreathMark(enum.IntEnum):
+    """The argument of `SyncCommand.START_CYCLE`."""
+
+    INSPIRATION_START = 0xC0
+    EXPIRATION_START = 0xC1
 
 
 class CurveCode(enum.StrEnum):

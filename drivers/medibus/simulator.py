@@ -40,12 +40,11 @@ from drivers.medibus.device import (
     format_value,
 )
 from drivers.medibus.realtime import (
-    EXPIRATION_START,
-    INSPIRATION_START,
     MAX_STREAMS,
     SYNC_BYTE,
     SYNC_COMMAND,
     SYNC_MASK,
+    BreathMark,
     CurveCode,
     CurveConfig,
     SyncCommand,
@@ -343,7 +342,8 @@ class VentilatorSimulator:
         self._host_sync_command: int | None = None
         self._next_cycle_s = math.inf
         self._cycles_sent = 0
-        self._last_flow = 0.0
+        self._last_flow = math.nan
+        """The flow of the last cycle sent (NaN before the first): its sign change marks a breath phase."""
         self._cycles: list[bytes] = []
 
     @property
@@ -431,6 +431,7 @@ class VentilatorSimulator:
         self._enabled_mask = self._enabled_mask & ~(0x0F << shift) | bits << shift
         if self.streaming and not was_streaming:
             self._next_cycle_s = now_s
+            self._last_flow = math.nan
 
     def _configure_streams(self, args: bytes) -> None:
         """Take the host's curve list (stream order); a new configuration stops the streams."""
@@ -463,8 +464,8 @@ class VentilatorSimulator:
         previous = np.concatenate(([self._last_flow], flow[:-1]))
         marks = np.where(
             (flow > 0) & (previous <= 0),
-            INSPIRATION_START,
-            np.where((flow <= 0) & (previous > 0), EXPIRATION_START, 0),
+            int(BreathMark.INSPIRATION_START),
+            np.where((flow <= 0) & (previous > 0), int(BreathMark.EXPIRATION_START), 0),
         ).tolist()
         for j in range(count):
             cycle = self._cycles_sent + j

@@ -7,6 +7,7 @@ value = raw / maxbin * (max - min) + min), not produced by the code under test.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 
@@ -424,3 +425,32 @@ def test_an_unconfirmed_curve_configuration_enables_nothing() -> None:
     assert not session.data_to_send().startswith(b"\xd0"), "no enable sequence"
     session.receive(encode_cycle(raws=[1, 2, 3]) * 30, now_s=3.5)
     assert not [e for e in session.events() if isinstance(e, WaveformChunk)]
+
+
+def test_simulator_marks_each_breath_start_once_per_breath_period() -> None:
+    session = MedibusSession(options=MedibusOptions(waves=True))
+    simulator = VentilatorSimulator(scenario=SteadyScenario(), device_command_interval_s=None)
+    stream = bytearray()
+    now_s = 0.0
+    while now_s < 20.0:
+        session.poll(now_s=now_s)
+        simulator.poll(now_s=now_s)
+        simulator.receive(session.data_to_send(), now_s=now_s)
+        out = simulator.data_to_send()
+        stream += realtime_part(out)
+        session.receive(out, now_s=now_s)
+        now_s += STEP_S
+    syncs = [i for i, byte in enumerate(stream) if byte & 0xF0 == 0xD0]
+
+    def cycles_marked(mark: bytes) -> list[int]:
+        return [bisect.bisect(syncs, i) for i in range(len(stream)) if stream[i : i + 2] == mark]
+
+    starts, ends = cycles_marked(b"\xc6\xc0"), cycles_marked(b"\xc6\xc1")
+    breath_cycles = 60.0 / 14.0 / 0.02
+    assert len(starts) >= 3
+    assert all(abs(b - a - breath_cycles) <= 1 for a, b in itertools.pairwise(starts))
+    assert len(ends) >= 3
+    assert all(
+        0 < e - s < breath_cycles
+        for s, e in zip(starts, ends[1:] if ends[0] < starts[0] else ends, strict=False)
+    )
