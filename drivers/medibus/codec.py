@@ -47,6 +47,10 @@ _FORBIDDEN_IN_PAYLOAD = frozenset(
 
 EXTRA_REALTIME_BYTES = "realtime_bytes"
 EXTRA_FLOW_CONTROL_BYTES = "flow_control_bytes"
+_ESC, _SOH, _CR = int(ControlByte.ESC), int(ControlByte.SOH), int(ControlByte.CR)
+"""Plain ints for the per-byte state machine (an IntEnum comparison costs more)."""
+_OUTSIDE_FRAMES = bytes(range(REALTIME_MASK, 0x100)) + bytes((ControlByte.XON, ControlByte.XOFF))
+"""Bytes no frame contains, removed from each chunk (one `bytes.translate` pass) before framing."""
 
 
 def checksum(data: bytes) -> bytes:
@@ -124,11 +128,13 @@ Frame = Command | Response
 
 
 class MedibusDecoder:
-    """Byte-at-a-time MEDIBUS frame decoder with XON/XOFF and realtime filtering and a capped buffer.
+    """MEDIBUS frame decoder with XON/XOFF and realtime filtering and a capped buffer.
 
-    Rules: XON/XOFF and realtime bytes (MSB set) are dropped wherever they appear; an ESC inside a
-    response suspends it (nested device command); a second SOH, or an ESC inside a command, drops the
-    partial frame (a resync); bytes outside any frame are skipped (one resync per run of garbage).
+    Rules: XON/XOFF and realtime bytes (MSB set) are removed from each chunk before framing (counted;
+    `drivers.medibus.realtime` reads the realtime ones where curves are enabled); the remaining bytes
+    go through a byte-at-a-time state machine: an ESC inside a response suspends it (nested device
+    command); a second SOH, or an ESC inside a command, drops the partial frame (a resync); bytes
+    outside any frame are skipped (one resync per run of garbage).
     """
 
     def __init__(
@@ -157,30 +163,35 @@ class MedibusDecoder:
 
     def feed(self, data: bytes) -> list[Frame]:
         """Consume received bytes and return the complete, checksum-valid frames they finished."""
+        slow = data.translate(None, _OUTSIDE_FRAMES)
+        if len(slow) != len(data):
+            self._count_outside(data, removed=len(data) - len(slow))
         frames: list[Frame] = []
-        for byte in data:
-            frame = self._step(byte)
+        step = self._step
+        for byte in slow:
+            frame = step(byte)
             if frame is not None:
                 frames.append(frame)
         return frames
 
-    def _bump_extra(self, name: str) -> None:
-        extra = self.counters.extra
-        extra[name] = extra.get(name, 0) + 1
+    def _count_outside(self, data: bytes, *, removed: int) -> None:
+        """Count the flow-control and realtime bytes a chunk had."""
+        flow_control = data.count(ControlByte.XON) + data.count(ControlByte.XOFF)
+        self._bump_extra(EXTRA_FLOW_CONTROL_BYTES, flow_control)
+        self._bump_extra(EXTRA_REALTIME_BYTES, removed - flow_control)
+
+    def _bump_extra(self, name: str, count: int) -> None:
+        if count:
+            extra = self.counters.extra
+            extra[name] = extra.get(name, 0) + count
 
     def _resync(self) -> None:
         self.counters.resyncs += 1
 
     def _step(self, byte: int) -> Frame | None:
-        if byte & REALTIME_MASK:
-            self._bump_extra(EXTRA_REALTIME_BYTES)
-            return None
-        if byte in (ControlByte.XON, ControlByte.XOFF):
-            self._bump_extra(EXTRA_FLOW_CONTROL_BYTES)
-            return None
-        if byte == ControlByte.ESC:
+        if byte == _ESC:
             self._start_command()
-        elif byte == ControlByte.SOH:
+        elif byte == _SOH:
             self._start_response()
         else:
             target = self._command if self._in_command else self._response
@@ -190,9 +201,9 @@ class MedibusDecoder:
                     self._resync()
                 return None
             target.append(byte)
-            if byte == ControlByte.CR:
+            if byte == _CR:
                 return self._finish()
-        if self.buffered_bytes > self.cap_bytes:
+        if len(self._command) + len(self._response) > self.cap_bytes:
             self.counters.overflows += 1
             LOGGER.warning("MEDIBUS receive buffer passed %d bytes; discarded", self.cap_bytes)
             self.clear()

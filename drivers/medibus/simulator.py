@@ -3,8 +3,12 @@
 `VentilatorSimulator` answers ICC, identification, measured-data, settings, alarm and text-message
 requests from a `Scenario`, sends its own NOP / identification request to the host now and then (so
 the host's echo logic is exercised) and, like a real device, goes silent once the host has been quiet
-for longer than the link time-out, until the host sends ICC again. The identification it reports is
-made up (`SimVent XL`); nothing here is a capture of a real device.
+for longer than the link time-out, until the host sends ICC again. As a MEDIBUS.X device it answers
+the realtime-configuration request with `SIM_CURVES`, takes the host's curve configuration and its
+raw enable sequence, and then streams one realtime cycle every curve interval, with the patient's
+curves (`Patient.wave`) and inspiration / expiration marks taken from the flow's sign, interleaved
+inside its slow-data frames. The identification and the curve ranges are made up (`SimVent XL`);
+nothing here is a capture of a real device.
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ import signal
 import threading
 import time
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+import numpy as np
+import numpy.typing as npt
+
 from drivers.base import LinkCounters
 from drivers.medibus.codec import Command, Frame, MedibusDecoder, Response
-from drivers.medibus.codes import CommandCode, MeasuredCodeCP1, SettingCode
+from drivers.medibus.codes import MEASURED_CP1, CommandCode, MeasuredCodeCP1, SettingCode
 from drivers.medibus.device import (
     ALARM_TEXT_LEN,
     MEASURED_RECORD_LEN,
@@ -32,7 +39,21 @@ from drivers.medibus.device import (
     DeviceIdentification,
     format_value,
 )
+from drivers.medibus.realtime import (
+    MAX_STREAMS,
+    SYNC_BYTE,
+    SYNC_COMMAND,
+    SYNC_MASK,
+    BreathMark,
+    CurveCode,
+    CurveConfig,
+    SyncCommand,
+    encode_cycle,
+    parse_configure_args,
+    realtime_part,
+)
 from drivers.medibus.sim_faults import FaultyLine, LineFaults
+from drivers.scenario import PATIENTS, DeterioratingPatient, Patient, SteadyPatient
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +66,31 @@ _READ_CHUNK_BYTES = 4096
 _VALUE_WIDTH = MEASURED_RECORD_LEN - 2
 _SETTING_WIDTH = SETTING_RECORD_LEN - 2
 
+SIM_CURVE_INTERVAL_US = 20_000
+SIM_CURVES: tuple[CurveConfig, ...] = (
+    CurveConfig(
+        code=CurveCode.PAW, interval_us=SIM_CURVE_INTERVAL_US, min_value=-20, max_value=100, max_bin=0xFFF
+    ),
+    CurveConfig(
+        code=CurveCode.FLOW, interval_us=SIM_CURVE_INTERVAL_US, min_value=-200, max_value=200, max_bin=0xFFF
+    ),
+    CurveConfig(
+        code=CurveCode.VOLUME, interval_us=SIM_CURVE_INTERVAL_US, min_value=0, max_value=2000, max_bin=0xFFF
+    ),
+    CurveConfig(
+        code=CurveCode.CO2_MMHG, interval_us=SIM_CURVE_INTERVAL_US, min_value=0, max_value=100, max_bin=0xFFF
+    ),
+)
+"""The curves the simulated device offers (50 Hz each); CO2 is offered but not one the host asks for."""
+SIM_CURVE_SIGNALS: dict[str, str] = {
+    CurveCode.PAW: "paw",
+    CurveCode.FLOW: "flow",
+    CurveCode.VOLUME: "volume",
+    CurveCode.CO2_MMHG: "co2",
+}
+MAX_REALTIME_BACKLOG_S = 2.0
+"""After a stall (a suspended process) the device sends at most this much of the curves it missed."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimAlarm:
@@ -56,9 +102,17 @@ class SimAlarm:
 
 
 class Scenario:
-    """Patient and ventilator values as a function of scenario time; the base scenario reports nothing."""
+    """What the simulated ventilator shows as a function of scenario time; the base scenario shows nothing.
+
+    The patient behind it is a `drivers.scenario.Patient` (the one engine every simulator draws from);
+    this class only adds what belongs to the ventilator: its code table, settings, alarm limits and
+    texts. The base scenario has the empty patient.
+    """
 
     name = "empty"
+
+    def __init__(self, *, patient: Patient | None = None) -> None:
+        self.patient = patient if patient is not None else Patient()
 
     def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
         """Return measured values at t_s (None: the device shows the parameter without a value)."""
@@ -80,24 +134,37 @@ class Scenario:
         """Return the text messages (2-hex code, text) shown at t_s."""
         return []
 
+    def wave(self, signal: str, *, t0_s: float, count: int, period_s: float) -> npt.NDArray[np.float64]:
+        """Return `count` samples of a realtime curve (a `drivers.vocabulary.WAVES` name) from t0_s."""
+        return self.patient.wave(signal, t0_s=t0_s, count=count, period_s=period_s)
 
-_STEADY_VALUES: dict[MeasuredCodeCP1, float | None] = {
-    MeasuredCodeCP1.PIP: 22.0,
-    MeasuredCodeCP1.PEEP: 5.0,
-    MeasuredCodeCP1.PMEAN: 11.0,
-    MeasuredCodeCP1.PPLAT: 18.0,
-    MeasuredCodeCP1.RR: 14.0,
-    MeasuredCodeCP1.VT: 480.0,
-    MeasuredCodeCP1.MV: 6.7,
-    MeasuredCodeCP1.FIO2: 40.0,
-    MeasuredCodeCP1.ETCO2_MMHG: 38.0,
-    MeasuredCodeCP1.ETCO2_KPA: 5.1,
-    MeasuredCodeCP1.SPO2: 97.0,
-    MeasuredCodeCP1.PULSE_RATE: 78.0,
+
+REPORTED_CODES: tuple[MeasuredCodeCP1, ...] = (
+    MeasuredCodeCP1.PIP,
+    MeasuredCodeCP1.PEEP,
+    MeasuredCodeCP1.PMEAN,
+    MeasuredCodeCP1.PPLAT,
+    MeasuredCodeCP1.RR,
+    MeasuredCodeCP1.VT,
+    MeasuredCodeCP1.MV,
+    MeasuredCodeCP1.FIO2,
+    MeasuredCodeCP1.ETCO2_MMHG,
+    MeasuredCodeCP1.SPO2,
+    MeasuredCodeCP1.PULSE_RATE,
+)
+"""The codes whose values come from the patient (through `MEASURED_CP1`'s key per code), in the order the
+simulated ventilator sends them. No HR: the ventilator's SpO2 module gives the pulse rate."""
+
+VENTILATOR_EXTRAS: dict[MeasuredCodeCP1, float | None] = {
     MeasuredCodeCP1.CDYN: 45.0,
     MeasuredCodeCP1.RESISTANCE: 9.0,
     MeasuredCodeCP1.P01: None,
 }
+"""Values only a ventilator has (not in the patient engine): constant compliance and resistance, and a
+P0.1 the device shows without a value."""
+
+MMHG_PER_KPA = 7.50062
+
 _STEADY_SETTINGS: dict[SettingCode, float] = {
     SettingCode.FIO2: 40.0,
     SettingCode.VTI_ML: 480.0,
@@ -109,78 +176,44 @@ _STEADY_SETTINGS: dict[SettingCode, float] = {
 }
 
 
-class SteadyScenario(Scenario):
-    """A stable, well-ventilated patient: constant values, no alarms, one text message."""
-
-    name = "steady"
-
-    def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
-        """Return the constant steady values."""
-        return dict(_STEADY_VALUES)
-
-    def settings_at(self, t_s: float) -> dict[SettingCode, float]:
-        """Return the constant settings."""
-        return dict(_STEADY_SETTINGS)
-
-    def texts_at(self, t_s: float) -> list[tuple[str, str]]:
-        """Return the mode text the ventilator shows."""
-        return [("01", "VC-CMV")]
+def _device_value(code: MeasuredCodeCP1, vitals: dict[str, float | None]) -> float | None:
+    """Return the patient's value for code in the device's unit (ours = device * scale)."""
+    spec = MEASURED_CP1[code]
+    value = vitals.get(spec.key)
+    return None if value is None else value / spec.scale
 
 
-class DeterioratingPatientScenario(Scenario):
-    """Stable for `stable_s`, then over `ramp_s` rising PIP, falling VT, rising RR and etCO2, falling SpO2.
+class PatientScenario(Scenario):
+    """A patient of the scenario engine on the simulated ventilator.
 
-    A high-priority "Paw high" alarm is active while PIP exceeds `paw_limit_mbar`, a medium "VT low"
-    alarm while VT is below `vt_low_limit_ml`.
+    The ventilator's own alarms follow its limits: a high-priority "Paw high" while PIP exceeds
+    `paw_limit_mbar`, a medium "VT low" while VT is below `vt_low_limit_ml`. Settings stay the steady
+    ones (the clinicians have not reacted yet); the mode text is VC-CMV.
     """
 
-    name = "deteriorating"
-
     def __init__(
-        self,
-        *,
-        stable_s: float = 30.0,
-        ramp_s: float = 90.0,
-        paw_limit_mbar: float = 35.0,
-        vt_low_limit_ml: float = 350.0,
+        self, *, patient: Patient, paw_limit_mbar: float = 35.0, vt_low_limit_ml: float = 350.0
     ) -> None:
-        self.stable_s = stable_s
-        self.ramp_s = ramp_s
+        super().__init__(patient=patient)
+        self.name = patient.name
         self.paw_limit_mbar = paw_limit_mbar
         self.vt_low_limit_ml = vt_low_limit_ml
 
-    def progress(self, t_s: float) -> float:
-        """Return how far the deterioration has gone at t_s (0 stable, 1 fully deteriorated)."""
-        return min(1.0, max(0.0, (t_s - self.stable_s) / self.ramp_s))
-
     def values_at(self, t_s: float) -> dict[MeasuredCodeCP1, float | None]:
-        """Return values interpolated between the stable and the deteriorated patient."""
-        f = self.progress(t_s)
-        wobble = 0.5 * math.sin(t_s / 7.0)
-        vt_ml = round(480.0 - 190.0 * f)
-        rr_per_min = round(14.0 + 18.0 * f)
-        values = dict(_STEADY_VALUES)
-        values.update(
-            {
-                MeasuredCodeCP1.PIP: round(22.0 + 18.0 * f + wobble, 1),
-                MeasuredCodeCP1.PPLAT: round(18.0 + 12.0 * f, 1),
-                MeasuredCodeCP1.VT: float(vt_ml),
-                MeasuredCodeCP1.RR: float(rr_per_min),
-                MeasuredCodeCP1.MV: round(vt_ml * rr_per_min / 1000.0, 1),
-                MeasuredCodeCP1.ETCO2_MMHG: round(38.0 + 17.0 * f),
-                MeasuredCodeCP1.ETCO2_KPA: round((38.0 + 17.0 * f) / 7.50062, 1),
-                MeasuredCodeCP1.SPO2: round(97.0 - 11.0 * f),
-                MeasuredCodeCP1.PULSE_RATE: round(78.0 + 40.0 * f),
-            }
-        )
+        """Return the patient's values under the ventilator's codes, then the ventilator's extras."""
+        vitals = self.patient.vitals_at(t_s)
+        values = {code: _device_value(code, vitals) for code in REPORTED_CODES}
+        etco2 = values[MeasuredCodeCP1.ETCO2_MMHG]
+        values[MeasuredCodeCP1.ETCO2_KPA] = None if etco2 is None else round(etco2 / MMHG_PER_KPA, 1)
+        values.update(VENTILATOR_EXTRAS)
         return values
 
     def settings_at(self, t_s: float) -> dict[SettingCode, float]:
-        """Return the (unchanged) settings: the clinicians have not reacted yet."""
+        """Return the (unchanged) settings."""
         return dict(_STEADY_SETTINGS)
 
     def alarms_at(self, t_s: float) -> list[SimAlarm]:
-        """Return the alarms the deterioration triggers."""
+        """Return the ventilator alarms the patient's values trigger against the device's limits."""
         values = self.values_at(t_s)
         alarms: list[SimAlarm] = []
         pip = values[MeasuredCodeCP1.PIP]
@@ -196,6 +229,13 @@ class DeterioratingPatientScenario(Scenario):
         return [("01", "VC-CMV")]
 
 
+class SteadyScenario(PatientScenario):
+    """The steady patient on the ventilator: constant values, no alarms, one text message."""
+
+    def __init__(self) -> None:
+        super().__init__(patient=SteadyPatient())
+
+
 NOISE_VALUES: dict[MeasuredCodeCP1, float | None] = {
     MeasuredCodeCP1.FIO2: 9421.0,
     MeasuredCodeCP1.VT: 9352.0,
@@ -204,7 +244,7 @@ NOISE_VALUES: dict[MeasuredCodeCP1, float | None] = {
 """The impossible readings of issue 6 that a correct 8-bit checksum let through."""
 
 
-class NoisyLineScenario(SteadyScenario):
+class NoisyLineScenario(PatientScenario):
     """The steady patient on a noisy line: checksum-valid frames that carry impossible readings.
 
     Of each three seconds of scenario time, the first answers steady values, the second carries
@@ -212,7 +252,9 @@ class NoisyLineScenario(SteadyScenario):
     duplicated-code frame of issue 6).
     """
 
-    name = "noise"
+    def __init__(self) -> None:
+        super().__init__(patient=SteadyPatient())
+        self.name = "noise"
 
     def measured_data_at(self, t_s: float) -> bytes:
         """Return steady, impossible or duplicated-code data, in turn, one per second of scenario time."""
@@ -226,11 +268,15 @@ class NoisyLineScenario(SteadyScenario):
         return payload
 
 
-SCENARIOS: dict[str, type[Scenario]] = {
-    SteadyScenario.name: SteadyScenario,
-    DeterioratingPatientScenario.name: DeterioratingPatientScenario,
-    NoisyLineScenario.name: NoisyLineScenario,
+def _patient_scenario(patient: type[Patient]) -> Callable[[], Scenario]:
+    return lambda: PatientScenario(patient=patient())
+
+
+SCENARIOS: dict[str, Callable[[], Scenario]] = {
+    **{name: _patient_scenario(patient) for name, patient in PATIENTS.items()},
+    "noise": NoisyLineScenario,
 }
+"""What `--scenario` may name: every patient of `drivers.scenario.PATIENTS`, and the noisy line."""
 
 
 def measured_payload(values: dict[MeasuredCodeCP1, float | None]) -> bytes:
@@ -291,6 +337,19 @@ class VentilatorSimulator:
         self._next_device_command_s = math.inf
         self._device_commands_sent = 0
         self._nested: Command | None = None
+        self._streams: list[tuple[CurveConfig, int]] = []
+        self._enabled_mask = 0
+        self._host_sync_command: int | None = None
+        self._next_cycle_s = math.inf
+        self._cycles_sent = 0
+        self._last_flow = math.nan
+        """The flow of the last cycle sent (NaN before the first): its sign change marks a breath phase."""
+        self._cycles: list[bytes] = []
+
+    @property
+    def streaming(self) -> bool:
+        """True while the host has configured and enabled at least one realtime curve."""
+        return self.linked and bool(self._enabled_mask & ((1 << len(self._streams)) - 1))
 
     def scenario_time_s(self, now_s: float) -> float:
         """Return the scenario time for a monotonic time."""
@@ -305,6 +364,9 @@ class VentilatorSimulator:
                 self.echoes_received += 1
             else:
                 self._handle_command(frame, now_s=now_s)
+        realtime = realtime_part(data)
+        if realtime:
+            self._receive_sync_commands(realtime, now_s=now_s)
 
     def poll(self, *, now_s: float) -> None:
         """Run the device's timers: its link time-out and its own commands to the host."""
@@ -313,8 +375,10 @@ class VentilatorSimulator:
         if now_s - self._last_rx_s > self.link_timeout_s:
             LOGGER.info("simulator: host silent for %.1f s, link ended", now_s - self._last_rx_s)
             self.counters.timeouts += 1
-            self.linked = False
+            self._unlink()
             return
+        if self.streaming:
+            self._stream(now_s=now_s)
         if now_s >= self._next_device_command_s:
             code = CommandCode.NOP if self._device_commands_sent % 2 == 0 else CommandCode.DEVICE_ID
             self._device_commands_sent += 1
@@ -325,10 +389,97 @@ class VentilatorSimulator:
                 self._send(Command(code=code))
 
     def data_to_send(self) -> bytes:
-        """Return (and forget) the bytes for the host."""
-        out = bytes(self._out)
+        """Return (and forget) the bytes for the host: realtime cycles spread inside the slow data."""
+        slow, cycles = bytes(self._out), self._cycles
         self._out.clear()
-        return out
+        self._cycles = []
+        if not cycles:
+            return slow
+        out = bytearray()
+        done = 0
+        for index, cycle in enumerate(cycles):
+            cut = (index + 1) * len(slow) // (len(cycles) + 1)
+            out += slow[done:cut] + cycle
+            done = cut
+        return bytes(out + slow[done:])
+
+    def _unlink(self) -> None:
+        """End the link: no more realtime curves until the host configures them again."""
+        self.linked = False
+        self._streams = []
+        self._enabled_mask = 0
+
+    def _receive_sync_commands(self, realtime: bytes, *, now_s: float) -> None:
+        """Follow the host's raw sync sequences (`D0`, then command/argument pairs); few bytes, rarely."""
+        for byte in realtime:
+            if byte & SYNC_MASK == SYNC_BYTE:
+                self._host_sync_command = None
+            elif byte & SYNC_MASK != SYNC_COMMAND:
+                continue
+            elif self._host_sync_command is None:
+                self._host_sync_command = byte
+            else:
+                command, self._host_sync_command = self._host_sync_command, None
+                self._enable(command, byte & 0x0F, now_s=now_s)
+
+    def _enable(self, command: int, bits: int, *, now_s: float) -> None:
+        groups = (SyncCommand.DATASTREAM_1_4, SyncCommand.DATASTREAM_5_8, SyncCommand.DATASTREAM_9_12)
+        if command not in groups or not self.linked:
+            return
+        shift = 4 * groups.index(SyncCommand(command))
+        was_streaming = self.streaming
+        self._enabled_mask = self._enabled_mask & ~(0x0F << shift) | bits << shift
+        if self.streaming and not was_streaming:
+            self._next_cycle_s = now_s
+            self._last_flow = math.nan
+
+    def _configure_streams(self, args: bytes) -> None:
+        """Take the host's curve list (stream order); a new configuration stops the streams."""
+        offered = {curve.code: curve for curve in SIM_CURVES}
+        wanted = [
+            (offered[code], multiplier) for code, multiplier in parse_configure_args(args) if code in offered
+        ]
+        self._streams = wanted[:MAX_STREAMS]
+        self._enabled_mask = 0
+
+    def _stream(self, *, now_s: float) -> None:
+        """Queue the realtime cycles due up to now_s."""
+        period_s = min(curve.interval_us for curve, _ in self._streams) * 1e-6
+        self._next_cycle_s = max(self._next_cycle_s, now_s - MAX_REALTIME_BACKLOG_S)
+        if now_s < self._next_cycle_s:
+            return
+        count = int((now_s - self._next_cycle_s) / period_s) + 1
+        t0_s = self.scenario_time_s(self._next_cycle_s)
+        period_scenario_s = period_s * self.speed
+        flow = self.scenario.wave("flow", t0_s=t0_s, count=count, period_s=period_scenario_s)
+        raws: list[list[int] | None] = []
+        for index, (curve, _) in enumerate(self._streams):
+            if self._enabled_mask >> index & 1:
+                wave = self.scenario.wave(
+                    SIM_CURVE_SIGNALS[curve.code], t0_s=t0_s, count=count, period_s=period_scenario_s
+                )
+                raws.append(curve.to_raw(wave).tolist())
+            else:
+                raws.append(None)
+        previous = np.concatenate(([self._last_flow], flow[:-1]))
+        marks = np.where(
+            (flow > 0) & (previous <= 0),
+            int(BreathMark.INSPIRATION_START),
+            np.where((flow <= 0) & (previous > 0), int(BreathMark.EXPIRATION_START), 0),
+        ).tolist()
+        for j in range(count):
+            cycle = self._cycles_sent + j
+            samples = [
+                None if stream is None or cycle % multiplier else stream[j]
+                for stream, (_, multiplier) in zip(raws, self._streams, strict=True)
+            ]
+            commands = bytes((SyncCommand.START_CYCLE, marks[j])) if marks[j] else b""
+            raw = encode_cycle(raws=samples, commands=commands)
+            self._cycles.append(raw)
+            self.counters.bytes_out += len(raw)
+        self._cycles_sent += count
+        self._last_flow = float(flow[-1])
+        self._next_cycle_s += count * period_s
 
     def _schedule_device_command(self, *, now_s: float) -> None:
         interval = self.device_command_interval_s
@@ -351,6 +502,7 @@ class VentilatorSimulator:
             if not self.linked:
                 self.counters.handshakes += 1
                 self._schedule_device_command(now_s=now_s)
+            self._unlink()
             self.linked = True
         elif not self.linked:
             LOGGER.debug("simulator: ignoring %#04x before ICC", frame.code)
@@ -366,13 +518,18 @@ class VentilatorSimulator:
             data = alarms_payload(self.scenario.alarms_at(t_s))
         elif code is CommandCode.TEXT_MESSAGES:
             data = texts_payload(self.scenario.texts_at(t_s))
+        elif code is CommandCode.REALTIME_CONFIG:
+            data = b"".join(curve.to_record() for curve in SIM_CURVES)
+        elif code is CommandCode.CONFIGURE_REALTIME:
+            self._configure_streams(frame.args)
+            data = b""
         else:
             data = b""
         if code is None:
             self.counters.unknown_commands += 1
         self._send(Response(code=frame.code, data=data))
         if code is CommandCode.STOP:
-            self.linked = False
+            self._unlink()
 
 
 def _replace_symlink(*, link_path: str, target: str) -> None:
@@ -479,10 +636,10 @@ def _serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `sim medibus --pty LINK [--scenario steady|deteriorating] [--seconds N] [--speed X]`."""
+    """Run `sim medibus --pty LINK [--scenario NAME] [--seconds N] [--speed X]` (names: `SCENARIOS`)."""
     parser = argparse.ArgumentParser(prog="icu-edge sim medibus", description=__doc__.splitlines()[0])
     parser.add_argument("--pty", required=True, metavar="LINK", help="symlink to create for the pty slave")
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=DeterioratingPatientScenario.name)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=DeterioratingPatient.name)
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--speed", type=float, default=1.0, help="scenario time per wall-clock second")
     _add_fault_arguments(parser)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import hl7
+import numpy as np
 from rich.console import Console
 
 from drivers.base import (
@@ -63,8 +64,18 @@ from drivers.medibus.device import (
     parse_settings,
     parse_text_messages,
 )
-from drivers.medibus.session import MedibusSession
+from drivers.medibus.realtime import (
+    MAX_CYCLE_BYTES,
+    CurveConfig,
+    RealtimeDecoder,
+    encode_cycle,
+    parse_configure_args,
+    parse_realtime_config,
+    realtime_part,
+)
+from drivers.medibus.session import MedibusOptions, MedibusSession
 from drivers.medibus.simulator import (
+    SIM_CURVES,
     SIM_IDENTIFICATION,
     SimAlarm,
     SteadyScenario,
@@ -137,10 +148,10 @@ def _check_host_output(raw: bytes, *, who: str) -> int:
     return len(frames)
 
 
-def _conversation(*, steps: int, device_to_host: bool) -> bytes:
+def _conversation(*, steps: int, device_to_host: bool, waves: bool = False) -> bytes:
     """Record one side of an in-memory host <-> simulator conversation as a timed-chunk input."""
     now_s = _START_S
-    host = MedibusSession()
+    host = MedibusSession(options=MedibusOptions(waves=waves))
     device = VentilatorSimulator(scenario=SteadyScenario(), start_s=now_s, device_command_interval_s=2.0)
     records: list[tuple[float, bytes]] = []
     for _ in range(steps):
@@ -223,20 +234,46 @@ def run_session(data: bytes) -> object:
     The host must only ever write clean frames, keep its receive buffer under the cap, report only
     finite numbers, and name a deadline that is a number.
     """
-    session = MedibusSession()
+    return _run_session(data, session=MedibusSession())
+
+
+def run_session_waves(data: bytes) -> object:
+    """`run_session` with MEDIBUS.X curves on: also every wave sample is None or inside its curve's range."""
+    return _run_session(data, session=MedibusSession(options=MedibusOptions(waves=True)))
+
+
+def _check_chunk(chunk: WaveformChunk, configured: set[CurveConfig]) -> None:
+    """A chunk belongs to a curve the session configured during the run and stays inside its range."""
+    curves = [c for c in configured if c.code == chunk.device_code]
+    if not curves:
+        raise FuzzInvariantError(f"wave chunk of a curve that was never configured: {chunk!r}")
+    for value in chunk.samples:
+        if value is not None and not any(c.min_value <= value <= c.max_value for c in curves):
+            raise FuzzInvariantError(f"wave sample {value!r} outside {curves!r}")
+
+
+def _run_session(data: bytes, *, session: MedibusSession) -> object:
     now_s = _START_S
     session.poll(now_s=now_s)
     seen: set[str] = set()
+    configured: set[CurveConfig] = set()
     written = 0
     for step_s, chunk in _timed_chunks(data):
         now_s += step_s
+        configured.update(session._realtime.curves)
         session.poll(now_s=now_s)
+        configured.update(session._realtime.curves)
         session.receive(chunk, now_s=now_s)
+        configured.update(session._realtime.curves)
+        if session._realtime.buffered_bytes > session._realtime.max_buffered_bytes:
+            raise FuzzInvariantError("realtime decoder over its cap")
         written += _check_host_output(session.data_to_send(), who="host session")
         if math.isnan(session.next_deadline_s()):
             raise FuzzInvariantError("next_deadline_s is NaN")
         for event in session.events():
-            if not isinstance(event, _SESSION_EVENTS):
+            if isinstance(event, WaveformChunk) and session.options.waves:
+                _check_chunk(event, configured)
+            elif not isinstance(event, _SESSION_EVENTS):
                 raise FuzzInvariantError(f"unexpected event {event!r}")
             seen.add(type(event).__name__)
             if isinstance(event, MeasurementsReceived):
@@ -251,6 +288,66 @@ def run_session(data: bytes) -> object:
 
 def _session_seeds() -> list[bytes]:
     return [_conversation(steps=14, device_to_host=True), _conversation(steps=6, device_to_host=True)]
+
+
+def _session_waves_seeds() -> list[bytes]:
+    return [_conversation(steps=14, device_to_host=True, waves=True)]
+
+
+# ---- MEDIBUS.X realtime ----------------------------------------------------------------------------
+
+
+def run_realtime(data: bytes) -> object:
+    """Decode `data` as realtime bytes whole and split where its first byte says: same samples both ways.
+
+    The first byte also picks how many of the simulator's curves are configured (1-4); the carried
+    partial cycle stays under its cap; every sample is NaN or inside its curve's range. The same bytes
+    read as a configuration response and as configure arguments raise nothing.
+    """
+    curves: list[CurveConfig] = list(SIM_CURVES[: 1 + (data[0] & 3 if data else 0)])
+    whole = RealtimeDecoder()
+    whole.configure(curves)
+    expected = whole.feed(data)
+    split_at = data[0] % (len(data) + 1) if data else 0
+    split = RealtimeDecoder()
+    split.configure(curves)
+    first, second = split.feed(data[:split_at]), split.feed(data[split_at:])
+    for stream, curve in enumerate(curves):
+        got = np.concatenate((first[stream], second[stream]))
+        if got.shape != expected[stream].shape or not np.array_equal(got, expected[stream], equal_nan=True):
+            raise FuzzInvariantError(
+                f"samples depend on how the bytes were read: {got!r} vs {expected[stream]!r}"
+            )
+        inside = np.isnan(got) | ((got >= curve.min_value) & (got <= curve.max_value))
+        if not inside.all():
+            raise FuzzInvariantError(f"sample outside {curve!r}: {got!r}")
+    if max(whole.buffered_bytes, split.buffered_bytes) > MAX_CYCLE_BYTES:
+        raise FuzzInvariantError("realtime decoder over its cap")
+    counters = LinkCounters()
+    configs = parse_realtime_config(bytes(b for b in data if b < 0x80), counters=counters)
+    parse_configure_args(bytes(b for b in data if b < 0x80))
+    return (
+        len(curves),
+        sum(int(samples.size > 0) for samples in expected),
+        frozenset(whole.counters.extra),
+        len(configs) > 0,
+    )
+
+
+def _realtime_seeds() -> list[bytes]:
+    cycles = b"".join(
+        encode_cycle(raws=[raw, 4095 - raw, raw // 2, None], commands=b"\xc6\xc0" if raw == 0 else b"")
+        for raw in range(0, 4096, 512)
+    )
+    return [
+        b"\x01" + cycles + b"\xd0",
+        realtime_part(_conversation(steps=14, device_to_host=True, waves=True)),
+    ]
+
+
+_REALTIME_TOKENS = tuple(
+    bytes((byte,)) for byte in (0xD0, 0xD7, 0xC4, 0xC6, 0xC0, 0xC1, 0xCF, 0x80, 0xBF, 0xE5)
+)
 
 
 # ---- device payload parsers ----------------------------------------------------------------------
@@ -836,6 +933,22 @@ TARGETS: dict[str, Target] = {
             tokens=_MEDIBUS_TOKENS,
             max_len=1024,
             description="MEDIBUS host session receive path (drivers/medibus/session.py)",
+        ),
+        Target(
+            name="session_waves",
+            run=run_session_waves,
+            seeds=_session_waves_seeds,
+            tokens=_MEDIBUS_TOKENS + _REALTIME_TOKENS,
+            max_len=1024,
+            description="MEDIBUS host session with MEDIBUS.X curves on (drivers/medibus/session.py)",
+        ),
+        Target(
+            name="realtime",
+            run=run_realtime,
+            seeds=_realtime_seeds,
+            tokens=_REALTIME_TOKENS,
+            max_len=512,
+            description="MEDIBUS.X realtime decoder and configuration parsers (drivers/medibus/realtime.py)",
         ),
         Target(
             name="device",

@@ -18,11 +18,12 @@ from drivers.base import (
 from drivers.medibus.codes import MeasuredCodeCP1
 from drivers.medibus.session import MedibusSession
 from drivers.medibus.simulator import (
-    DeterioratingPatientScenario,
+    PatientScenario,
     Scenario,
     SteadyScenario,
     VentilatorSimulator,
 )
+from drivers.scenario import DeterioratingPatient
 
 STEP_S = 0.02
 
@@ -116,7 +117,8 @@ def test_steady_back_to_back_link_up_then_measurements_with_keys_units_values() 
 
 
 def test_deteriorating_scenario_trends_and_paw_high_alarm() -> None:
-    scenario = DeterioratingPatientScenario(stable_s=5.0, ramp_s=10.0)
+    patient = DeterioratingPatient(stable_s=5.0, ramp_s=10.0)
+    scenario = PatientScenario(patient=patient)
     session = MedibusSession()
     simulator = VentilatorSimulator(
         scenario=scenario, device_command_interval_s=2.0, nest_device_commands=True
@@ -139,7 +141,7 @@ def test_deteriorating_scenario_trends_and_paw_high_alarm() -> None:
     assert paw_high
     pip_when_alarmed = [scenario.values_at(t)[MeasuredCodeCP1.PIP] for t in paw_high]
     assert all(pip is not None and pip > scenario.paw_limit_mbar for pip in pip_when_alarmed)
-    assert paw_high[0] > scenario.stable_s
+    assert paw_high[0] > patient.stable_s
     assert simulator.echoes_received >= 5
     assert session.counters.checksum_errors == 0
     assert session.counters.resyncs == 0
@@ -168,7 +170,9 @@ def test_fault_injecting_pipe_converges_and_counts_errors() -> None:
     to_host = FaultyPipe(rng=rng, corrupt_per_byte=0.002)
     session = MedibusSession()
     simulator = VentilatorSimulator(
-        scenario=DeterioratingPatientScenario(), device_command_interval_s=1.5, nest_device_commands=True
+        scenario=PatientScenario(patient=DeterioratingPatient()),
+        device_command_interval_s=1.5,
+        nest_device_commands=True,
     )
     events = _run(session=session, simulator=simulator, until_s=120.0, to_device=to_device, to_host=to_host)
     assert to_host.corrupted > 10

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import serial
 
-from drivers.base import LinkUp, MeasurementsReceived
-from drivers.medibus.session import MedibusSession
+from drivers.base import DriverEvent, LinkUp, MeasurementsReceived, WaveformChunk
+from drivers.medibus.session import MedibusOptions, MedibusSession
 from drivers.medibus.simulator import SteadyScenario, main, run_simulator_on_pty
 
 pytestmark = pytest.mark.integration
@@ -106,3 +106,49 @@ def test_standalone_module_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert not link.is_symlink()
+
+
+def test_curves_over_a_real_pty_come_with_the_numerics(tmp_path: Path) -> None:
+    link = tmp_path / "medibus0"
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=run_simulator_on_pty,
+        kwargs={"link_path": str(link), "scenario": SteadyScenario(), "stop_event": stop},
+        daemon=True,
+    )
+    runner.start()
+    events: list[DriverEvent] = []
+    try:
+        _wait_for_link(link)
+        port = serial.serial_for_url(
+            str(link), baudrate=19200, bytesize=8, parity="E", stopbits=1, timeout=0.02
+        )
+        session = MedibusSession(options=MedibusOptions(waves=True))
+        try:
+            start_s = time.monotonic()
+            session.reset(now_s=start_s)
+            while time.monotonic() - start_s < 4.0:
+                out = session.data_to_send()
+                if out:
+                    port.write(out)
+                data = port.read(4096)
+                now_s = time.monotonic()
+                session.receive(data, now_s=now_s)
+                if now_s >= session.next_deadline_s():
+                    session.poll(now_s=now_s)
+                events += session.events()
+        finally:
+            port.close()
+    finally:
+        stop.set()
+        runner.join(timeout=5.0)
+    measured = [e for e in events if isinstance(e, MeasurementsReceived)]
+    assert len(measured) >= 3
+    for signal_name in ("paw", "flow", "volume"):
+        samples = [
+            v for e in events if isinstance(e, WaveformChunk) and e.signal == signal_name for v in e.samples
+        ]
+        assert 100 <= len(samples) <= round(4.0 / 0.02), signal_name
+        assert None not in samples
+    assert session.counters.checksum_errors == 0
+    assert session.counters.extra.get("realtime_bad_cycles", 0) == 0
