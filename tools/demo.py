@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="stop by itself after this long")
     parser.add_argument("--plain", action="store_true", help="print text snapshots instead of a live screen")
     parser.add_argument(
-        "--scenario", default="deteriorating", choices=["deteriorating", "steady"], help="simulated patient"
+        "--scenario",
+        default="deteriorating",
+        choices=["deteriorating", "steady", "desaturation"],
+        help="simulated patient",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep config, outbox and logs here")
     args = parser.parse_args(argv)

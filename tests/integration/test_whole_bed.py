@@ -3,7 +3,8 @@
 Two beds, each with a MEDIBUS ventilator and an IntelliVue monitor on their own ptys, all of them
 real processes, against a real Mosquitto. The ventilator and the monitor both report SpO2 and pulse:
 the twin shows the monitor's (haemodynamics), the ventilator's etCO2 (respiration), `map` derived from
-the monitor's arterial mean, and waves from both devices arrive as equal windows on their topics.
+the monitor's arterial mean, and waves from both devices (the monitor's arrays, the ventilator's
+MEDIBUS.X curves) arrive as equal one-second windows on their topics.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 LAYOUT = WardLayout(
     beds=2,
+    ventilator_options="waves = true",
     monitor="intellivue",
     monitor_options_toml="waves = true",
     extra_toml="[waves]\nenabled = true\nwindow_s = 1.0",
@@ -74,11 +76,11 @@ def test_a_bed_with_ventilator_and_monitor_shows_one_source_per_key_and_both_wav
         ]
         assert vent_spo2
     for bed in ward.beds:
-        for signal in ("ecg", "pleth"):
+        for signal, device in (("ecg", "mon-1"), ("pleth", "mon-1"), ("paw", "vent-1"), ("flow", "vent-1")):
             topic = f"{bed_topic(bed)}/wave/{signal}"
             assert wait_for(lambda t=topic: len(station.on_topic(t)) >= 3, timeout_s=20), ward.log("daemon")
             windows = [WaveMessage.model_validate_json(m.payload) for m in station.on_topic(topic)]
-            assert {w.device for w in windows} == {"mon-1"}
+            assert {w.device for w in windows} == {device}
             assert {w.bed for w in windows} == {bed}
             full = [w for w in windows if not w.gap_before][1:]
             assert full
