@@ -92,7 +92,7 @@ def serve_ptys(directory: Path, *, beds: int, stop: threading.Event) -> None:
             os.close(fd)
 
 
-def _config(*, port: int, workdir: Path, beds: int) -> str:
+def _config(*, port: int, workdir: Path, beds: int, waves: bool) -> str:
     text = f"""
 [appliance]
 id = "edge-bench"
@@ -113,7 +113,7 @@ synchronous = "normal"
 enabled = false
 
 [waves]
-enabled = true
+enabled = {"true" if waves else "false"}
 window_s = 1.0
 """
     for i in range(beds):
@@ -125,13 +125,13 @@ id = "bed-{i:02d}"
 id = "vent-1"
 driver = "medibus"
 port = "{workdir / f"vent-{i:02d}"}"
-options = {{ waves = true, poll_interval_s = 1.0 }}
+options = {{ waves = {"true" if waves else "false"}, poll_interval_s = 1.0 }}
 
 [[bed.device]]
 id = "mon-1"
 driver = "intellivue"
 port = "{workdir / f"mon-{i:02d}"}"
-options = {{ waves = true, link = "serial" }}
+options = {{ waves = {"true" if waves else "false"}, link = "serial" }}
 """
     return text
 
@@ -163,7 +163,7 @@ def _percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, max(0, round(fraction * (len(values) - 1))))]
 
 
-def measure(*, beds: int, seconds: float, warm_up_s: float) -> Result:
+def measure(*, beds: int, seconds: float, warm_up_s: float, waves_on: bool) -> Result:
     """Run `beds` whole beds for warm-up + seconds and return what the subscriber and /proc saw."""
     with tempfile.TemporaryDirectory(prefix="icu-edge-capacity-") as name:
         workdir = Path(name)
@@ -182,9 +182,21 @@ def measure(*, beds: int, seconds: float, warm_up_s: float) -> Result:
                 str(beds),
             ]
         )
-        (workdir / "config.toml").write_text(_config(port=broker.port, workdir=workdir, beds=beds))
-        vitals = Subscriber(host=broker.host, port=broker.port, topic_filter="icu/v1/+/+/bed/+/vitals")
-        waves = Subscriber(host=broker.host, port=broker.port, topic_filter="icu/v1/+/+/bed/+/wave/+")
+        (workdir / "config.toml").write_text(
+            _config(port=broker.port, workdir=workdir, beds=beds, waves=waves_on)
+        )
+        vitals = Subscriber(
+            host=broker.host,
+            port=broker.port,
+            topic_filter="icu/v1/+/+/bed/+/vitals",
+            client_id="bench-vitals",
+        )
+        waves = Subscriber(
+            host=broker.host,
+            port=broker.port,
+            topic_filter="icu/v1/+/+/bed/+/wave/+",
+            client_id="bench-waves",
+        )
         daemon: subprocess.Popen[bytes] | None = None
         log_tail = ""
         try:
@@ -262,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beds", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warm-up-s", type=float, default=10.0)
+    parser.add_argument("--no-waves", action="store_true", help="numerics only (waves off)")
     parser.add_argument("--serve-ptys", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_ptys is not None:
@@ -279,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
     for beds in args.beds:
-        result = measure(beds=beds, seconds=args.seconds, warm_up_s=args.warm_up_s)
+        result = measure(
+            beds=beds, seconds=args.seconds, warm_up_s=args.warm_up_s, waves_on=not args.no_waves
+        )
         values = result.latencies_ms
         print(
             f"| {beds} | {result.vitals_per_s:.0f} | {result.waves_per_s:.0f} | {result.wave_gaps} | "
