@@ -76,6 +76,7 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
+import socket
 import sqlite3
 import ssl
 import sys
@@ -778,6 +779,7 @@ class Publisher:
         client.max_inflight_messages_set(IN_FLIGHT_WINDOW + 8)
         # the Will is set in on_pre_connect, before every attempt (the first one included)
         client.on_pre_connect = self._on_pre_connect
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -1294,6 +1296,17 @@ class Publisher:
         except Exception as exc:
             LOGGER.exception("on_pre_connect failed")
             self._events.put(_CallbackFailed(where="on_pre_connect", error=repr(exc)))
+
+    @staticmethod
+    def _on_socket_open(client: Client, userdata: Any, sock: Any) -> None:
+        """Send each MQTT packet at once (TCP_NODELAY); Nagle held a small observation behind a wave.
+
+        paho writes whole packets, so coalescing buys nothing; with Nagle on, an observation written
+        after a multi-segment wave window waited for the broker's delayed ACK (about 40 ms on Linux;
+        measured: vitals p99 49.7 ms at 4 beds with waves on, 5.6 ms with waves off).
+        """
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_connect(
         self,

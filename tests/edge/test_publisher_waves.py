@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,3 +110,13 @@ async def test_waves_while_the_broker_is_away_are_dropped_and_counted(
         assert publisher.stats().pending == 0
     finally:
         await publisher.stop(flush_timeout_s=0.5)
+
+
+async def test_packets_leave_at_once_without_waiting_for_the_brokers_ack(publisher: Publisher) -> None:
+    """TCP_NODELAY: with Nagle on, an observation written after a wave waited for the delayed ACK."""
+    await until(lambda: publisher.stats().connected, timeout_s=10)
+    client = publisher._client
+    assert client is not None
+    sock = client.socket()
+    assert sock is not None
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
