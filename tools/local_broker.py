@@ -183,6 +183,8 @@ class LocalMosquitto:
             "log_type all",
             "max_inflight_messages 0",
             "max_queued_messages 100000",
+            # as the ward broker should (systemd/README.md): a small message never waits behind a big one
+            "set_tcp_nodelay true",
             # as root, mosquitto would switch to the `mosquitto` user, which cannot read our files
             *(["user root"] if os.geteuid() == 0 else []),
         ]
