@@ -5,8 +5,9 @@ a central station wants a steady stream of equal windows, each with the time of 
 Within a continuous stream a sample's time follows from the sample count and period, not from when
 its chunk happened to arrive, so windows tile the stream exactly. A chunk that does not continue the
 stream (a gap, a device restart, a new sample period) closes what is buffered as a short window and
-starts a new stream whose first window says `gap_before`. A stream that falls silent is flushed after
-one window length. One owner: the event loop thread.
+starts a new stream whose first window says `gap_before`. A stream that falls silent for one window
+length has its buffered samples sent as a short window, so nothing waits unseen; the stream stays known,
+and what comes next either continues it or says `gap_before`. One owner: the event loop thread.
 """
 
 from __future__ import annotations
@@ -108,15 +109,14 @@ class WaveWindows:
         return windows
 
     def flush_idle(self, *, now_mono_s: float) -> list[WaveWindow]:
-        """Close the streams silent for longer than one window (their last samples go out short)."""
+        """Send the samples of streams silent for longer than one window as short windows."""
         windows: list[WaveWindow] = []
-        for key, stream in list(self._streams.items()):
+        for key, stream in self._streams.items():
             if now_mono_s - stream.next_mono_s > self._window_s:
                 windows.extend(self._close(key, stream))
         return windows
 
     def _close(self, key: tuple[str, str, str], stream: _Stream) -> list[WaveWindow]:
-        del self._streams[key]
         return [self._emit(key, stream, len(stream.samples))] if stream.samples else []
 
     def _emit(self, key: tuple[str, str, str], stream: _Stream, count: int) -> WaveWindow:

@@ -69,6 +69,21 @@ def test_a_silent_stream_is_flushed_after_one_window() -> None:
     assert windows.flush_idle(now_mono_s=1000.0 + 5.0) == []
 
 
+def test_a_stream_resuming_after_a_flush_either_continues_or_says_gap_before() -> None:
+    windows = WaveWindows(window_s=1.0)
+    _feed(windows, _chunk(0, 30), last_sample_s=0.29)
+    assert [len(w.body.samples) for w in windows.flush_idle(now_mono_s=1001.5)] == [30]
+    # a late burst that carries on exactly where the stream stopped: not a gap
+    out = _feed(windows, _chunk(30, 130), last_sample_s=1.59)
+    assert [(len(w.body.samples), w.body.gap_before) for w in out] == [(100, False)]
+    assert out[0].body.start == T0 + timedelta(seconds=0.3)
+    assert [len(w.body.samples) for w in windows.flush_idle(now_mono_s=1004.0)] == [30]
+    # silence and then samples from much later: the station must learn that samples are missing
+    out = _feed(windows, _chunk(5000, 100), last_sample_s=50.99)
+    assert [(len(w.body.samples), w.body.gap_before) for w in out] == [(100, True)]
+    assert out[0].body.start == T0 + timedelta(seconds=50.0)
+
+
 def test_unknown_or_deselected_signals_and_empty_chunks_are_ignored_and_counted() -> None:
     windows = WaveWindows(window_s=0.5, signals=["ecg"])
     assert _feed(windows, _chunk(0, 100, signal="pleth"), last_sample_s=1.0) == []
