@@ -51,6 +51,28 @@ class Topics:
         """Return the waveform topic of one signal of a bed."""
         return f"{self.root}/bed/{bed}/wave/{signal}"
 
+    def alarm(self, bed: str, alarm_id: str) -> str:
+        """Return the retained topic of one alarm (cleared after it ends)."""
+        return f"{self.root}/bed/{bed}/alarm/{alarm_id}"
+
+    def command_result(self, bed: str) -> str:
+        """Return the topic the appliance answers commands on."""
+        return f"{self.root}/bed/{bed}/cmd-result"
+
+    def commands(self) -> str:
+        """Return the filter of every bed's inbound commands (`R/bed/{bed}/cmd/{command}`)."""
+        return f"{self.root}/bed/+/cmd/+"
+
+    def parse_command(self, topic: str) -> tuple[str, str] | None:
+        """Return (bed, command) of an inbound command topic, or None for any other topic."""
+        prefix = f"{self.root}/bed/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix) :].split("/")
+        if len(parts) != 3 or parts[1] != "cmd" or not parts[0] or not parts[2]:
+            return None
+        return parts[0], parts[2]
+
 
 def encode_message(
     body: Body, *, appliance: str, bed: str | None, session: int, seq: int, ts: datetime

@@ -213,21 +213,163 @@ class EventForecast(_Frozen):
     horizons: list[EventProbability]
 
 
+class AlarmKind(enum.StrEnum):
+    """Where an alarm condition comes from."""
+
+    PHYSIOLOGICAL = "physiological"
+    """A limit crossing the appliance computes from the twin."""
+    DEVICE = "device"
+    """An alarm a ventilator or monitor reports (the device stays the primary alarm system)."""
+    TECHNICAL = "technical"
+    """A problem of the equipment or the alarm system: device lost, no valid data, broker, disk, clock."""
+    PREDICTIVE = "predictive"
+    """A forecast gives a limit crossing within its horizon a probability at or above the threshold."""
+
+
+class AlarmState(enum.StrEnum):
+    """The alarm signal's state (IEC 60601-1-8; IHE ACM alarm and inactivation states)."""
+
+    ACTIVE = "active"
+    """Condition present, signal on."""
+    LATCHED = "latched"
+    """Condition gone, signal held until acknowledged (latching alarms only)."""
+    ACKNOWLEDGED = "acknowledged"
+    """Acknowledged while the condition is present; ends when the condition does."""
+    AUDIO_PAUSED = "audio_paused"
+    """Audio paused until `audio_paused_until`; resumes by itself."""
+    ENDED = "ended"
+    """Over: the condition is gone (and, if latching, acknowledged). The retained topic is then cleared."""
+
+
+class Acknowledgement(_Frozen):
+    """Who acknowledged an alarm, and when (from the command)."""
+
+    at: Timestamp
+    command_id: str
+    user: str | None = None
+    role: str | None = None
+    reason: str | None = None
+
+
+class AlarmBody(_Frozen):
+    """One alarm: its condition, its signal state and what caused it (`R/bed/{bed}/alarm/{id}`)."""
+
+    SCHEMA: ClassVar[str] = "icu-edge/alarm/1"
+    id: str = Field(description="stable for one condition episode on one bed, across daemon restarts")
+    kind: AlarmKind
+    condition: str = Field(
+        description="machine-readable condition: spo2_low, map_high, device_disconnected, "
+        "predicted_spo2_below_90, device:<code>, ..."
+    )
+    key: str | None = Field(description="the signal, for physiological and predictive alarms")
+    text: str = Field(description="one line for the central station's display")
+    priority: AlarmPriority = Field(description="current priority (after any escalation)")
+    configured_priority: AlarmPriority = Field(description="priority before escalation")
+    state: AlarmState
+    condition_present: bool = Field(description="whether the alarm condition is present now")
+    latching: bool = Field(
+        description="the signal stays (latched) after the condition ends, until acknowledged"
+    )
+    onset: Timestamp = Field(description="when the condition began (the first reading beyond the limit)")
+    determined_at: Timestamp = Field(
+        description="when the appliance decided the condition exists (after delay)"
+    )
+    ended_at: Timestamp | None = None
+    value: float | None = Field(default=None, description="the reading that caused it (latest while present)")
+    unit: str | None = None
+    limit: float | None = Field(default=None, description="the limit it crossed")
+    direction: str | None = Field(default=None, description="low or high, for limit alarms")
+    condition_delay_s: float = Field(description="how long the condition had to hold before the alarm")
+    end_hysteresis: float | None = Field(
+        default=None, description="the value must come back this far inside the limit to end the condition"
+    )
+    escalate_after_s: float | None = Field(
+        default=None, description="unacknowledged for this long: priority goes up one level (null: never)"
+    )
+    probability: float | None = Field(default=None, description="predictive: the forecast probability")
+    horizon_min: int | None = Field(default=None, description="predictive: the horizon of that probability")
+    device: str | None = Field(default=None, description="the device it comes from, where there is one")
+    cause: str = Field(description="what caused it, for the field engineer and the audit")
+    acknowledged: Acknowledgement | None = None
+    audio_paused_until: Timestamp | None = None
+    updated_at: Timestamp = Field(description="time of the last change of this alarm")
+    history: bool = Field(
+        default=False,
+        description="true when this message waited in the outbox while the broker was unreachable: show it "
+        "in the log, never start an alarm signal from it (the birth and fresh messages carry the present)",
+    )
+
+
+class AlarmSummary(_Frozen):
+    """One active alarm, short, for the birth (a restarted central station re-syncs from it)."""
+
+    id: str
+    kind: AlarmKind
+    condition: str
+    key: str | None
+    priority: AlarmPriority
+    state: AlarmState
+    text: str
+    onset: Timestamp
+
+
+class AlarmLimit(_Frozen):
+    """The limit alarm settings in force for one key of one bed."""
+
+    low: float | None
+    high: float | None
+    priority: AlarmPriority
+    low_priority: AlarmPriority | None = Field(default=None, description="when the low side differs")
+    condition_delay_s: float
+    end_hysteresis: float
+    latching: bool
+    origin: str = Field(description="default, config or command (who set it last)")
+
+
+class News2Body(_Frozen):
+    """NEWS2 (RCP 2017) from the twin: decision support, not an alarm."""
+
+    total: int = Field(description="sum of the sub-scores that could be computed")
+    complete: bool = Field(description="every one of the seven parameters was available")
+    missing: list[str] = Field(description="parameters without a fresh valid reading (or not set)")
+    subscores: dict[str, int] = Field(
+        description="rr, spo2, air_or_oxygen, sbp, hr, consciousness, temp (those available)"
+    )
+    spo2_scale: int = Field(description="1, or 2 for a target SpO2 of 88-92 % set by a clinician")
+    on_oxygen: bool | None = Field(description="FiO2 above 21 %; null when FiO2 is unknown")
+    consciousness: str | None = Field(
+        description="alert, new_confusion, voice, pain, unresponsive (set by command)"
+    )
+    single_parameter_3: bool = Field(description="a single parameter scores 3 (a red score)")
+    risk: str = Field(description="low, low_medium, medium or high (RCP clinical risk)")
+    advisory: str | None = Field(
+        description="the advisory the aggregate reached: emergency, urgent, single_parameter (null: none)"
+    )
+    computed_at: Timestamp
+
+
 # ---- message bodies -----------------------------------------------------------------------------
 
 
 class TwinBody(_Frozen):
     """Full twin snapshot of one bed."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/twin/3"
+    SCHEMA: ClassVar[str] = "icu-edge/twin/4"
     values: dict[str, TwinValue] = Field(
         description="per key, the value of its source device: the configured one, else the monitor for "
         "haemodynamics and the ventilator for respiration, else any device with a fresh value"
     )
     settings: dict[str, VentilatorSetting]
     devices: dict[str, DeviceState]
-    device_alarms: list[DeviceAlarm]
+    device_alarms: list[DeviceAlarm] = Field(
+        description="the alarms the devices report right now, as reported"
+    )
     forecast: ForecastBody | None = Field(default=None, description="the latest forecast of this bed")
+    alarms: list[AlarmBody] = Field(
+        default_factory=list, description="the bed's alarms that have not ended, highest priority first"
+    )
+    alarm_limits: dict[str, AlarmLimit] = Field(default_factory=dict, description="limit settings per key")
+    news2: News2Body | None = Field(default=None, description="NEWS2 decision support")
 
 
 class ForecastBody(_Frozen):
@@ -285,21 +427,36 @@ class EventKind(enum.StrEnum):
 
     DEVICE_CONNECTED = "device_connected"
     DEVICE_DISCONNECTED = "device_disconnected"
-    DEVICE_ALARM_RAISED = "device_alarm_raised"
-    DEVICE_ALARM_ENDED = "device_alarm_ended"
     DEVICE_TEXT_MESSAGES = "device_text_messages"
     OUTBOX_DROPPED = "outbox_dropped"
+    ALARM_RAISED = "alarm_raised"
+    """A new alarm (ACM phase start)."""
+    ALARM_STATE_CHANGED = "alarm_state_changed"
+    """Acknowledged, audio paused, pause over, latched, condition back (ACM update)."""
+    ALARM_ESCALATED = "alarm_escalated"
+    """Unacknowledged too long: priority up one level (ACM escalate)."""
+    ALARM_ENDED = "alarm_ended"
+    """Over (ACM end); the retained alarm topic is cleared after this."""
+    LIMITS_CHANGED = "limits_changed"
+    """A limit setting changed by command (the audit's public copy)."""
+    NEWS2_ADVISORY = "news2_advisory"
+    """The NEWS2 aggregate reached (or left) a configured advisory level."""
 
 
 class EventBody(_Frozen):
     """One event, in order."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/event/1"
+    SCHEMA: ClassVar[str] = "icu-edge/event/2"
     kind: EventKind
     device: str | None = None
     detail: str
-    alarm: DeviceAlarm | None = None
+    alarm: AlarmBody | None = Field(default=None, description="the alarm after the change (alarm_* events)")
     at: Timestamp
+    history: bool = Field(
+        default=False,
+        description="true when this event waited in the outbox while the broker was unreachable: it is the "
+        "record of what happened, never a reason to start an alarm signal",
+    )
 
 
 class ApplianceState(enum.StrEnum):
@@ -312,14 +469,53 @@ class ApplianceState(enum.StrEnum):
 class ApplianceStatusBody(_Frozen):
     """Birth / death of the edge node."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/status/1"
+    SCHEMA: ClassVar[str] = "icu-edge/status/2"
     state: ApplianceState
     version: str
     beds: list[str]
     reason: str | None = Field(default=None, description="why offline: shutdown, or lost (the Will)")
+    alarms: dict[str, list[AlarmSummary]] = Field(
+        default_factory=dict,
+        description="in the birth: per bed, the alarms that have not ended, highest priority first",
+    )
+    central_station: str | None = Field(
+        default=None, description="in the birth: online, offline or unknown, as its state topic says"
+    )
 
 
-Body = TwinBody | VitalsBody | DeviceStatusBody | EventBody | ApplianceStatusBody | ForecastBody | WaveBody
+class CommandStatus(enum.StrEnum):
+    """The appliance's answer to a command: it decides, the central station only asks."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class CommandResultBody(_Frozen):
+    """`R/bed/{bed}/cmd-result`: the answer to one command, matched by `command_id`."""
+
+    SCHEMA: ClassVar[str] = "icu-edge/cmd-result/1"
+    command_id: str | None = Field(description="null only when the command was too malformed to carry one")
+    command: str = Field(description="ack, pause, limits, rebirth, news2, or what was sent")
+    status: CommandStatus
+    reason: str = Field(description="why rejected, or what accepting did (and did not do)")
+    duplicate: bool = Field(
+        default=False, description="this command_id was seen before: same answer, not re-applied"
+    )
+    alarm: AlarmBody | None = Field(default=None, description="the alarm after an ack")
+    at: Timestamp
+
+
+Body = (
+    TwinBody
+    | VitalsBody
+    | DeviceStatusBody
+    | EventBody
+    | ApplianceStatusBody
+    | ForecastBody
+    | WaveBody
+    | AlarmBody
+    | CommandResultBody
+)
 
 
 class Envelope(_Frozen):
@@ -357,6 +553,14 @@ class ApplianceStatusMessage(Envelope, ApplianceStatusBody):
 
 class ForecastMessage(Envelope, ForecastBody):
     """`R/bed/{bed}/forecast`, retained, QoS 1."""
+
+
+class AlarmMessage(Envelope, AlarmBody):
+    """`R/bed/{bed}/alarm/{id}`, retained while the alarm has not ended, QoS 1; cleared after it ends."""
+
+
+class CommandResultMessage(Envelope, CommandResultBody):
+    """`R/bed/{bed}/cmd-result`, QoS 1."""
 
 
 class WaveMessage(Envelope, WaveBody):
