@@ -323,6 +323,9 @@ class AlarmLimit(_Frozen):
     condition_delay_s: float
     end_hysteresis: float
     latching: bool
+    escalate_after_s: float | None = Field(
+        default=None, description="unacknowledged for this long: priority up one level (null: never)"
+    )
     origin: str = Field(description="default, config or command (who set it last)")
 
 
