@@ -45,6 +45,15 @@ from drivers.plausibility import TABLE
 from drivers.registry import driver_names, get_driver
 from drivers.transport import PORT_FORMS, port_identity, port_problem
 from drivers.vocabulary import WAVES
+from edge.alarms.profile import (
+    DEFAULT_LIMITS,
+    DELAY_CAP_S,
+    AdvisoryConfig,
+    LimitOverride,
+    PredictiveConfig,
+    effective_limits,
+    merge_limit,
+)
 
 CONFIG_VERSION: Literal[1] = 1
 DEFAULT_CONFIG_PATH = Path("/etc/icu-edge/config.toml")
@@ -309,6 +318,13 @@ class BedConfig(_Section):
         "(default: the monitor for haemodynamics, the ventilator for respiration)",
     )
     device: list[DeviceConfig] = Field(default_factory=list)
+    alarm_limits: dict[str, LimitOverride] = Field(
+        default_factory=dict,
+        description="this bed's limit overrides per key (over the ward's [alarms.limits])",
+    )
+    news2_spo2_scale: Literal[1, 2] = Field(
+        default=1, description="NEWS2 SpO2 scale: 2 only for a target SpO2 of 88-92 % set by a clinician"
+    )
 
     @model_validator(mode="after")
     def _sources_name_keys_and_devices_of_this_bed(self) -> BedConfig:
@@ -348,6 +364,56 @@ class WavesConfig(_Section):
         if unknown:
             raise ValueError(f"unknown signal(s) {', '.join(unknown)}; allowed: {', '.join(WAVES)}")
         return value
+
+
+class AlarmsConfig(_Section):
+    """`[alarms]`: the appliance's own alarm system."""
+
+    state_path: AbsolutePath = Field(
+        default=Path("/var/lib/icu-edge/alarms.db"),
+        description="active alarms, command results, audit and limits set by command (SQLite)",
+    )
+    limits: dict[str, LimitOverride] = Field(default_factory=dict, description="ward-wide overrides per key")
+    device_lost_delay_s: float = Field(
+        default=2.0, ge=0, le=DELAY_CAP_S, description="a device disconnected this long is a technical alarm"
+    )
+    connect_grace_s: float = Field(
+        default=15.0, ge=0, le=300, description="after start, how long a device may take to connect first"
+    )
+    no_data_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=300,
+        description="a connected device that sends nothing this long: technical alarm",
+    )
+    invalid_value_delay_s: float = Field(
+        default=10.0, ge=0, le=DELAY_CAP_S, description="a limited key without a valid value this long"
+    )
+    pause_default_s: float = Field(default=120.0, ge=10, le=900, description="audio pause when none is asked")
+    pause_max_s: float = Field(default=300.0, ge=10, le=900, description="longest audio pause accepted")
+    broker_unreachable_s: float = Field(default=30.0, ge=1, le=3600)
+    clock_jump_s: float = Field(default=2.0, ge=0.5, le=3600, description="a wall-clock step this large")
+    central_station_topic: str | None = Field(
+        default=None,
+        description='the central station\'s retained state topic ({"online": bool} or online/offline)',
+    )
+    predictive: PredictiveConfig = PredictiveConfig()
+    news2_advisory: AdvisoryConfig = AdvisoryConfig()
+
+    @field_validator("limits")
+    @classmethod
+    def _limits_usable(cls, value: dict[str, LimitOverride]) -> dict[str, LimitOverride]:
+        for key, override in value.items():
+            merge_limit(key=key, base=DEFAULT_LIMITS.get(key), override=override, origin="config")
+        return value
+
+    @model_validator(mode="after")
+    def _pause_default_within_max(self) -> AlarmsConfig:
+        if self.pause_default_s > self.pause_max_s:
+            raise ValueError(
+                f"pause_default_s ({self.pause_default_s:g}) exceeds pause_max_s ({self.pause_max_s:g})"
+            )
+        return self
 
 
 class StoreConfig(_Section):
@@ -420,6 +486,7 @@ class AppConfig(_Section):
     engines: EnginesConfig = EnginesConfig()
     publish: PublishConfig = PublishConfig()
     waves: WavesConfig = WavesConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
     bed: list[BedConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -431,6 +498,11 @@ class AppConfig(_Section):
         their bed (`R/bed/{bed}/device/{device}`), so they must be unique within a bed, not across beds.
         """
         problems: list[InitErrorDetails] = []
+        for i, bed in enumerate(self.bed):
+            try:
+                effective_limits(ward=self.alarms.limits, bed=bed.alarm_limits)
+            except ValueError as exc:
+                problems.append(_problem(("bed", i, "alarm_limits"), bed.alarm_limits, str(exc)))
         bed_at: dict[str, int] = {}
         port_user: dict[str, tuple[str, DeviceConfig]] = {}
         for i, bed in enumerate(self.bed):

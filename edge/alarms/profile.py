@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.base import AlarmPriority
 from drivers.plausibility import TABLE
@@ -195,57 +195,6 @@ class PredictiveConfig(BaseModel):
     def _not_high_unless_allowed(self) -> PredictiveConfig:
         if self.priority == AlarmPriority.HIGH and not self.allow_high:
             raise ValueError("a predictive alarm is never high priority unless allow_high = true says so")
-        return self
-
-
-class AlarmsConfig(BaseModel):
-    """`[alarms]`: the appliance's own alarm system."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    state_path: Annotated[str, Field(min_length=1)] = Field(
-        default="/var/lib/icu-edge/alarms.db",
-        description="active alarms, command results, audit and limits set by command (SQLite)",
-    )
-    limits: dict[str, LimitOverride] = Field(default_factory=dict, description="ward-wide overrides per key")
-    device_lost_delay_s: float = Field(
-        default=2.0, ge=0, le=DELAY_CAP_S, description="a device disconnected this long is a technical alarm"
-    )
-    connect_grace_s: float = Field(
-        default=15.0, ge=0, le=300, description="after start, how long a device may take to connect first"
-    )
-    no_data_s: float = Field(
-        default=10.0,
-        ge=1,
-        le=300,
-        description="a connected device that sends nothing this long: technical alarm",
-    )
-    invalid_value_delay_s: float = Field(
-        default=10.0, ge=0, le=DELAY_CAP_S, description="a limited key without a valid value this long"
-    )
-    pause_default_s: float = Field(default=120.0, ge=10, le=900, description="audio pause when none is asked")
-    pause_max_s: float = Field(default=300.0, ge=10, le=900, description="longest audio pause accepted")
-    broker_unreachable_s: float = Field(default=30.0, ge=1, le=3600)
-    clock_jump_s: float = Field(default=2.0, ge=0.5, le=3600, description="a wall-clock step this large")
-    central_station_topic: str | None = Field(
-        default=None,
-        description='the central station\'s retained state topic ({"online": bool} or online/offline)',
-    )
-    predictive: PredictiveConfig = PredictiveConfig()
-    news2_advisory: AdvisoryConfig = AdvisoryConfig()
-
-    @field_validator("limits")
-    @classmethod
-    def _limits_usable(cls, value: dict[str, LimitOverride]) -> dict[str, LimitOverride]:
-        for key, override in value.items():
-            merge_limit(key=key, base=DEFAULT_LIMITS.get(key), override=override, origin="config")
-        return value
-
-    @model_validator(mode="after")
-    def _pause_default_within_max(self) -> AlarmsConfig:
-        if self.pause_default_s > self.pause_max_s:
-            raise ValueError(
-                f"pause_default_s ({self.pause_default_s:g}) exceeds pause_max_s ({self.pause_max_s:g})"
-            )
         return self
 
 
