@@ -59,7 +59,9 @@ SCHEMA_VERSION = 1
 """`PRAGMA user_version` of the layout below."""
 FILE_MODE = 0o600
 DIR_MODE = 0o700
-BUSY_TIMEOUT_MS = 5000
+BUSY_TIMEOUT_MS = 100
+"""How long a write waits for another connection's lock: short, because it blocks the loop thread; a write
+that times out is held in memory and retried like one that failed for lack of space."""
 RETRY_INTERVAL_S = 1.0
 """While unhealthy, a write is attempted at most this often (by the injected clock)."""
 COMMAND_RESULT_KEEP_S = 7 * 24 * 3600.0

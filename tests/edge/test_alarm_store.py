@@ -6,6 +6,7 @@ import logging
 import sqlite3
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -460,3 +461,31 @@ def test_reopen_gives_the_last_state_of_every_alarm_that_has_not_ended(
         finally:
             again.close()
         assert got == model
+
+
+def test_a_locked_database_does_not_wedge_the_caller(path: Path) -> None:
+    """Another process holding the write lock (a tool, a stray sqlite3 shell) delays a write briefly only."""
+    clock = _Clock()
+    store = AlarmStore(path, clock=clock)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        store.save_alarm(bed="bed1", alarm=_alarm("a1"))
+        waited_s = time.monotonic() - started
+        assert waited_s < 2.0, f"the loop thread waited {waited_s:.1f} s for the lock"
+        assert not store.healthy
+        assert store.last_error is not None
+        assert "locked" in store.last_error
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    clock.now_s += 1.0
+    store.retry()
+    assert store.healthy
+    store.close()
+    again = AlarmStore(path)
+    try:
+        assert again.active_alarms() == {"bed1": [_alarm("a1")]}
+    finally:
+        again.close()
