@@ -146,32 +146,23 @@ class AlarmStore:
         if audit_max_rows < 1 or pending_max_rows < 1:
             raise ValueError("audit_max_rows and pending_max_rows must be at least 1")
         self._path = path
-        self._clock = clock
         self._audit_max_rows = audit_max_rows
         self._audit_prune_batch = audit_prune_batch or max(1, audit_max_rows // 100)
-        self._pending_max_rows = pending_max_rows
-        self._healthy = True
-        self._last_error: str | None = None
-        self._write_failures = 0
-        self._failures_this_outage = 0
-        self._reasons_logged: set[str] = set()
+        self._health = _Health(path=path, clock=clock)
         self._skipped_rows = 0
         self._skip_logged: set[str] = set()
-        self._audit_rows_dropped = 0
-        self._command_results_dropped = 0
-        self._last_attempt_s: float | None = None
         # Mirrors of what is (or will be) on disk; pending = not yet written.
         self._alarms: dict[str, dict[str, AlarmBody]] = {}
         self._limits: dict[str, dict[str, AlarmLimit]] = {}
         self._stored_alarm_keys: set[_AlarmKey] = set()
-        self._pending_alarms: dict[_AlarmKey, AlarmBody] = {}
-        self._pending_limits: dict[_AlarmKey, AlarmLimit] = {}
-        self._pending_commands: OrderedDict[_AlarmKey, CommandResultBody] = OrderedDict()
-        self._pending_audit: deque[AuditRow] = deque()
-        self._audit_gaps: dict[str, _Gap] = {}
-        self._db: sqlite3.Connection | None = self._open(max_pages)
-        self._audit_count: int = self._conn().execute("SELECT count(*) FROM audit").fetchone()[0]
-        self._load()
+        self._pending = _Pending(max_rows=pending_max_rows)
+        self._db: sqlite3.Connection | None = _connect(path, max_pages=max_pages)
+        try:
+            self._audit_count: int = self._conn().execute("SELECT count(*) FROM audit").fetchone()[0]
+            self._load()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            self._conn().close()
+            raise AlarmStoreError(f"alarm store {path}: cannot read the database: {exc}") from exc
         LOGGER.info(
             "alarm store %s open: %d active alarms, %d limit overrides, %d audit rows",
             self._path,
@@ -179,91 +170,6 @@ class AlarmStore:
             sum(len(limits) for limits in self._limits.values()),
             self._audit_count,
         )
-
-    # -- opening ---------------------------------------------------------------------------------------
-
-    def _open(self, max_pages: int | None) -> sqlite3.Connection:
-        try:
-            self._path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            self._make_private()
-            db = sqlite3.connect(self._path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise AlarmStoreError(f"alarm store {self._path}: cannot open: {exc}") from exc
-        try:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._check_or_create(db)
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise AlarmStoreError(f"alarm store {self._path}: cannot switch to WAL mode (got {mode!r})")
-            db.execute("PRAGMA synchronous=FULL")
-            self._make_private()
-            if max_pages is not None:
-                db.execute(f"PRAGMA max_page_count={int(max_pages)}")
-        except AlarmStoreError:
-            db.close()
-            raise
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            if "not a database" in str(exc) or "malformed" in str(exc):
-                raise AlarmStoreError(
-                    f"alarm store {self._path} is not a usable SQLite database ({exc}): {_MOVE_AWAY}"
-                ) from exc
-            raise AlarmStoreError(f"alarm store {self._path}: cannot use the database: {exc}") from exc
-        except OSError as exc:
-            db.close()
-            raise AlarmStoreError(f"alarm store {self._path}: cannot use the database: {exc}") from exc
-        return db
-
-    def _check_or_create(self, db: sqlite3.Connection) -> None:
-        """Create the layout in an empty file; refuse a foreign or differently shaped one."""
-        check = db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise AlarmStoreError(f"alarm store {self._path} is corrupt ({check}): {_MOVE_AWAY}")
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if app_id == 0 and not tables:
-            with _transaction(db):
-                for create, _ in _TABLES.values():
-                    db.execute(create)
-                for create in _INDEXES:
-                    db.execute(create)
-                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            return
-        if app_id != APPLICATION_ID:
-            raise AlarmStoreError(
-                f"alarm store {self._path} is another program's database (application_id {app_id:#x},"
-                f" tables {sorted(tables)}): {_MOVE_AWAY}"
-            )
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise AlarmStoreError(
-                f"alarm store {self._path}: layout version {version} is not supported (expected"
-                f" {SCHEMA_VERSION}): {_MOVE_AWAY}"
-            )
-        if tables - _OWN_TABLES:
-            raise AlarmStoreError(
-                f"alarm store {self._path} has unknown tables {sorted(tables - _OWN_TABLES)}: {_MOVE_AWAY}"
-            )
-        for name, (_, columns) in _TABLES.items():
-            found = [row[1] for row in db.execute(f"PRAGMA table_info({name})")]
-            if found != columns:
-                raise AlarmStoreError(
-                    f"alarm store {self._path}: table {name} has columns {found}, expected {columns}:"
-                    f" {_MOVE_AWAY}"
-                )
-
-    def _make_private(self) -> None:
-        """Create the database file 0600 (SQLite gives the WAL and shm its mode) and fix wider files."""
-        if not self._path.exists():
-            os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            path = Path(f"{self._path}{suffix}")
-            try:
-                if path.stat().st_mode & 0o777 != FILE_MODE:
-                    path.chmod(FILE_MODE)
-            except FileNotFoundError:
-                continue
 
     def _load(self) -> None:
         db = self._conn()
@@ -305,17 +211,17 @@ class AlarmStore:
     @property
     def healthy(self) -> bool:
         """Whether the last write attempt succeeded (nothing is waiting in memory)."""
-        return self._healthy
+        return self._health.healthy
 
     @property
     def last_error(self) -> str | None:
         """Why the last write attempt failed; None while healthy."""
-        return self._last_error
+        return self._health.last_error
 
     @property
     def write_failures(self) -> int:
         """Write attempts that failed since open (retries are at most every RETRY_INTERVAL_S)."""
-        return self._write_failures
+        return self._health.write_failures
 
     @property
     def skipped_rows(self) -> int:
@@ -325,23 +231,17 @@ class AlarmStore:
     @property
     def audit_rows_dropped(self) -> int:
         """Audit rows dropped from the full in-memory queue while writes failed."""
-        return self._audit_rows_dropped
+        return self._pending.audit_dropped
 
     @property
     def command_results_dropped(self) -> int:
         """Command results dropped from the full in-memory queue while writes failed."""
-        return self._command_results_dropped
+        return self._pending.commands_dropped
 
     @property
     def pending(self) -> int:
         """Items held in memory, waiting to be written."""
-        return (
-            len(self._pending_alarms)
-            + len(self._pending_limits)
-            + len(self._pending_commands)
-            + len(self._pending_audit)
-            + len(self._audit_gaps)
-        )
+        return len(self._pending)
 
     # -- alarms ----------------------------------------------------------------------------------------
 
@@ -355,13 +255,13 @@ class AlarmStore:
                 self._alarms.pop(bed, None)
             if key not in self._stored_alarm_keys:
                 # Never written: nothing to delete on disk.
-                self._pending_alarms.pop(key, None)
+                self._pending.alarms.pop(key, None)
                 self._write()
                 return
         else:
             self._alarms.setdefault(bed, {})[alarm.id] = alarm
-        self._pending_alarms.pop(key, None)
-        self._pending_alarms[key] = alarm
+        self._pending.alarms.pop(key, None)
+        self._pending.alarms[key] = alarm
         self._write()
 
     def active_alarms(self) -> dict[str, list[AlarmBody]]:
@@ -372,7 +272,7 @@ class AlarmStore:
 
     def command_result(self, *, bed: str, command_id: str) -> CommandResultBody | None:
         """Return the answer given to this command_id on this bed (within the window), or None."""
-        pending = self._pending_commands.get((bed, command_id))
+        pending = self._pending.commands.get((bed, command_id))
         if pending is not None:
             return pending
         try:
@@ -384,7 +284,7 @@ class AlarmStore:
                 .fetchone()
             )
         except (sqlite3.DatabaseError, OSError) as exc:
-            self._log_reason(f"cannot read a command result: {_reason(exc)}")
+            self._health.log_once(f"cannot read a command result: {_reason(exc)}")
             return None
         if row is None:
             return None
@@ -395,12 +295,8 @@ class AlarmStore:
         if result.command_id is None:
             return
         key = (bed, result.command_id)
-        self._pending_commands.pop(key, None)
-        self._pending_commands[key] = result
-        if len(self._pending_commands) > self._pending_max_rows:
-            self._pending_commands.popitem(last=False)
-            self._command_results_dropped += 1
-            self._log_reason("the in-memory queue of command results is full: dropping the oldest")
+        if self._pending.add_command(key, result):
+            self._health.log_once("the in-memory queue of command results is full: dropping the oldest")
         self._write()
 
     # -- audit -----------------------------------------------------------------------------------------
@@ -419,21 +315,14 @@ class AlarmStore:
         """Append one audit row (never rewritten; the oldest are pruned beyond `audit_max_rows`)."""
         if at.tzinfo is None:
             raise ValueError("audit time must be timezone-aware")
-        self._pending_audit.append(
-            AuditRow(at=at, bed=bed, actor=actor, role=role, action=action, detail=detail, result=result)
-        )
-        if len(self._pending_audit) > self._pending_max_rows:
-            dropped = self._pending_audit.popleft()
-            self._audit_rows_dropped += 1
-            gap = self._audit_gaps.setdefault(dropped.bed, _Gap(first=dropped.at, last=dropped.at))
-            gap.last = dropped.at
-            gap.count += 1
-            self._log_reason("the in-memory audit queue is full: dropping the oldest rows")
+        row = AuditRow(at=at, bed=bed, actor=actor, role=role, action=action, detail=detail, result=result)
+        if self._pending.add_audit(row):
+            self._health.log_once("the in-memory audit queue is full: dropping the oldest rows")
         self._write()
 
     def audit_rows(self, *, bed: str | None = None, limit: int = 100) -> list[AuditRow]:
         """Return the newest audit rows (of one bed, or all), newest first, pending ones included."""
-        rows = [row for row in reversed(self._pending_audit) if bed is None or row.bed == bed][:limit]
+        rows = [row for row in reversed(self._pending.audit) if bed is None or row.bed == bed][:limit]
         if len(rows) >= limit:
             return rows
         query = "SELECT at, bed, actor, role, action, detail, result FROM audit"
@@ -445,7 +334,7 @@ class AlarmStore:
         try:
             stored = self._conn().execute(query, (*args, limit - len(rows))).fetchall()
         except (sqlite3.DatabaseError, OSError) as exc:
-            self._log_reason(f"cannot read the audit: {_reason(exc)}")
+            self._health.log_once(f"cannot read the audit: {_reason(exc)}")
             return rows
         return rows + [
             AuditRow(
@@ -465,8 +354,8 @@ class AlarmStore:
     def save_limit(self, *, bed: str, key: str, limit: AlarmLimit) -> None:
         """Save the limit settings of one key of one bed (set by command)."""
         self._limits.setdefault(bed, {})[key] = limit
-        self._pending_limits.pop((bed, key), None)
-        self._pending_limits[(bed, key)] = limit
+        self._pending.limits.pop((bed, key), None)
+        self._pending.limits[(bed, key)] = limit
         self._write()
 
     def limits(self) -> dict[str, dict[str, AlarmLimit]]:
@@ -488,14 +377,13 @@ class AlarmStore:
         if self._db is None:
             return
         if self.pending:
-            self._last_attempt_s = None
-            self._write()
+            self._write(now=True)
             if self.pending:
                 LOGGER.error(
                     "alarm store %s: closing with %d items that could not be written (%s)",
                     self._path,
                     self.pending,
-                    self._last_error,
+                    self._health.last_error,
                 )
         self._db.close()
         self._db = None
@@ -505,56 +393,33 @@ class AlarmStore:
             raise AlarmStoreError(f"alarm store {self._path}: not open")
         return self._db
 
-    def _write(self) -> None:
+    def _write(self, *, now: bool = False) -> None:
+        """Write everything pending: state first, then the audit in order; on failure keep it pending."""
         if not self.pending:
-            if not self._healthy:
-                # What was held (an alarm that ended before it could be written) needs no write anymore.
-                self._recovered(_Written())
+            # What was held (an alarm that ended before it could be written) may need no write anymore.
+            self._health.recovered(_Written(), pending=self._pending)
             return
-        now_s = self._clock()
-        last_s = self._last_attempt_s
-        if not self._healthy and last_s is not None and now_s - last_s < RETRY_INTERVAL_S:
+        if not self._health.may_attempt(now=now):
             return
-        self._last_attempt_s = now_s
         written = _Written()
         try:
             self._write_state(written)
-            while self._pending_audit or self._audit_gaps:
+            while self._pending.audit or self._pending.gaps:
                 self._write_audit_chunk(written)
         except (sqlite3.DatabaseError, OSError) as exc:
-            self._failed(exc)
+            self._health.failed(exc, pending=len(self._pending))
             return
-        self._recovered(written)
-
-    def _recovered(self, written: _Written) -> None:
-        if not self._healthy:
-            LOGGER.warning(
-                "alarm store %s: writes work again after %d failed attempts; wrote what was held in memory"
-                " (%d alarm states, %d limits, %d command results, %d audit rows); %d audit rows and"
-                " %d command results were dropped in all",
-                self._path,
-                self._failures_this_outage,
-                written.alarms,
-                written.limits,
-                written.commands,
-                written.audit,
-                self._audit_rows_dropped,
-                self._command_results_dropped,
-            )
-        self._healthy = True
-        self._last_error = None
-        self._failures_this_outage = 0
-        self._reasons_logged.clear()
+        self._health.recovered(written, pending=self._pending)
 
     def _write_state(self, written: _Written) -> None:
         """Alarms, limits and command results in one transaction (all or nothing)."""
-        if not (self._pending_alarms or self._pending_limits or self._pending_commands):
+        if not (self._pending.alarms or self._pending.limits or self._pending.commands):
             return
         db = self._conn()
         deleted: set[_AlarmKey] = set()
         upserted: set[_AlarmKey] = set()
         with _transaction(db):
-            for (bed, alarm_id), alarm in self._pending_alarms.items():
+            for (bed, alarm_id), alarm in self._pending.alarms.items():
                 if alarm.state is AlarmState.ENDED:
                     db.execute("DELETE FROM alarms WHERE bed = ? AND alarm_id = ?", (bed, alarm_id))
                     deleted.add((bed, alarm_id))
@@ -565,14 +430,14 @@ class AlarmStore:
                         (bed, alarm_id, alarm.model_dump_json()),
                     )
                     upserted.add((bed, alarm_id))
-            for (bed, key), limit in self._pending_limits.items():
+            for (bed, key), limit in self._pending.limits.items():
                 db.execute(
                     "INSERT INTO limits (bed, key, body) VALUES (?, ?, ?)"
                     " ON CONFLICT (bed, key) DO UPDATE SET body = excluded.body",
                     (bed, key, limit.model_dump_json()),
                 )
             newest_s: float | None = None
-            for (bed, command_id), result in self._pending_commands.items():
+            for (bed, command_id), result in self._pending.commands.items():
                 at_s = result.at.timestamp()
                 newest_s = at_s if newest_s is None else max(newest_s, at_s)
                 db.execute(
@@ -582,33 +447,21 @@ class AlarmStore:
                 )
             if newest_s is not None:
                 self._prune_command_results(db, newest_s=newest_s)
-        written.alarms += len(self._pending_alarms)
-        written.limits += len(self._pending_limits)
-        written.commands += len(self._pending_commands)
+        written.alarms += len(self._pending.alarms)
+        written.limits += len(self._pending.limits)
+        written.commands += len(self._pending.commands)
         self._stored_alarm_keys -= deleted
         self._stored_alarm_keys |= upserted
-        self._pending_alarms.clear()
-        self._pending_limits.clear()
-        self._pending_commands.clear()
+        self._pending.alarms.clear()
+        self._pending.limits.clear()
+        self._pending.commands.clear()
 
     def _write_audit_chunk(self, written: _Written) -> None:
         """Up to AUDIT_CHUNK_ROWS audit rows (gap notes first) in one transaction, then prune."""
-        gaps = list(self._audit_gaps.items())
-        rows = [
-            AuditRow(
-                at=gap.last,
-                bed=bed,
-                actor=None,
-                role=None,
-                action=AUDIT_GAP_ACTION,
-                detail=f"{gap.count} audit rows from {gap.first.isoformat()} to {gap.last.isoformat()} were"
-                " lost: the store could not write and its memory queue was full",
-                result="lost",
-            )
-            for bed, gap in gaps
-        ]
-        taken = min(len(self._pending_audit), max(0, AUDIT_CHUNK_ROWS - len(rows)))
-        rows += [self._pending_audit[i] for i in range(taken)]
+        gaps = list(self._pending.gaps)
+        rows = [gap.row(bed) for bed, gap in self._pending.gaps.items()]
+        taken = min(len(self._pending.audit), max(0, AUDIT_CHUNK_ROWS - len(rows)))
+        rows += [self._pending.audit[i] for i in range(taken)]
         db = self._conn()
         with _transaction(db):
             db.executemany(
@@ -637,30 +490,116 @@ class AlarmStore:
                 self._prune_command_results(db, newest_s=max(row.at.timestamp() for row in rows))
         self._audit_count = count - pruned
         written.audit += len(rows)
-        for bed, _ in gaps:
-            del self._audit_gaps[bed]
+        for bed in gaps:
+            del self._pending.gaps[bed]
         for _ in range(taken):
-            self._pending_audit.popleft()
+            self._pending.audit.popleft()
 
     def _prune_command_results(self, db: sqlite3.Connection, *, newest_s: float) -> None:
         db.execute("DELETE FROM command_results WHERE at_s < ?", (newest_s - COMMAND_RESULT_KEEP_S,))
 
-    def _failed(self, exc: BaseException) -> None:
-        self._write_failures += 1
+
+class _Health:
+    """Whether writes work, why not, when to try again, and the once-per-reason log of an outage."""
+
+    def __init__(self, *, path: Path, clock: Callable[[], float]) -> None:
+        self._path = path
+        self._clock = clock
+        self.healthy = True
+        self.last_error: str | None = None
+        self.write_failures = 0
+        self._failures_this_outage = 0
+        self._reasons_logged: set[str] = set()
+        self._last_attempt_s: float | None = None
+
+    def may_attempt(self, *, now: bool = False) -> bool:
+        """Whether to try a write: always while healthy, else at most every RETRY_INTERVAL_S."""
+        now_s = self._clock()
+        last_s = self._last_attempt_s
+        if not (now or self.healthy or last_s is None or now_s - last_s >= RETRY_INTERVAL_S):
+            return False
+        self._last_attempt_s = now_s
+        return True
+
+    def failed(self, exc: BaseException, *, pending: int) -> None:
+        """Count a failed write and log its reason once."""
+        self.write_failures += 1
         self._failures_this_outage += 1
-        self._healthy = False
-        self._last_error = _reason(exc)
-        self._log_reason(
-            f"cannot write: {self._last_error}",
-            also=f"; holding {self.pending} items in memory, retrying at most every {RETRY_INTERVAL_S:g} s",
+        self.healthy = False
+        self.last_error = _reason(exc)
+        self.log_once(
+            f"cannot write: {self.last_error}",
+            also=f"; holding {pending} items in memory, retrying at most every {RETRY_INTERVAL_S:g} s",
         )
 
-    def _log_reason(self, reason: str, *, also: str = "") -> None:
+    def recovered(self, written: _Written, *, pending: _Pending) -> None:
+        """Note that nothing waits anymore; log the end of an outage once."""
+        if self.healthy:
+            return
+        LOGGER.warning(
+            "alarm store %s: writes work again after %d failed attempts; wrote what was held in memory"
+            " (%d alarm states, %d limits, %d command results, %d audit rows); %d audit rows and"
+            " %d command results were dropped in all",
+            self._path,
+            self._failures_this_outage,
+            written.alarms,
+            written.limits,
+            written.commands,
+            written.audit,
+            pending.audit_dropped,
+            pending.commands_dropped,
+        )
+        self.healthy = True
+        self.last_error = None
+        self._failures_this_outage = 0
+        self._reasons_logged.clear()
+
+    def log_once(self, reason: str, *, also: str = "") -> None:
         """Log a problem once per distinct reason (until writes work again); `also` is not part of it."""
         if reason in self._reasons_logged:
             return
         self._reasons_logged.add(reason)
         LOGGER.warning("alarm store %s: %s%s", self._path, reason, also)
+
+
+class _Pending:
+    """What waits in memory to be written: the latest state per alarm and limit key, and bounded queues
+    of command results and audit rows (the oldest dropped and counted; dropped audit rows leave a gap)."""
+
+    def __init__(self, *, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self.alarms: dict[_AlarmKey, AlarmBody] = {}
+        self.limits: dict[_AlarmKey, AlarmLimit] = {}
+        self.commands: OrderedDict[_AlarmKey, CommandResultBody] = OrderedDict()
+        self.audit: deque[AuditRow] = deque()
+        self.gaps: dict[str, _Gap] = {}
+        self.audit_dropped = 0
+        self.commands_dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.alarms) + len(self.limits) + len(self.commands) + len(self.audit) + len(self.gaps)
+
+    def add_command(self, key: _AlarmKey, result: CommandResultBody) -> bool:
+        """Queue a command result; return whether the oldest was dropped to make room."""
+        self.commands.pop(key, None)
+        self.commands[key] = result
+        if len(self.commands) <= self.max_rows:
+            return False
+        self.commands.popitem(last=False)
+        self.commands_dropped += 1
+        return True
+
+    def add_audit(self, row: AuditRow) -> bool:
+        """Queue an audit row; return whether the oldest was dropped (and noted in its bed's gap)."""
+        self.audit.append(row)
+        if len(self.audit) <= self.max_rows:
+            return False
+        dropped = self.audit.popleft()
+        self.audit_dropped += 1
+        gap = self.gaps.setdefault(dropped.bed, _Gap(first=dropped.at, last=dropped.at))
+        gap.last = dropped.at
+        gap.count += 1
+        return True
 
 
 @dataclass(slots=True, kw_only=True)
@@ -671,6 +610,19 @@ class _Gap:
     last: datetime
     count: int = 0
 
+    def row(self, bed: str) -> AuditRow:
+        """Return the audit row that records the loss."""
+        return AuditRow(
+            at=self.last,
+            bed=bed,
+            actor=None,
+            role=None,
+            action=AUDIT_GAP_ACTION,
+            detail=f"{self.count} audit rows from {self.first.isoformat()} to {self.last.isoformat()} were"
+            " lost: the store could not write and its memory queue was full",
+            result="lost",
+        )
+
 
 @dataclass(slots=True)
 class _Written:
@@ -678,6 +630,92 @@ class _Written:
     limits: int = 0
     commands: int = 0
     audit: int = 0
+
+
+def _connect(path: Path, *, max_pages: int | None) -> sqlite3.Connection:
+    """Open (or create) the database in WAL mode; raise AlarmStoreError naming the path and the remedy."""
+    try:
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        _make_private(path)
+        db = sqlite3.connect(path, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise AlarmStoreError(f"alarm store {path}: cannot open: {exc}") from exc
+    try:
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _check_or_create(db, path)
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise AlarmStoreError(f"alarm store {path}: cannot switch to WAL mode (got {mode!r})")
+        db.execute("PRAGMA synchronous=FULL")
+        _make_private(path)
+        if max_pages is not None:
+            db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+    except AlarmStoreError:
+        db.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise AlarmStoreError(
+                f"alarm store {path} is not a usable SQLite database ({exc}): {_MOVE_AWAY}"
+            ) from exc
+        raise AlarmStoreError(f"alarm store {path}: cannot use the database: {exc}") from exc
+    except OSError as exc:
+        db.close()
+        raise AlarmStoreError(f"alarm store {path}: cannot use the database: {exc}") from exc
+    return db
+
+
+def _check_or_create(db: sqlite3.Connection, path: Path) -> None:
+    """Create the layout in an empty file; refuse a foreign or differently shaped one."""
+    check = db.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise AlarmStoreError(f"alarm store {path} is corrupt ({check}): {_MOVE_AWAY}")
+    app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if app_id == 0 and not tables:
+        with _transaction(db):
+            for create, _ in _TABLES.values():
+                db.execute(create)
+            for create in _INDEXES:
+                db.execute(create)
+            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return
+    if app_id != APPLICATION_ID:
+        raise AlarmStoreError(
+            f"alarm store {path} is another program's database (application_id {app_id:#x},"
+            f" tables {sorted(tables)}): {_MOVE_AWAY}"
+        )
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise AlarmStoreError(
+            f"alarm store {path}: layout version {version} is not supported (expected"
+            f" {SCHEMA_VERSION}): {_MOVE_AWAY}"
+        )
+    if tables - _OWN_TABLES:
+        raise AlarmStoreError(
+            f"alarm store {path} has unknown tables {sorted(tables - _OWN_TABLES)}: {_MOVE_AWAY}"
+        )
+    for name, (_, columns) in _TABLES.items():
+        found = [row[1] for row in db.execute(f"PRAGMA table_info({name})")]
+        if found != columns:
+            raise AlarmStoreError(
+                f"alarm store {path}: table {name} has columns {found}, expected {columns}: {_MOVE_AWAY}"
+            )
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file 0600 (SQLite gives the WAL and shm its mode) and fix wider files."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        file = Path(f"{path}{suffix}")
+        try:
+            if file.stat().st_mode & 0o777 != FILE_MODE:
+                file.chmod(FILE_MODE)
+        except FileNotFoundError:
+            continue
 
 
 def _reason(exc: BaseException) -> str:
