@@ -283,6 +283,8 @@ class AlarmStore:
                 )
                 .fetchone()
             )
+        except sqlite3.ProgrammingError:
+            raise
         except (sqlite3.DatabaseError, OSError) as exc:
             self._health.log_once(f"cannot read a command result: {_reason(exc)}")
             return None
@@ -291,7 +293,11 @@ class AlarmStore:
         return self._parse(CommandResultBody, row[0], table="command_results")
 
     def save_command_result(self, *, bed: str, result: CommandResultBody) -> None:
-        """Save the answer to a command, for an identical answer to a repeat (even after a restart)."""
+        """Save the answer to a command, for an identical answer to a repeat (even after a restart).
+
+        A result without a command_id (a command too malformed to carry one) is not kept: no repeat can
+        name it.
+        """
         if result.command_id is None:
             return
         key = (bed, result.command_id)
@@ -333,6 +339,8 @@ class AlarmStore:
         query += " ORDER BY id DESC LIMIT ?"
         try:
             stored = self._conn().execute(query, (*args, limit - len(rows))).fetchall()
+        except sqlite3.ProgrammingError:
+            raise
         except (sqlite3.DatabaseError, OSError) as exc:
             self._health.log_once(f"cannot read the audit: {_reason(exc)}")
             return rows
@@ -406,6 +414,8 @@ class AlarmStore:
             self._write_state(written)
             while self._pending.audit or self._pending.gaps:
                 self._write_audit_chunk(written)
+        except sqlite3.ProgrammingError:
+            raise  # a bug (a call from another thread, a closed connection): loud, never retried
         except (sqlite3.DatabaseError, OSError) as exc:
             self._health.failed(exc, pending=len(self._pending))
             return
@@ -537,9 +547,9 @@ class _Health:
         if self.healthy:
             return
         LOGGER.warning(
-            "alarm store %s: writes work again after %d failed attempts; wrote what was held in memory"
-            " (%d alarm states, %d limits, %d command results, %d audit rows); %d audit rows and"
-            " %d command results were dropped in all",
+            "alarm store %s: nothing waits to be written anymore after %d failed attempts; wrote what"
+            " was held in memory (%d alarm states, %d limits, %d command results, %d audit rows);"
+            " %d audit rows and %d command results were dropped in all",
             self._path,
             self._failures_this_outage,
             written.alarms,

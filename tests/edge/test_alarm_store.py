@@ -6,6 +6,7 @@ import logging
 import sqlite3
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -364,7 +365,7 @@ def test_full_disk_holds_state_in_memory_and_catches_up(path: Path, caplog: pyte
     assert store.healthy
     assert store.last_error is None
     assert store.pending == 0
-    assert len([r for r in caplog.records if "work again" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "nothing waits to be written anymore" in r.getMessage()]) == 1
     store.close()
 
     again = AlarmStore(path)
@@ -489,3 +490,20 @@ def test_a_locked_database_does_not_wedge_the_caller(path: Path) -> None:
         assert again.active_alarms() == {"bed1": [_alarm("a1")]}
     finally:
         again.close()
+
+
+def test_a_call_from_another_thread_fails_loudly(store: AlarmStore) -> None:
+    """One owner thread: a stray call is a bug to see at once, not a write failure to retry quietly."""
+    errors: list[BaseException] = []
+
+    def stray() -> None:
+        try:
+            store.save_alarm(bed="bed1", alarm=_alarm("a1"))
+        except sqlite3.ProgrammingError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=stray)
+    thread.start()
+    thread.join(timeout=10)
+    assert len(errors) == 1
+    assert "thread" in str(errors[0])
