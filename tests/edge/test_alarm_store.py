@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -507,3 +511,55 @@ def test_a_call_from_another_thread_fails_loudly(store: AlarmStore) -> None:
     thread.join(timeout=10)
     assert len(errors) == 1
     assert "thread" in str(errors[0])
+
+
+_FILE_SIZE_LIMIT_SCRIPT = """
+import json, resource, signal, sys
+from pathlib import Path
+sys.path.insert(0, "tests/edge")
+from test_alarm_store import _alarm, _Clock
+from edge.alarms.store import AlarmStore
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+path = Path(sys.argv[1])
+clock = _Clock()
+store = AlarmStore(path, clock=clock)
+sizes = [p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists()]
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (max(sizes) + 64 * 1024, hard))
+saved = 0
+while store.healthy and saved < 10_000:
+    store.save_alarm(bed="bed1", alarm=_alarm(f"a{saved}", pad=2000))
+    saved += 1
+error = store.last_error
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+clock.now_s += 1.0
+store.retry()
+print(json.dumps({"saved": saved, "error": error, "healthy_after": store.healthy}))
+store.close()
+"""
+
+
+def test_a_real_write_error_from_the_kernel_is_held_and_caught_up(path: Path) -> None:
+    """RLIMIT_FSIZE makes the kernel refuse the write (EFBIG) as it refuses one on a full filesystem."""
+    root = Path(__file__).resolve().parents[2]
+    path.parent.mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMIT_SCRIPT, str(path)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    outcome = json.loads(done.stdout)
+    assert outcome["saved"] < 10_000, "the file size limit never bit"
+    assert outcome["error"] is not None
+    assert "I/O error" in outcome["error"] or "full" in outcome["error"]
+    assert outcome["healthy_after"] is True
+    again = AlarmStore(path)
+    try:
+        assert {a.id for a in again.active_alarms()["bed1"]} == {f"a{i}" for i in range(outcome["saved"])}
+    finally:
+        again.close()
