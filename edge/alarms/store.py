@@ -16,21 +16,25 @@ Command idempotency window: a command result is kept at least `COMMAND_RESULT_KE
 `at`; older results are pruned whenever newer rows are written (relative to the newest `at` written, so
 no wall clock is read here). A command_id repeated after that is treated as new.
 
-Writes never raise to the caller. A write that fails (a full disk: SQLITE_FULL; any other
+Writes never raise to the caller (only bugs do: a call from another thread, a naive `at`). A write that
+fails (a full disk: SQLITE_FULL; a lock held by another process past `BUSY_TIMEOUT_MS`; any other
 sqlite3.DatabaseError or OSError) keeps what was to be written in memory: the latest state per alarm id
 and per limit key, command results and audit rows in bounded queues (`pending_max_rows`; the oldest are
-dropped and counted, and a dropped audit row is replaced on disk by one `audit_gap` row per bed saying
+dropped and counted, and the dropped audit rows are replaced on disk by one `audit_gap` row per bed saying
 how many were lost and when). The store then reports `healthy` False with `last_error`, logs once per
 distinct reason, and retries on the next write call or `retry()`, at most every `RETRY_INTERVAL_S` by the
-injected clock. When a retry succeeds it writes everything pending (state first, then the audit in
-order) and logs the recovery once. Reads (`active_alarms`, `limits`, `command_result`, `audit_rows`)
-include what is still pending.
+injected clock. When a retry succeeds it writes everything pending (state first in one transaction, then
+the audit in order, in chunks) and logs the recovery once. Reads include what is still pending; active
+alarms and limits are read from disk once, at open, and kept in memory.
+
+Cost on the loop thread: each write call is one transaction with an fsync; while unhealthy, at most one
+attempt per second. A slow disk (eMMC) therefore costs the loop one fsync per call.
 
 Opening: a missing file (and its folder) is created 0600 (0700); a file that is not a SQLite database,
 another program's database, or one whose tables have another shape raises `AlarmStoreError` naming the
-path and what to do: it is never deleted or rewritten, because it may be a safety record. Rows whose
-JSON no longer validates (an older or unknown shape) are skipped, counted (`skipped_rows`) and logged
-once; they never stop the daemon.
+path and what to do: it is never deleted or rewritten, because it may be a safety record (a new store
+that cannot be created for lack of space also raises it). Rows whose JSON no longer validates (an older
+or unknown shape) are skipped, counted (`skipped_rows`) and logged once; they never stop the daemon.
 """
 
 from __future__ import annotations
