@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 from drivers.base import DeviceSession, SerialSettings, WaveformChunk
 from drivers.registry import get_driver
 from edge import appliance_version
+from edge.alarms.store import AlarmStore, AlarmStoreError
+from edge.alarms.system import AlarmSystem
 from edge.bus import ReportBus
 from edge.config import AppConfig, DeviceConfig
 from edge.contract import Topics
 from edge.device_link import DeviceLink, DeviceReport
 from edge.forecasting import forecast_body
 from edge.listener_link import ListenerLink
-from edge.model import DeviceStatusBody, EventBody, EventKind, VitalsBody, utc_now
+from edge.model import DeviceStatusBody, EventBody, EventKind, TwinBody, VitalsBody, utc_now
 from edge.outbox import DeliveryPriority, OutboxError
-from edge.publisher import Publisher
+from edge.publisher import InboundMessage, Publisher
 from edge.systemd import SystemdNotifier, WatchdogGate, run_watchdog
 from edge.twin import DeviceIdentity, TwinDelta, TwinStore
 from edge.waves import WaveWindow, WaveWindows
@@ -131,7 +133,13 @@ class Daemon:
             appliance_id=config.appliance.id,
             beds=[b.id for b in config.bed],
             version=appliance_version(),
+            on_inbound=self._inbound,
+            central_station_topic=config.alarms.central_station_topic,
+            on_link_up=self._link_up,
         )
+        self._alarms: AlarmSystem | None = None
+        """Created in `run` once the alarm store is open."""
+        self._alarm_store: AlarmStore | None = None
         self._links: list[DeviceLink | ListenerLink] = []
         self._forecast_epoch_s = time.time() - time.monotonic()
         """Epoch seconds of monotonic 0: the engines' clock is monotonic + this, read once, so a wall
@@ -162,10 +170,32 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         try:
+            self._alarm_store = AlarmStore(self._config.alarms.state_path)
+        except AlarmStoreError as exc:
+            LOGGER.error("cannot open the alarm store: %s", exc)
+            return EX_UNAVAILABLE
+        # before the first connection, so the first birth already lists the alarms restored from disk
+        self._alarms = AlarmSystem(
+            config=self._config,
+            store=self._alarm_store,
+            publisher=self._publisher,
+            topics=self._topics,
+            republish_bed=self._republish_bed,
+            mark_twin_dirty=self._mark_twin_dirty,
+        )
+        try:
             await self._publisher.start()
         except OutboxError as exc:
             LOGGER.error("cannot open the outbox: %s", exc)
+            self._alarm_store.close()
             return EX_UNAVAILABLE
+        for bed in self._bed_state:
+            self._alarms.republish(bed)
+        for identity in self._identities:
+            # a device that never connects is an alarm too, after the connect grace
+            self._alarms.device(
+                bed=identity.bed, state=self._twin.device_state(bed=identity.bed, device=identity.device)
+            )
         if self._forecasts is None:
             LOGGER.info("forecasting disabled by config ([engines] enabled = false)")
 
@@ -247,6 +277,8 @@ class Daemon:
             status = EX_SOFTWARE
         finally:
             await self._publisher.stop(flush_timeout_s=self._config.publish.shutdown_flush_s)
+            if self._alarm_store is not None:
+                self._alarm_store.close()
         return status
 
     async def _consume_reports(self) -> None:
@@ -270,6 +302,8 @@ class Daemon:
             # A new problem on the link (port missing, read failed) is shown at once, not at the next
             # periodic status: it is what a field engineer looks for first.
             self._publish_device_status(bed=bed, device=device)
+        if self._alarms is not None:
+            self._alarms.device(bed=bed, state=self._twin.device_state(bed=bed, device=device))
         for event in report.events:
             if isinstance(event, WaveformChunk):
                 self._publish_wave(report, event)
@@ -347,22 +381,17 @@ class Daemon:
                 body=EventBody(kind=kind, device=device, detail=detail, at=utc_now()),
                 priority=DeliveryPriority.ALARM,
             )
-        for alarm, kind in [
-            *((a, EventKind.DEVICE_ALARM_RAISED) for a in delta.alarms_raised),
-            *((a, EventKind.DEVICE_ALARM_ENDED) for a in delta.alarms_ended),
-        ]:
-            submit(
-                topic=self._topics.events(bed),
-                bed=bed,
-                body=EventBody(
-                    kind=kind,
-                    device=device,
-                    alarm=alarm,
-                    at=utc_now(),
-                    detail=f"{alarm.priority} device alarm {alarm.code}: {alarm.text}",
-                ),
-                priority=DeliveryPriority.ALARM,
-            )
+        alarms = self._alarms
+        if alarms is not None:
+            if delta.alarms_raised or delta.alarms_ended:
+                alarms.device_alarms(
+                    bed=bed, device=device, alarms=self._twin.device_alarms(bed=bed, device=device)
+                )
+            if delta.observations:
+                keys = alarms.limited_keys(bed)
+                alarms.observe(
+                    bed=bed, values=self._twin.values(bed=bed, now_mono_s=received_mono_s, keys=keys)
+                )
         if delta.text_messages is not None:
             submit(
                 topic=self._topics.events(bed),
@@ -404,16 +433,65 @@ class Daemon:
             self._publisher.submit(
                 topic=self._topics.twin(bed),
                 bed=bed,
-                body=self._twin.snapshot(bed=bed, now_mono_s=now_s),
+                body=self._twin_body(bed=bed, now_mono_s=now_s),
                 retain=True,
                 priority=DeliveryPriority.STATE,
             )
+
+    def _twin_body(self, *, bed: str, now_mono_s: float) -> TwinBody:
+        """The twin with the bed's alarms, limits and NEWS2."""
+        body = self._twin.snapshot(bed=bed, now_mono_s=now_mono_s)
+        if self._alarms is None:
+            return body
+        manager = self._alarms.manager
+        return body.model_copy(
+            update={
+                "alarms": manager.active(bed),
+                "alarm_limits": manager.limits(bed),
+                "news2": self._alarms.news2(bed=bed, values=body.values),
+            }
+        )
+
+    def _mark_twin_dirty(self, bed: str) -> None:
+        self._bed_state[bed].dirty = True
+
+    def _republish_bed(self, bed: str) -> None:
+        """Publish every retained state of a bed again: twin, device statuses, alarms, forecast."""
+        for identity in self._identities:
+            if identity.bed == bed:
+                self._publish_device_status(bed=bed, device=identity.device)
+        if self._alarms is not None:
+            self._alarms.republish(bed)
+        forecast = self._twin.snapshot(bed=bed, now_mono_s=time.monotonic()).forecast
+        if forecast is not None:
+            self._publisher.submit(
+                topic=self._topics.forecast(bed),
+                bed=bed,
+                body=forecast,
+                retain=True,
+                priority=DeliveryPriority.STATE,
+            )
+        state = self._bed_state[bed]
+        state.dirty = True
+        state.last_twin_mono_s = 0.0
+
+    def _link_up(self) -> None:
+        """A (re)connection: the replayed rows went first; refresh every retained state after them."""
+        for bed in self._bed_state:
+            self._republish_bed(bed)
+        self._publish_twins()
+
+    def _inbound(self, message: InboundMessage) -> None:
+        if self._alarms is not None:
+            self._alarms.inbound(message)
 
     async def _publish_periodically(self) -> None:
         publish = self._config.publish
         last_status_s = time.monotonic()
         while True:
             await asyncio.sleep(min(publish.twin_min_interval_s, 0.25))
+            if self._alarms is not None:
+                self._alarms.tick(stats=self._publisher.stats())
             self._publish_twins()
             if self._waves is not None:
                 for window in self._waves.flush_idle(now_mono_s=time.monotonic()):
@@ -477,6 +555,8 @@ class Daemon:
                 for forecast in await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic()):
                     body = forecast_body(forecast)
                     self._twin.set_forecast(bed=forecast.bed, forecast=body)
+                    if self._alarms is not None:
+                        self._alarms.forecast(bed=forecast.bed, forecast=body)
                     self._bed_state[forecast.bed].dirty = True
                     self._publisher.submit(
                         topic=self._topics.forecast(forecast.bed),
@@ -513,7 +593,8 @@ class Daemon:
         stats = self._publisher.stats()
         broker = "broker connected" if stats.connected else "broker unreachable"
         forecasts = "" if self._forecasts is None else f"; forecasts: {self._forecasts.status}"
+        alarms = "" if self._alarms is None else f"; {self._alarms.status()}"
         return (
             f"{connected}/{len(self._identities)} devices connected; {broker}; outbox {stats.pending} pending"
-            f"{forecasts}"
+            f"{alarms}{forecasts}"
         )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -572,8 +573,27 @@ class TwinStore:
     def snapshot(self, *, bed: str, now_mono_s: float) -> TwinBody:
         """Return the bed's full twin with ages computed at now_mono_s."""
         twin = self._beds[bed]
+        return TwinBody(
+            values=self.values(bed=bed, now_mono_s=now_mono_s),
+            settings=dict(twin.settings),
+            devices=dict(twin.devices),
+            device_alarms=list(twin.device_alarms.values()),
+            forecast=twin.forecast,
+        )
+
+    def device_alarms(self, *, bed: str, device: str) -> list[DeviceAlarm]:
+        """Return the alarms one device reports active now."""
+        return [alarm for (d, _), alarm in self._beds[bed].device_alarms.items() if d == device]
+
+    def values(
+        self, *, bed: str, now_mono_s: float, keys: Iterable[str] | None = None
+    ) -> dict[str, TwinValue]:
+        """Return the bed's current value per key (of `keys`, default all), aged at now_mono_s."""
+        twin = self._beds[bed]
         values: dict[str, TwinValue] = {}
-        for key in twin.values:
+        for key in twin.values if keys is None else keys:
+            if key not in twin.values:
+                continue
             stored = self._current(twin, key, now_mono_s)
             if stored is None:
                 continue
@@ -595,10 +615,4 @@ class TwinStore:
                 age_s=round(age_s, 3),
                 stale=age_s > stored.max_age_s or not device_connected,
             )
-        return TwinBody(
-            values=values,
-            settings=dict(twin.settings),
-            devices=dict(twin.devices),
-            device_alarms=list(twin.device_alarms.values()),
-            forecast=twin.forecast,
-        )
+        return values

@@ -362,11 +362,21 @@ class AlarmManager:
                     bound=bound,
                     limit=limit,
                     reading=value.value,
+                    read_at=value.received_at,
                     now=now,
                 )
 
     def _judge_limit(
-        self, *, bed: str, key: str, direction: str, bound: float, limit: AlarmLimit, reading: float, now: Now
+        self,
+        *,
+        bed: str,
+        key: str,
+        direction: str,
+        bound: float,
+        limit: AlarmLimit,
+        reading: float,
+        read_at: datetime,
+        now: Now,
     ) -> None:
         condition = f"{key}_{direction}"
         beyond = reading < bound if direction == "low" else reading > bound
@@ -414,7 +424,8 @@ class AlarmManager:
             alarm.spec = replace(spec, priority=alarm.spec.priority)
             self._condition_back(alarm, now=now)
             return
-        self._hold(bed=bed, spec=spec, now=now)
+        # the condition began with the reading (its delay too), not when the loop got to it
+        self._hold(bed=bed, spec=spec, now=now, onset_mono_s=min(now.mono_s, now.mono_at(read_at)))
 
     def _judge_validity(self, *, bed: str, key: str, value: TwinValue, now: Now) -> None:
         """A limited key that had a valid value and has none now is a technical alarm (signal lost)."""
@@ -693,8 +704,9 @@ class AlarmManager:
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
-    def _hold(self, *, bed: str, spec: _Spec, now: Now) -> None:
-        """The condition is present now: start its delay, determine it, or keep its alarm going."""
+    def _hold(self, *, bed: str, spec: _Spec, now: Now, onset_mono_s: float | None = None) -> None:
+        """The condition is present (since `onset_mono_s`, default now): start its delay, determine
+        it, or keep its alarm going."""
         alarm = self._alarms.get((bed, spec.condition))
         if alarm is not None:
             if not alarm.condition_present:
@@ -705,7 +717,7 @@ class AlarmManager:
             return
         pending = self._pending.get((bed, spec.condition))
         if pending is None:
-            pending = _Pending(onset_mono_s=now.mono_s, spec=spec)
+            pending = _Pending(onset_mono_s=now.mono_s if onset_mono_s is None else onset_mono_s, spec=spec)
             self._pending[(bed, spec.condition)] = pending
         else:
             pending.spec = spec
