@@ -8,15 +8,19 @@ Threads and who owns what:
   alive) owns the `Outbox` (its SQLite connection), the `Spill`, the map of paho message ids to outbox
   row ids, and every counter in `stats()`; it encodes JSON, stores in batches through the disk cap
   (`Outbox.store`), hands rows to paho, and deletes them on PUBACK;
-* paho's network thread runs the callbacks, which enqueue events for the worker. Three callbacks do a
+* paho's network thread runs the callbacks, which enqueue events for the worker. Four callbacks do a
   little more, for a reason: `on_pre_connect` registers the Will of the coming connection attempt;
-  `on_connect` hands the birth to paho and then subscribes to the status topic (non-blocking enqueues
-  into paho's own packet queue; nothing waits); `on_disconnect` sets paho's next reconnect delay
-  (`_ConnectionPolicy`). The birth has to be handed there because paho re-sends its unacknowledged
-  QoS 1 messages right after `on_connect` returns, inside its CONNACK handling; handing it from the
-  worker would put it behind them. The delay has to be set there because paho starts that wait as soon
-  as the callback returns. The status topic's sequence numbers are the only state shared with that
-  thread (`_StatusMessages`, behind one lock); `_ConnectionPolicy` is touched by that thread only.
+  `on_connect` hands the birth to paho and then subscribes to the status topic, the command filter and
+  the central station's topic (non-blocking enqueues into paho's own packet queue; nothing waits);
+  `on_disconnect` sets paho's next reconnect delay (`_ConnectionPolicy`); `on_message` hands an inbound
+  message straight to the asyncio loop (`call_soon_threadsafe`), where `on_inbound` runs. The birth
+  has to be handed there because paho re-sends its unacknowledged QoS 1 messages right after
+  `on_connect` returns, inside its CONNACK handling; handing it from the worker would put it behind
+  them. The delay has to be set there because paho starts that wait as soon as the callback returns.
+  State shared with that thread: the status topic's sequence numbers and what the birth reports
+  (`_StatusMessages`, behind one lock; the loop thread sets the birth's content) and the inbound
+  counters (behind their own lock, shared with the loop thread); `_ConnectionPolicy` and the map of
+  SUBSCRIBE ids to filters are touched by that thread only.
 
 In-flight and reconnect policy: at most `IN_FLIGHT_WINDOW` rows are handed to paho at a time, in id
 order; a row is deleted from the outbox only on a successful PUBACK. When the connection drops, the
@@ -62,6 +66,35 @@ retained copy right:
   status topic: an `offline` of this appliance with a lower (session, seq) than the current birth,
   arriving on the current connection, means the retained state is wrong, and a clean reconnect
   (DISCONNECT without Will, then a new birth with a fresh pair) puts the truth back.
+
+The birth carries the present: the active alarms per bed and the central station's state, as the
+daemon set them last (`set_birth_state`); it is encoded when paho connects. The Will and the `offline`
+message carry neither.
+
+Inbound messages: when `on_inbound` is given, every connection subscribes (QoS 1) to the commands of
+all beds (`R/bed/+/cmd/+`) and, when `central_station_topic` is given, to that topic; the broker sends
+their retained copies on subscribing (`InboundMessage.retained`). paho's thread only counts, bounds and
+hands each message to the asyncio loop: a payload over `INBOUND_MAX_BYTES`, or a message arriving while
+`INBOUND_MAX_PENDING` handed ones wait for the loop, is dropped, counted (`inbound_dropped`) and logged
+once per reason. Validating and acting on a command is the caller's work, on the loop. A subscription
+the broker refuses (ACL) is logged once, as an ERROR naming the filter.
+
+Clearing a retained topic: `submit_clear` stores a zero-length retained QoS 1 message in the same
+outbox queue as everything else, so it lands after every state submitted before it and deletes the
+broker's retained copy (MQTT 3.3.1.3): an ended alarm's topic `R/bed/{bed}/alarm/{id}` holds nothing.
+
+History: a row of alarm priority or above (`DeliveryPriority.ALARM`, `LOSS_REPORT`) that already waited
+in the outbox, or in the full-disk spill, when the worker took the current connection's `_LinkUp` (rows
+of earlier sessions included) is sent with `"history": true` (event/2 and alarm/1 have that field;
+payloads without it, and empty ones, go unchanged). The central station shows such a row in the log and
+never starts an alarm signal from it; the birth and the fresh messages carry the present. The outbox
+row itself stays as stored: it is rewritten when handed to paho (`_fill_window`, rows up to the highest
+id stored before the `_LinkUp`); spilled rows are rewritten in memory at the `_LinkUp`, since they get
+their ids only when the disk takes them. Rows submitted in the same worker pass as the `_LinkUp` count
+as live (they are at most one pass old). Rows that paho itself re-sends after CONNACK were handed while
+an earlier connection was up and go as they were then: live. After recording the boundary the worker
+calls `on_link_up` on the loop, so what the daemon republishes then (fresh retained state) lands after
+the replayed rows, as live.
 
 A birth whose PUBACK was lost with its connection is re-sent by paho after the next birth (QoS 1,
 at-least-once, like every in-flight row): it says `online` too, with a lower seq, so neither the
@@ -1013,7 +1046,7 @@ class Publisher:
             event = self._events.get()
             if isinstance(event, _StopRequest):
                 self._stop_request = event
-            elif isinstance(event, _Submission):
+            elif isinstance(event, _Submission | _Clear):
                 self._dropped[event.priority] += 1
             elif isinstance(event, _LinkUp | _LinkDown):
                 self._link_up = isinstance(event, _LinkUp)
@@ -1035,8 +1068,6 @@ class Publisher:
         new_rows: list[NewRow] = []
         acked_ids: list[int] = []
         link_ups = 0
-        stored_before_link = 0
-        """How many of `new_rows` were submitted before the last connection came up."""
         for event in self._drain(wait_s=wait_s):
             match event:
                 case _Submission():
@@ -1058,7 +1089,6 @@ class Publisher:
                     self._take_link_event(event)
                     if isinstance(event, _LinkUp):
                         link_ups += 1
-                        stored_before_link = len(new_rows)
                 case _StatusSeen():
                     self._take_status(event)
                 case _WatchRefused(reason=reason):
@@ -1089,16 +1119,13 @@ class Publisher:
                     pass
         disk_waiting = len(self._spill) > 0 or len(self._undeleted) > 0
         disk_retry = disk_waiting and self._clock() >= self._disk_retry_s
-        if not link_ups:
-            stored_before_link = len(new_rows)
-        if stored_before_link or disk_retry:
-            self._store(outbox, new_rows[:stored_before_link], retry=disk_retry)
         if link_ups:
+            # before this pass's rows are stored: they were submitted at most one pass ago, so are live
             self._mark_history_boundary()
             for _ in range(link_ups):
                 self._notify_link_up()
-        if len(new_rows) > stored_before_link:
-            self._store(outbox, new_rows[stored_before_link:], retry=False)
+        if new_rows or disk_retry:
+            self._store(outbox, new_rows, retry=disk_retry)
         if acked_ids or disk_retry:
             self._delete(outbox, acked_ids)
         if self._link_up and self._sending:
