@@ -38,7 +38,9 @@ def at(t_s: float) -> Now:
     return Now(mono_s=1000.0 + t_s, wall=T0 + timedelta(seconds=t_s))
 
 
-def value(key: str, reading: float | None, *, t_s: float, valid: bool = True, stale: bool = False) -> TwinValue:
+def value(
+    key: str, reading: float | None, *, t_s: float, valid: bool = True, stale: bool = False
+) -> TwinValue:
     return TwinValue(
         value=reading if valid else None,
         unit="%",
@@ -55,7 +57,10 @@ def value(key: str, reading: float | None, *, t_s: float, valid: bool = True, st
 
 
 def manager(*, bed_limits: dict[str, LimitOverride] | None = None, restored=None, start_s: float = 0.0):  # type: ignore[no-untyped-def]
-    limits = {"bed-1": effective_limits(ward={}, bed=bed_limits or {}), "bed-2": effective_limits(ward={}, bed={})}
+    limits = {
+        "bed-1": effective_limits(ward={}, bed=bed_limits or {}),
+        "bed-2": effective_limits(ward={}, bed={}),
+    }
     return AlarmManager(
         beds=["bed-1", "bed-2"], limits=limits, settings=SETTINGS, restored=restored or {}, now=at(start_s)
     )
@@ -70,7 +75,8 @@ def spo2(alarms: AlarmManager, reading: float | None, t_s: float, **kwargs: bool
 
 def test_spo2_low_is_raised_after_its_delay_and_not_before_with_onset_at_the_first_crossing() -> None:
     alarms = manager()
-    assert DEFAULT_LIMITS["spo2"].low == 90 and DEFAULT_LIMITS["spo2"].condition_delay_s == 10
+    assert DEFAULT_LIMITS["spo2"].low == 90
+    assert DEFAULT_LIMITS["spo2"].condition_delay_s == 10
     for t_s in range(10):
         assert spo2(alarms, 86.0, t_s) == [], f"raised early at {t_s} s"
     raised = spo2(alarms, 86.0, 10.0)
@@ -86,7 +92,8 @@ def test_spo2_low_is_raised_after_its_delay_and_not_before_with_onset_at_the_fir
         86.0,
         90.0,
     )
-    assert alarm.condition_delay_s == 10 and alarm.direction == "low"
+    assert alarm.condition_delay_s == 10
+    assert alarm.direction == "low"
     assert [a.id for a in alarms.active("bed-1")] == [alarm.id]
     assert alarms.active("bed-2") == []
 
@@ -126,7 +133,8 @@ def test_the_condition_ends_only_past_the_hysteresis_and_a_medium_alarm_then_end
     for t_s in range(13, 23):
         spo2(alarms, 85.0, t_s)
     again = spo2(alarms, 85.0, 23)
-    assert again[0].kind == EventKind.ALARM_RAISED and again[0].alarm.id != ended[0].alarm.id
+    assert again[0].kind == EventKind.ALARM_RAISED
+    assert again[0].alarm.id != ended[0].alarm.id
 
 
 def test_a_high_priority_alarm_latches_until_acknowledged_and_the_ack_ends_it() -> None:
@@ -138,7 +146,9 @@ def test_a_high_priority_alarm_latches_until_acknowledged_and_the_ack_ends_it() 
     assert spo2(alarms, 97.0, 300) == []
     alarm_id = latched[0].alarm.id
     outcome = alarms.acknowledge(bed="bed-1", alarm_id=alarm_id, by=_ack("c-1"), now=at(301))
-    assert outcome.accepted and outcome.alarm is not None and outcome.alarm.state == AlarmState.ENDED
+    assert outcome.accepted
+    assert outcome.alarm is not None
+    assert outcome.alarm.state == AlarmState.ENDED
     assert [t.kind for t in alarms.take_transitions()] == [EventKind.ALARM_ENDED]
     # the latched condition coming back before an ack makes the same alarm active again
     for t_s in range(400, 411):
@@ -158,10 +168,13 @@ def test_ack_of_a_present_condition_is_acknowledged_until_the_condition_ends() -
     alarms = manager()
     alarm_id = next(t for s in range(11) for t in spo2(alarms, 86.0, s)).alarm.id
     outcome = alarms.acknowledge(bed="bed-1", alarm_id=alarm_id, by=_ack("c-1"), now=at(12))
-    assert outcome.accepted and "ends when the condition does" in outcome.reason
+    assert outcome.accepted
+    assert "ends when the condition does" in outcome.reason
     assert [t.alarm.state for t in alarms.take_transitions()] == [AlarmState.ACKNOWLEDGED]
     again = alarms.acknowledge(bed="bed-1", alarm_id=alarm_id, by=_ack("c-2"), now=at(13))
-    assert again.accepted and "already" in again.reason and alarms.take_transitions() == []
+    assert again.accepted
+    assert "already" in again.reason
+    assert alarms.take_transitions() == []
     assert not alarms.acknowledge(bed="bed-2", alarm_id=alarm_id, by=_ack("c-3"), now=at(13)).accepted
     assert not alarms.acknowledge(bed="bed-1", alarm_id="nope", by=_ack("c-4"), now=at(13)).accepted
     assert [t.kind for t in spo2(alarms, 95.0, 14)] == [EventKind.ALARM_ENDED]
@@ -183,7 +196,9 @@ def test_a_pause_is_time_limited_and_a_new_alarm_breaks_through_it() -> None:
     assert [(a.condition, a.state) for a in hr] == [("hr_high", AlarmState.ACTIVE)]
     assert spo2(alarms, 86.0, 139.9) == []
     over = spo2(alarms, 86.0, 140)
-    assert [(t.alarm.id, t.alarm.state, t.detail) for t in over] == [(first.id, AlarmState.ACTIVE, "audio pause over")]
+    assert [(t.alarm.id, t.alarm.state, t.detail) for t in over] == [
+        (first.id, AlarmState.ACTIVE, "audio pause over")
+    ]
 
 
 def test_pause_with_nothing_sounding_is_rejected() -> None:
@@ -227,7 +242,9 @@ def test_a_restart_keeps_the_alarm_id_and_state_and_never_raises_it_again() -> N
     # the pause still ends at its wall time: 140 s after T0
     end = Now(mono_s=5.0 + 90.0, wall=T0 + timedelta(seconds=140))
     restarted.tick(now=end)
-    assert [(t.alarm.id, t.alarm.state) for t in restarted.take_transitions()] == [(raised.id, AlarmState.ACTIVE)]
+    assert [(t.alarm.id, t.alarm.state) for t in restarted.take_transitions()] == [
+        (raised.id, AlarmState.ACTIVE)
+    ]
 
 
 def test_device_alarms_follow_the_devices_list_and_an_ack_says_the_device_still_sounds() -> None:
@@ -240,7 +257,8 @@ def test_device_alarms_follow_the_devices_list_and_an_ack_says_the_device_still_
     ]
     assert not raised[0].alarm.latching
     outcome = alarms.acknowledge(bed="bed-1", alarm_id=raised[0].alarm.id, by=_ack("c-1"), now=at(1))
-    assert outcome.accepted and "bedside" in outcome.reason
+    assert outcome.accepted
+    assert "bedside" in outcome.reason
     alarms.device_alarms(bed="bed-1", device="vent-1", alarms=[apnea], now=at(2))
     alarms.take_transitions()
     alarms.device_alarms(bed="bed-1", device="vent-1", alarms=[], now=at(3))
@@ -249,8 +267,12 @@ def test_device_alarms_follow_the_devices_list_and_an_ack_says_the_device_still_
 
 def test_a_lost_device_is_a_technical_alarm_after_its_delay_that_ends_on_reconnect() -> None:
     alarms = manager()
-    alarms.device_link(bed="bed-1", device="mon-1", connected=True, last_frame_mono_s=1000.0, refused=None, now=at(0))
-    alarms.device_link(bed="bed-1", device="mon-1", connected=False, last_frame_mono_s=1004.0, refused=None, now=at(5))
+    alarms.device_link(
+        bed="bed-1", device="mon-1", connected=True, last_frame_mono_s=1000.0, refused=None, now=at(0)
+    )
+    alarms.device_link(
+        bed="bed-1", device="mon-1", connected=False, last_frame_mono_s=1004.0, refused=None, now=at(5)
+    )
     alarms.tick(now=at(6.9))
     assert alarms.take_transitions() == []
     alarms.tick(now=at(7))
@@ -259,13 +281,17 @@ def test_a_lost_device_is_a_technical_alarm_after_its_delay_that_ends_on_reconne
         (AlarmKind.TECHNICAL, "device_disconnected:mon-1", "mon-1")
     ]
     assert lost[0].alarm.onset == T0 + timedelta(seconds=5)
-    alarms.device_link(bed="bed-1", device="mon-1", connected=True, last_frame_mono_s=1008.0, refused=None, now=at(8))
+    alarms.device_link(
+        bed="bed-1", device="mon-1", connected=True, last_frame_mono_s=1008.0, refused=None, now=at(8)
+    )
     assert [t.kind for t in alarms.take_transitions()] == [EventKind.ALARM_ENDED]
 
 
 def test_a_device_that_never_connects_gets_the_grace_period_first() -> None:
     alarms = manager()
-    alarms.device_link(bed="bed-1", device="vent-1", connected=False, last_frame_mono_s=None, refused=None, now=at(0))
+    alarms.device_link(
+        bed="bed-1", device="vent-1", connected=False, last_frame_mono_s=None, refused=None, now=at(0)
+    )
     for step in range(34):  # ticks every 0.5 s up to 16.5 s: 15 s of grace, then the 2 s delay
         alarms.tick(now=at(step / 2))
     assert alarms.take_transitions() == []
@@ -276,7 +302,9 @@ def test_a_device_that_never_connects_gets_the_grace_period_first() -> None:
 def test_silence_and_refused_demo_data_are_technical_alarms() -> None:
     alarms = manager()
     refused = RefusedData(reason="demo_data", detail="monitor in demo mode", since=T0, refused_values=3)
-    alarms.device_link(bed="bed-1", device="mon-1", connected=True, last_frame_mono_s=1000.0, refused=refused, now=at(0))
+    alarms.device_link(
+        bed="bed-1", device="mon-1", connected=True, last_frame_mono_s=1000.0, refused=refused, now=at(0)
+    )
     alarms.tick(now=at(10))
     conditions = sorted(t.alarm.condition for t in alarms.take_transitions())
     assert conditions == ["demo_data_refused:mon-1", "device_no_data:mon-1"]
@@ -302,7 +330,9 @@ def _forecast(probability: float) -> ForecastBody:
         events={
             "spo2_below_90": EventForecast(
                 description="SpO2 < 90 %",
-                horizons=[EventProbability(horizon_min=h, probability=probability * h / 15) for h in (1, 5, 10, 15)],
+                horizons=[
+                    EventProbability(horizon_min=h, probability=probability * h / 15) for h in (1, 5, 10, 15)
+                ],
             )
         },
         unavailable={},
@@ -330,11 +360,19 @@ def test_a_predictive_alarm_is_low_priority_and_steps_aside_for_the_limit_alarm(
 def test_appliance_conditions_reach_every_bed() -> None:
     alarms = manager()
     alarms.appliance_condition(
-        condition=ApplianceCondition.CENTRAL_STATION_OFFLINE, present=True, cause="state offline", text="x", now=at(0)
+        condition=ApplianceCondition.CENTRAL_STATION_OFFLINE,
+        present=True,
+        cause="state offline",
+        text="x",
+        now=at(0),
     )
     assert sorted(t.bed for t in alarms.take_transitions()) == ["bed-1", "bed-2"]
     alarms.appliance_condition(
-        condition=ApplianceCondition.CENTRAL_STATION_OFFLINE, present=False, cause="online", text="x", now=at(1)
+        condition=ApplianceCondition.CENTRAL_STATION_OFFLINE,
+        present=False,
+        cause="online",
+        text="x",
+        now=at(1),
     )
     assert [t.kind for t in alarms.take_transitions()] == [EventKind.ALARM_ENDED] * 2
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 DESATURATION = WardLayout(
     beds=2,
     scenario="desaturation",
-    alarms_toml="pause_max_s = 60",
+    alarms_toml="pause_default_s = 30\npause_max_s = 60",
     bed_toml=(("bed-02", '[bed.alarm_limits.spo2]\npriority = "high"'),),
 )
 
@@ -64,11 +64,14 @@ def _alarm_events(station: Subscriber, bed: str, condition: str) -> list[EventMe
 
 def _results(station: Subscriber, bed: str) -> list[CommandResultMessage]:
     return [
-        CommandResultMessage.model_validate_json(m.payload) for m in station.on_topic(f"{bed_topic(bed)}/cmd-result")
+        CommandResultMessage.model_validate_json(m.payload)
+        for m in station.on_topic(f"{bed_topic(bed)}/cmd-result")
     ]
 
 
-def _result(station: Subscriber, bed: str, command_id: str | None, *, count: int = 1) -> list[CommandResultMessage]:
+def _result(
+    station: Subscriber, bed: str, command_id: str | None, *, count: int = 1
+) -> list[CommandResultMessage]:
     assert wait_for(
         lambda: len([r for r in _results(station, bed) if r.command_id == command_id]) >= count, timeout_s=10
     ), f"no cmd-result for {command_id}: {[r.model_dump() for r in _results(station, bed)]}"
@@ -104,21 +107,32 @@ def test_a_desaturation_alarm_lives_through_commands_a_restart_and_recovery(
     for bed, event in raised.items():
         alarm = event.alarm
         assert alarm is not None
-        assert (event.kind, alarm.state, alarm.kind, alarm.key) == ("alarm_raised", "active", "physiological", "spo2")
+        assert (event.kind, alarm.state, alarm.kind, alarm.key) == (
+            "alarm_raised",
+            "active",
+            "physiological",
+            "spo2",
+        )
         below = [at for at, value in _spo2_readings(station, bed) if value < 90]
-        assert below and below[0] == alarm.onset
+        assert below
+        assert below[0] == alarm.onset
         assert alarm.determined_at - alarm.onset >= timedelta(seconds=10)
         assert alarm.determined_at - alarm.onset < timedelta(seconds=12)
-        assert alarm.value is not None and alarm.value < 90 and alarm.limit == 90
-    assert raised["bed-01"].alarm is not None and raised["bed-01"].alarm.priority == "medium"
-    assert raised["bed-02"].alarm is not None and raised["bed-02"].alarm.priority == "high"
+        assert alarm.value is not None
+        assert alarm.value < 90
+        assert alarm.limit == 90
+    assert raised["bed-01"].alarm is not None
+    assert raised["bed-01"].alarm.priority == "medium"
+    assert raised["bed-02"].alarm is not None
+    assert raised["bed-02"].alarm.priority == "high"
     bed1_id = raised["bed-01"].alarm.id
     bed2_id = raised["bed-02"].alarm.id
 
     # malformed commands are answered with the reason
     _command(broker, "bed-01", "ack", {"command_id": "bad-1"})
     [bad] = _result(station, "bed-01", "bad-1")
-    assert bad.status == "rejected" and "alarm_id" in bad.reason
+    assert bad.status == "rejected"
+    assert "alarm_id" in bad.reason
     _command(broker, "bed-01", "ack", b"{not json")
     assert "invalid" in _result(station, "bed-01", None)[0].reason
     _command(broker, "bed-01", "off", {"command_id": "off-1"})
@@ -128,13 +142,19 @@ def test_a_desaturation_alarm_lives_through_commands_a_restart_and_recovery(
     ack = {"command_id": "ack-1", "alarm_id": bed1_id, "user": "nurse-7", "role": "rn"}
     _command(broker, "bed-01", "ack", ack)
     [accepted] = _result(station, "bed-01", "ack-1")
-    assert accepted.status == "accepted" and accepted.alarm is not None
+    assert accepted.status == "accepted"
+    assert accepted.alarm is not None
     assert accepted.alarm.state == AlarmState.ACKNOWLEDGED
-    assert accepted.alarm.acknowledged is not None and accepted.alarm.acknowledged.user == "nurse-7"
+    assert accepted.alarm.acknowledged is not None
+    assert accepted.alarm.acknowledged.user == "nurse-7"
     _command(broker, "bed-01", "ack", ack)
     repeat = _result(station, "bed-01", "ack-1", count=2)[1]
-    assert repeat.duplicate and repeat.status == "accepted"
-    assert [e.alarm.state for e in _alarm_events(station, "bed-01", "spo2_low") if e.alarm] == ["active", "acknowledged"]
+    assert repeat.duplicate
+    assert repeat.status == "accepted"
+    assert [e.alarm.state for e in _alarm_events(station, "bed-01", "spo2_low") if e.alarm] == [
+        "active",
+        "acknowledged",
+    ]
 
     # a pause ends by itself
     _command(broker, "bed-02", "pause", {"command_id": "pause-1", "duration_s": 3})
@@ -151,7 +171,8 @@ def test_a_desaturation_alarm_lives_through_commands_a_restart_and_recovery(
     restarted_at = len(station.messages)
     ward.start_daemon()
     assert wait_for(
-        lambda: (t := _latest_twin(station, "bed-02")) is not None and t.session == 2 and t.alarms, timeout_s=20
+        lambda: (t := _latest_twin(station, "bed-02")) is not None and t.session == 2 and t.alarms,
+        timeout_s=20,
     ), ward.log("daemon")
     twins = {bed: _latest_twin(station, bed) for bed in ward.beds}
     assert [(a.id, a.state) for a in twins["bed-01"].alarms if a.condition == "spo2_low"] == [  # type: ignore[union-attr]
@@ -165,19 +186,24 @@ def test_a_desaturation_alarm_lives_through_commands_a_restart_and_recovery(
         for m in station.messages[restarted_at:]
         if m.topic.endswith("/status") and b'"online"' in m.payload
     ]
-    assert births and any(a["id"] == bed2_id for a in births[-1]["alarms"]["bed-02"])
+    assert births
+    assert any(a["id"] == bed2_id for a in births[-1]["alarms"]["bed-02"])
 
     # recovery: the acknowledged alarm ends and its retained topic is cleared; the high one latches
     assert wait_for(
-        lambda: any(e.kind == "alarm_ended" for e in _alarm_events(station, "bed-01", "spo2_low")), timeout_s=60
+        lambda: any(e.kind == "alarm_ended" for e in _alarm_events(station, "bed-01", "spo2_low")),
+        timeout_s=60,
     ), ward.log("daemon")
     assert wait_for(
         lambda: any(
-            e.alarm is not None and e.alarm.state == "latched" for e in _alarm_events(station, "bed-02", "spo2_low")
+            e.alarm is not None and e.alarm.state == "latched"
+            for e in _alarm_events(station, "bed-02", "spo2_low")
         ),
         timeout_s=20,
     ), ward.log("daemon")
-    raised_again = [e for bed in ward.beds for e in _alarm_events(station, bed, "spo2_low") if e.kind == "alarm_raised"]
+    raised_again = [
+        e for bed in ward.beds for e in _alarm_events(station, bed, "spo2_low") if e.kind == "alarm_raised"
+    ]
     assert len(raised_again) == 2
     late = subscribe(f"{ROOT}/bed/+/alarm/#")
     time.sleep(1.0)
@@ -198,12 +224,18 @@ def test_a_killed_simulator_raises_a_technical_alarm_within_five_seconds(
     ward.start_daemon()
     bed = ward.beds[0]
     assert wait_for(
-        lambda: (t := _latest_twin(station, bed)) is not None and t.devices["vent-1"].connected and "hr" in t.values,
+        lambda: (
+            (t := _latest_twin(station, bed)) is not None
+            and t.devices["vent-1"].connected
+            and "spo2" in t.values
+        ),
         timeout_s=30,
     ), ward.log("daemon")
     killed_s = time.time()
     ward.kill_simulator(bed)
-    assert wait_for(lambda: _alarm_events(station, bed, "device_disconnected:vent-1"), timeout_s=10), ward.log("daemon")
+    assert wait_for(lambda: _alarm_events(station, bed, "device_disconnected:vent-1"), timeout_s=10), (
+        ward.log("daemon")
+    )
     [message] = [
         m
         for m in station.on_topic(f"{bed_topic(bed)}/events")
@@ -211,10 +243,17 @@ def test_a_killed_simulator_raises_a_technical_alarm_within_five_seconds(
     ]
     assert message.received_wall_s - killed_s < 5.0
     alarm = _alarm_events(station, bed, "device_disconnected:vent-1")[0].alarm
-    assert alarm is not None and (alarm.kind, alarm.device, alarm.priority) == ("technical", "vent-1", "medium")
+    assert alarm is not None
+    assert (alarm.kind, alarm.device, alarm.priority) == (
+        "technical",
+        "vent-1",
+        "medium",
+    )
     ward.start_simulator(bed)
     assert wait_for(
-        lambda: any(e.kind == "alarm_ended" for e in _alarm_events(station, bed, "device_disconnected:vent-1")),
+        lambda: any(
+            e.kind == "alarm_ended" for e in _alarm_events(station, bed, "device_disconnected:vent-1")
+        ),
         timeout_s=30,
     ), ward.log("daemon")
     assert ward.stop_daemon() == 0
