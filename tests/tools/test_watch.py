@@ -710,3 +710,19 @@ def test_timestamps_at_the_edge_of_the_calendar_do_not_crash_the_view(field: str
     assert state.violations == 0
     assert shown in render_plain(state)
     Console(file=io.StringIO(), width=160).print(render(state))
+
+
+def test_escalated_priority_and_acknowledgement_without_a_user_are_shown() -> None:
+    state = make_state()
+    escalated = alarm_body(
+        priority=AlarmPriority.HIGH,
+        state=AlarmState.ACKNOWLEDGED,
+        acknowledged=Acknowledgement(at=T0, command_id="cmd-9"),
+    ).model_copy(update={"configured_priority": AlarmPriority.MEDIUM})
+    twin = twin_body().model_copy(update={"alarms": [escalated]})
+    state.apply(TOPICS.twin("bed-1"), encode(twin, bed="bed-1", seq=0), retained=True)
+
+    line = next(line for line in render_plain(state).splitlines() if "SpO2 84 %" in line)
+
+    assert line.strip().startswith("alarm HIGH (was medium) acknowledged physiological")
+    assert line.endswith("ack by command cmd-9")
