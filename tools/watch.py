@@ -1,8 +1,10 @@
 """The terminal ward view: subscribe to the MQTT contract v1 like a central station would, and show it.
 
 `icu-edge watch --broker mqtt://host:port` subscribes to `{prefix}/#`, validates every payload against
-the contract's pydantic models, and shows per appliance its birth/death status and per bed the twin,
-ventilator settings, device alarms, the latest forecast, devices and recent events. Payloads that
+the contract's pydantic models, and shows per appliance its birth/death status (and the central station's
+state the birth reports) and per bed the twin, ventilator settings, the appliance's own alarms (state,
+age, acknowledgement), NEWS2, the alarms the devices report, the latest forecast, devices and recent
+events (alarm events by priority and state; events replayed from the outbox marked). Payloads that
 break the contract are counted and shown, never fatal; `seq` gaps per (topic, session) are counted
 as lost or reordered.
 
@@ -39,6 +41,8 @@ from rich.table import Table
 from rich.text import Text
 
 from edge.model import (
+    AlarmBody,
+    AlarmState,
     ApplianceState,
     ApplianceStatusMessage,
     DeviceState,
@@ -47,6 +51,7 @@ from edge.model import (
     EventMessage,
     ForecastBody,
     ForecastMessage,
+    News2Body,
     TwinMessage,
     VitalsMessage,
 )
@@ -66,6 +71,10 @@ EVENTS_SHOWN: Final = 5
 PROBLEMS_KEPT: Final = 8
 
 PRIORITY_STYLE: Final[dict[str, str]] = {"high": "bold red", "medium": "yellow", "low": "cyan"}
+CENTRAL_STATION_STYLE: Final[dict[str, str]] = {"online": "green", "offline": "bold red"}
+NEWS2_RISK_STYLE: Final[dict[str, str]] = {"high": "bold red", "medium": "red", "low_medium": "yellow"}
+CONDITION_GONE: Final = "CONDITION GONE"
+"""Shown for an alarm whose condition has ended while its signal is still held (latched)."""
 EVENT_RED_AT: Final = 0.5
 """An event probability at or above this is shown red."""
 EVENT_YELLOW_AT: Final = 0.2
@@ -215,6 +224,10 @@ class WardState:
     def now_mono_s(self) -> float:
         """Return the state's monotonic clock."""
         return self._clock()
+
+    def now_wall(self) -> datetime:
+        """Return the state's wall clock (alarm ages are measured against it)."""
+        return self._wall_clock()
 
     def twin_extra_age_s(self, bed: BedView) -> float:
         """Return how much older than its `age_s` fields the bed's twin snapshot is now."""
@@ -423,11 +436,68 @@ def _number(value: float | str | None) -> str:
 def _clock_time(moment: datetime | None) -> str:
     if moment is None:
         return "--"
-    return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3] + "Z"
+    try:
+        return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3] + "Z"
+    except OverflowError:  # a valid aware timestamp whose UTC instant lies outside years 1..9999
+        return moment.isoformat()
 
 
 def _clock_seconds(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%H:%M:%SZ")
+    try:
+        return moment.astimezone(UTC).strftime("%H:%M:%SZ")
+    except OverflowError:
+        return moment.isoformat()
+
+
+def _age(age_s: float) -> str:
+    """Return an age as `45 s`, `3m05s` or `2h03m` (negative: the moment lies in the future)."""
+    sign = "-" if age_s < 0 else ""
+    seconds = int(abs(age_s))
+    if seconds < 60:
+        return f"{sign}{seconds} s"
+    if seconds < 3600:
+        return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
+    return f"{sign}{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def _alarm_age(state: WardState, alarm: AlarmBody) -> str:
+    return _age((state.now_wall() - alarm.onset).total_seconds())
+
+
+def _alarm_priority(alarm: AlarmBody) -> str:
+    """Return the priority in capitals, saying so when escalation raised it."""
+    escalated = alarm.priority != alarm.configured_priority
+    return str(alarm.priority).upper() + (f" (was {alarm.configured_priority})" if escalated else "")
+
+
+def _alarm_state(alarm: AlarmBody) -> str:
+    if alarm.state == AlarmState.AUDIO_PAUSED:
+        until = alarm.audio_paused_until
+        return "audio paused" + ("" if until is None else f" until {_clock_seconds(until)}")
+    return str(alarm.state)
+
+
+def _acknowledged_by(alarm: AlarmBody) -> str:
+    ack = alarm.acknowledged
+    if ack is None:
+        return ""
+    return f"ack by {ack.user or ack.role or f'command {ack.command_id}'}"
+
+
+def _alarm_event_text(alarm: AlarmBody) -> str:
+    return f"{str(alarm.priority).upper()} {alarm.text} ({_alarm_state(alarm)})"
+
+
+def _news2_parts(news2: News2Body) -> tuple[str, str]:
+    """Return the NEWS2 line as (score and advice, completeness)."""
+    red = ", red score" if news2.single_parameter_3 else ""
+    head = (
+        f"NEWS2 {news2.total} risk {news2.risk}, advisory {news2.advisory or 'none'}{red},"
+        f" SpO2 scale {news2.spo2_scale}, "
+    )
+    if news2.complete:
+        return head, "complete"
+    return head, f"incomplete: missing {', '.join(news2.missing) or '?'}"
 
 
 def _model_line(forecast: ForecastBody) -> str:
@@ -500,7 +570,7 @@ def render(state: WardState) -> RenderableType:
 
 def _render_header(state: WardState) -> RenderableType:
     table = Table(title="icu-edge ward view", title_justify="left", expand=True)
-    for column in ("appliance", "state", "session", "version", "beds", "since"):
+    for column in ("appliance", "state", "session", "version", "beds", "central station", "since"):
         table.add_column(column)
     for (site, ward, appliance_id), view in sorted(state.appliances.items()):
         status = view.status
@@ -512,10 +582,14 @@ def _render_header(state: WardState) -> RenderableType:
             str(status.session),
             status.version,
             ", ".join(status.beds) or "-",
+            Text(
+                status.central_station or "-",
+                style=CENTRAL_STATION_STYLE.get(status.central_station or "", ""),
+            ),
             _clock_time(status.ts),
         )
     if not state.appliances:
-        table.add_row("(no appliance seen yet)", "", "", "", "", "")
+        table.add_row("(no appliance seen yet)", "", "", "", "", "", "")
     style = "red" if state.violations or state.lost or state.reordered or state.internal_errors else "dim"
     return Group(table, Text(_summary(state), style=style))
 
@@ -560,7 +634,11 @@ def _render_bed(state: WardState, key: BedKey, bed: BedView) -> RenderableType:
                     setting_key, _number(setting.value), setting.unit, setting.label, setting.device
                 )
             parts.append(settings)
-        alarms = Table(title="device alarms", title_justify="left", expand=True)
+        parts.append(_render_alarms(state, twin.alarms))
+        parts.append(_render_news2(twin.news2))
+        alarms = Table(
+            title="device alarms (as the devices report them now)", title_justify="left", expand=True
+        )
         for column in ("priority", "device", "code", "text", "onset"):
             alarms.add_column(column)
         for alarm in twin.device_alarms:
@@ -607,11 +685,56 @@ def _render_bed(state: WardState, key: BedKey, bed: BedView) -> RenderableType:
         for column in ("at", "kind", "device", "detail"):
             events.add_column(column)
         for event in bed.events:
-            events.add_row(_clock_time(event.at), str(event.kind), event.device or "-", event.detail)
+            event_alarm = event.alarm
+            if event_alarm is None:
+                detail = Text(event.detail)
+            else:
+                detail = Text(
+                    str(event_alarm.priority).upper(), style=PRIORITY_STYLE.get(str(event_alarm.priority), "")
+                )
+                detail.append(f" {event_alarm.text} ({_alarm_state(event_alarm)})")
+            if event.history:
+                detail.append(" (replayed)")
+            events.add_row(
+                _clock_time(event.at),
+                str(event.kind),
+                event.device or (event_alarm.device if event_alarm is not None else None) or "-",
+                detail,
+                style="dim" if event.history else None,
+            )
         parts.append(events)
     border = "red" if offline else ("green" if appliance_state == "online" else "yellow")
     subtitle = f"appliance {appliance_state.upper() if offline else appliance_state}"
     return Panel(Group(*parts), title=title, subtitle=subtitle, border_style=border)
+
+
+def _render_alarms(state: WardState, alarms: list[AlarmBody]) -> RenderableType:
+    table = Table(title="alarms", title_justify="left", expand=True)
+    for column in ("priority", "state", "kind", "text", "since", "condition", "ack"):
+        table.add_column(column)
+    for alarm in alarms:
+        style = PRIORITY_STYLE.get(str(alarm.priority), "")
+        table.add_row(
+            Text(_alarm_priority(alarm), style=style),
+            Text(_alarm_state(alarm), style="bold" if alarm.state == AlarmState.LATCHED else ""),
+            str(alarm.kind),
+            Text(alarm.text, style=style),
+            _alarm_age(state, alarm),
+            Text("present") if alarm.condition_present else Text(CONDITION_GONE, style="bold yellow"),
+            _acknowledged_by(alarm),
+        )
+    if not alarms:
+        table.add_row("-", "", "", Text("none", style="dim"), "", "", "")
+    return table
+
+
+def _render_news2(news2: News2Body | None) -> RenderableType:
+    if news2 is None:
+        return Text("NEWS2: not computed", style="dim")
+    head, completeness = _news2_parts(news2)
+    line = Text(head, style=NEWS2_RISK_STYLE.get(news2.risk, ""))
+    line.append(completeness, style="" if news2.complete else "yellow")
+    return line
 
 
 def _render_forecast(forecast: ForecastBody, source: str) -> RenderableType:
@@ -655,9 +778,10 @@ def render_plain(state: WardState) -> str:
         status = view.status
         state_text = "online" if status.state == ApplianceState.ONLINE else "OFFLINE"
         reason = f" ({status.reason})" if status.reason else ""
+        central = f" central station {status.central_station}" if status.central_station else ""
         lines.append(
             f"appliance {site}/{ward}/{appliance_id}: {state_text}{reason} session {status.session}"
-            f" version {status.version} beds {','.join(status.beds) or '-'}"
+            f" version {status.version} beds {','.join(status.beds) or '-'}{central}"
         )
     for key in sorted(state.beds):
         lines.extend(_plain_bed(state, key, state.beds[key]))
@@ -689,12 +813,17 @@ def _plain_bed(state: WardState, key: BedKey, bed: BedView) -> list[str]:
                 f"  setting {setting_key:<8} {_number(setting.value):>8} {setting.unit:<10}"
                 f" [{setting.device}]"
             )
+        lines.extend(_plain_alarms(state, twin.alarms))
+        if twin.news2 is None:
+            lines.append("  NEWS2: not computed")
+        else:
+            lines.append("  " + "".join(_news2_parts(twin.news2)))
         if not twin.device_alarms:
-            lines.append("  alarms: none active")
-        for alarm in twin.device_alarms:
+            lines.append("  device alarms: none active")
+        for device_alarm in twin.device_alarms:
             lines.append(
-                f"  alarm {str(alarm.priority).upper()} {alarm.device} {alarm.code}: {alarm.text}"
-                f" (since {_clock_time(alarm.onset)})"
+                f"  device alarm {str(device_alarm.priority).upper()} {device_alarm.device}"
+                f" {device_alarm.code}: {device_alarm.text} (since {_clock_time(device_alarm.onset)})"
             )
     for device_id, device in bed.devices().items():
         version = f" {device.protocol_version}" if device.protocol_version else ""
@@ -712,7 +841,26 @@ def _plain_bed(state: WardState, key: BedKey, bed: BedView) -> list[str]:
     if forecast is not None:
         lines.extend(_plain_forecast(forecast, bed.forecast_source()))
     for event in bed.events:
-        lines.append(f"  event {_clock_time(event.at)} {event.kind} {event.device or '-'}: {event.detail}")
+        if event.alarm is None:
+            what = f"{event.device or '-'}: {event.detail}"
+        else:
+            what = _alarm_event_text(event.alarm)
+        replayed = " (replayed)" if event.history else ""
+        lines.append(f"  event {_clock_time(event.at)} {event.kind} {what}{replayed}")
+    return lines
+
+
+def _plain_alarms(state: WardState, alarms: list[AlarmBody]) -> list[str]:
+    if not alarms:
+        return ["  alarms: none"]
+    lines = []
+    for alarm in alarms:
+        gone = "" if alarm.condition_present else f" {CONDITION_GONE}"
+        ack = _acknowledged_by(alarm)
+        lines.append(
+            f"  alarm {_alarm_priority(alarm)} {_alarm_state(alarm)} {alarm.kind}: {alarm.text}"
+            f" (since {_alarm_age(state, alarm)}){gone}{' ' + ack if ack else ''}"
+        )
     return lines
 
 

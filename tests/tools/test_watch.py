@@ -13,6 +13,10 @@ from rich.console import Console
 from drivers.base import AlarmPriority
 from edge.contract import Topics, encode_message
 from edge.model import (
+    Acknowledgement,
+    AlarmBody,
+    AlarmKind,
+    AlarmState,
     ApplianceState,
     ApplianceStatusBody,
     Body,
@@ -26,6 +30,7 @@ from edge.model import (
     ForecastBody,
     ForecastModelRef,
     HorizonForecast,
+    News2Body,
     Observation,
     SignalForecast,
     TwinBody,
@@ -477,3 +482,247 @@ def test_non_finite_numbers_in_a_twin_render_instead_of_crashing_the_view(number
     assert "ppeak" in text
     assert "peep" in text
     Console(file=io.StringIO(), width=160).print(render(state))
+
+
+def alarm_body(
+    *,
+    priority: AlarmPriority = AlarmPriority.HIGH,
+    state: AlarmState = AlarmState.ACTIVE,
+    present: bool = True,
+    text: str = "SpO2 84 % below 88 %",
+    kind: AlarmKind = AlarmKind.PHYSIOLOGICAL,
+    acknowledged: Acknowledgement | None = None,
+    audio_paused_until: datetime | None = None,
+    onset: datetime = T0 - timedelta(seconds=95),
+) -> AlarmBody:
+    return AlarmBody(
+        id=f"bed-1-{text[:4]}",
+        kind=kind,
+        condition="spo2_low",
+        key="spo2",
+        text=text,
+        priority=priority,
+        configured_priority=priority,
+        state=state,
+        condition_present=present,
+        latching=True,
+        onset=onset,
+        determined_at=onset + timedelta(seconds=10),
+        value=84.0,
+        unit="%",
+        limit=88.0,
+        direction="low",
+        condition_delay_s=10.0,
+        cause="spo2 84 from vent-1",
+        acknowledged=acknowledged,
+        audio_paused_until=audio_paused_until,
+        updated_at=T0,
+    )
+
+
+ACK = Acknowledgement(at=T0, command_id="cmd-7", user="nurse.kim", role="nurse")
+
+
+def alarm_twin() -> TwinBody:
+    alarms = [
+        alarm_body(),
+        alarm_body(
+            priority=AlarmPriority.MEDIUM,
+            state=AlarmState.ACKNOWLEDGED,
+            text="MAP 62 mmHg below 65 mmHg",
+            acknowledged=ACK,
+        ),
+        alarm_body(
+            priority=AlarmPriority.MEDIUM,
+            state=AlarmState.AUDIO_PAUSED,
+            text="Respiratory rate 31 /min above 30 /min",
+            audio_paused_until=T0 + timedelta(minutes=2),
+        ),
+        alarm_body(
+            priority=AlarmPriority.LOW,
+            state=AlarmState.LATCHED,
+            present=False,
+            kind=AlarmKind.TECHNICAL,
+            text="vent-1 lost",
+            onset=T0 - timedelta(hours=1, minutes=2),
+        ),
+    ]
+    news2 = News2Body(
+        total=6,
+        complete=False,
+        missing=["temp", "consciousness"],
+        subscores={"rr": 3, "spo2": 3},
+        spo2_scale=2,
+        on_oxygen=True,
+        consciousness=None,
+        single_parameter_3=True,
+        risk="medium",
+        advisory="urgent",
+        computed_at=T0,
+    )
+    return twin_body().model_copy(update={"alarms": alarms, "news2": news2})
+
+
+def test_plain_render_shows_the_appliance_alarms_with_state_age_and_acknowledgement() -> None:
+    state = make_state()
+    state.apply(TOPICS.twin("bed-1"), encode(alarm_twin(), bed="bed-1", seq=0), retained=True)
+
+    lines = render_plain(state).splitlines()
+
+    def line_with(text: str) -> str:
+        return next(line for line in lines if text in line)
+
+    assert state.violations == 0
+    assert line_with("SpO2 84 %").strip() == (
+        "alarm HIGH active physiological: SpO2 84 % below 88 % (since 1m35s)"
+    )
+    assert "alarm MEDIUM acknowledged physiological: MAP 62" in line_with("MAP 62")
+    assert line_with("MAP 62").endswith("ack by nurse.kim")
+    assert "alarm MEDIUM audio paused until 20:25:32Z physiological" in line_with("Respiratory rate")
+    latched = line_with("vent-1 lost")
+    assert "alarm LOW latched technical: vent-1 lost (since 1h02m) CONDITION GONE" in latched
+    assert "device alarm HIGH vent-1 0x12: Airway pressure high" in line_with("0x12")
+
+
+def test_plain_render_says_when_there_is_no_appliance_alarm() -> None:
+    state = make_state()
+    state.apply(TOPICS.twin("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    text = render_plain(state)
+    assert "  alarms: none" in text
+    assert "NEWS2: not computed" in text
+
+
+def test_plain_render_shows_news2_with_what_is_missing() -> None:
+    state = make_state()
+    state.apply(TOPICS.twin("bed-1"), encode(alarm_twin(), bed="bed-1", seq=0), retained=True)
+    text = render_plain(state)
+    assert (
+        "NEWS2 6 risk medium, advisory urgent, red score, SpO2 scale 2,"
+        " incomplete: missing temp, consciousness" in text
+    )
+    complete = alarm_twin().news2
+    assert complete is not None
+    twin = alarm_twin().model_copy(
+        update={"news2": complete.model_copy(update={"complete": True, "missing": [], "advisory": None})}
+    )
+    state.apply(TOPICS.twin("bed-1"), encode(twin, bed="bed-1", seq=1), retained=False)
+    text = render_plain(state)
+    assert "NEWS2 6 risk medium, advisory none, red score, SpO2 scale 2, complete" in text
+
+
+def alarm_event(*, history: bool = False, seq_kind: EventKind = EventKind.ALARM_STATE_CHANGED) -> EventBody:
+    alarm = alarm_body(
+        priority=AlarmPriority.MEDIUM, state=AlarmState.ACKNOWLEDGED, text="MAP low", acknowledged=ACK
+    )
+    return EventBody(kind=seq_kind, detail="acknowledged by nurse.kim", alarm=alarm, at=T0, history=history)
+
+
+def test_alarm_events_show_kind_priority_text_and_state_and_history_is_marked() -> None:
+    state = make_state()
+    events = [
+        alarm_event(seq_kind=EventKind.ALARM_RAISED, history=True),
+        alarm_event(),
+        EventBody(
+            kind=EventKind.DEVICE_DISCONNECTED, device="vent-1", detail="no answer", at=T0, history=True
+        ),
+    ]
+    for seq, event in enumerate(events):
+        state.apply(TOPICS.events("bed-1"), encode(event, bed="bed-1", seq=seq), retained=False)
+
+    lines = [line for line in render_plain(state).splitlines() if line.strip().startswith("event ")]
+
+    assert lines == [
+        "  event 20:23:32.000Z alarm_raised MEDIUM MAP low (acknowledged) (replayed)",
+        "  event 20:23:32.000Z alarm_state_changed MEDIUM MAP low (acknowledged)",
+        "  event 20:23:32.000Z device_disconnected vent-1: no answer (replayed)",
+    ]
+
+
+def test_central_station_state_from_the_birth_is_shown() -> None:
+    state = make_state()
+    birth = status_body().model_copy(update={"central_station": "offline"})
+    state.apply(TOPICS.appliance_status(), encode(birth, bed=None, seq=0), retained=True)
+    assert "beds bed-1 central station offline" in render_plain(state)
+    console = Console(
+        file=io.StringIO(), record=True, width=160, color_system="standard", force_terminal=True
+    )
+    console.print(render(state))
+    assert "central station" in console.export_text(clear=False)
+    assert "\x1b[1;31moffline" in console.export_text(styles=True)
+
+    state.apply(TOPICS.appliance_status(), encode(status_body(), bed=None, seq=1), retained=True)
+    assert "central station" not in render_plain(state)
+
+
+def test_rich_render_shows_alarms_news2_and_replayed_events() -> None:
+    state = make_state()
+    state.apply(TOPICS.twin("bed-1"), encode(alarm_twin(), bed="bed-1", seq=0), retained=True)
+    state.apply(TOPICS.events("bed-1"), encode(alarm_event(history=True), bed="bed-1", seq=0), retained=False)
+    console = Console(
+        file=io.StringIO(), record=True, width=200, color_system="standard", force_terminal=True
+    )
+    console.print(render(state))
+    text = console.export_text(clear=False)
+    assert "device alarms (as the devices report them now)" in text
+    assert "Airway pressure high" in text
+
+    def row(cell: str) -> list[str]:
+        line = next(line for line in text.splitlines() if f"\u2502 {cell} " in line)
+        return [part.strip() for part in line.split("\u2502")[2:-2]]
+
+    assert row("HIGH") == ["HIGH", "active", "physiological", "SpO2 84 % below 88 %", "1m35s", "present", ""]
+    assert row("MAP 62 mmHg below 65 mmHg")[-1] == "ack by nurse.kim"
+    assert row("audio paused until 20:25:32Z")[3] == "Respiratory rate 31 /min above 30 /min"
+    assert row("LOW")[1:] == ["latched", "technical", "vent-1 lost", "1h02m", "CONDITION GONE", ""]
+    assert "NEWS2 6 risk medium, advisory urgent" in text
+    assert "incomplete: missing temp, consciousness" in text
+    assert "alarm_state_changed" in text
+    assert "MEDIUM MAP low (acknowledged) (replayed)" in text
+    styled = console.export_text(styles=True)
+    assert "\x1b[1;31mHIGH" in styled  # the appliance's high priority alarm in red
+    assert "\x1b[2m20:23:32.000Z" in styled  # a replayed event is dim
+    assert "\x1b[1;33mCONDITION GONE" in styled
+
+
+@pytest.mark.parametrize(
+    ("field", "shown"),
+    [
+        ("onset", "Respiratory rate 31 /min above 30 /min (since 17758677h23m)"),
+        ("audio_paused_until", "audio paused until 0001-01-01T00:00:00+01:00"),
+        ("ts", "at 0001-01-01T00:00:00+01:00"),
+        ("at", "event 0001-01-01T00:00:00+01:00 alarm_state_changed"),
+    ],
+)
+def test_timestamps_at_the_edge_of_the_calendar_do_not_crash_the_view(field: str, shown: str) -> None:
+    """0001-01-01T00:00:00+01:00 is a valid aware timestamp whose UTC instant is before year 1."""
+    state = make_state()
+    twin = json.loads(encode(alarm_twin(), bed="bed-1", seq=0))
+    event = json.loads(encode(alarm_event(), bed="bed-1", seq=0))
+    if field == "at":
+        event["at"] = "0001-01-01T00:00:00+01:00"
+    elif field == "ts":
+        twin["ts"] = "0001-01-01T00:00:00+01:00"
+    else:
+        twin["alarms"][2][field] = "0001-01-01T00:00:00+01:00"
+        event["alarm"][field] = "0001-01-01T00:00:00+01:00"
+    state.apply(TOPICS.twin("bed-1"), json.dumps(twin).encode(), retained=True)
+    state.apply(TOPICS.events("bed-1"), json.dumps(event).encode(), retained=False)
+    assert state.violations == 0
+    assert shown in render_plain(state)
+    Console(file=io.StringIO(), width=160).print(render(state))
+
+
+def test_escalated_priority_and_acknowledgement_without_a_user_are_shown() -> None:
+    state = make_state()
+    escalated = alarm_body(
+        priority=AlarmPriority.HIGH,
+        state=AlarmState.ACKNOWLEDGED,
+        acknowledged=Acknowledgement(at=T0, command_id="cmd-9"),
+    ).model_copy(update={"configured_priority": AlarmPriority.MEDIUM})
+    twin = twin_body().model_copy(update={"alarms": [escalated]})
+    state.apply(TOPICS.twin("bed-1"), encode(twin, bed="bed-1", seq=0), retained=True)
+
+    line = next(line for line in render_plain(state).splitlines() if "SpO2 84 %" in line)
+
+    assert line.strip().startswith("alarm HIGH (was medium) acknowledged physiological")
+    assert line.endswith("ack by command cmd-9")
