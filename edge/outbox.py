@@ -350,7 +350,7 @@ class Outbox:
         """Increment and persist the session number; the first session is 1."""
         db = self._conn()
         try:
-            with _transaction(db):
+            with transaction(db):
                 db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('session', 0)")
                 db.execute("UPDATE meta SET value = value + 1 WHERE key = 'session'")
                 session: int = db.execute("SELECT value FROM meta WHERE key = 'session'").fetchone()[0]
@@ -362,7 +362,7 @@ class Outbox:
         """Append rows in one transaction, without looking at the cap; return their ids (delivery order)."""
         db = self._conn()
         ids: list[int] = []
-        with _transaction(db):
+        with transaction(db):
             for row in rows:
                 cursor = db.execute(
                     "INSERT INTO messages (topic, payload, qos, retain, priority, created_wall)"
@@ -447,7 +447,7 @@ class Outbox:
                 continue
             batch = ids[start : start + min(_SHED_BATCH_ROWS, max(1, rows_fit))]
             start += len(batch)
-            with _transaction(db):
+            with transaction(db):
                 for row_id in batch:
                     deleted += db.execute("DELETE FROM messages WHERE id = ?", (row_id,)).rowcount
         self._truncate_wal_above(self._wal_budget_bytes)
@@ -744,8 +744,21 @@ class Spill:
         self._bytes -= _row_bytes(row)
 
 
-class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (which propagates)."""
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite may already have rolled back on SQLITE_FULL)."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            LOGGER.debug("rollback failed", exc_info=True)
+
+
+class transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or a safe ROLLBACK on any exception (which propagates).
+
+    A ROLLBACK after SQLite already rolled back (SQLITE_FULL) would raise "no transaction is active"
+    and hide the real error: it is issued only while a transaction is open.
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -755,6 +768,10 @@ class _transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                _rollback(self._db)
+                raise
         else:
-            self._db.execute("ROLLBACK")
+            _rollback(self._db)

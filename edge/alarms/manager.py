@@ -221,6 +221,30 @@ class _Alarm:
         )
 
 
+def _technical(
+    *,
+    condition: str,
+    device: str | None,
+    text: str,
+    cause: str,
+    priority: AlarmPriority,
+    key: str | None = None,
+    delay_s: float = 0.0,
+) -> _Spec:
+    """A technical condition: never latching (it ends when its cause clears)."""
+    return _Spec(
+        kind=AlarmKind.TECHNICAL,
+        condition=condition,
+        key=key,
+        device=device,
+        text=text,
+        cause=cause,
+        priority=priority,
+        latching=False,
+        delay_s=delay_s,
+    )
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "-", text.lower()).strip("-")[:40] or "alarm"
 
@@ -440,15 +464,13 @@ class AlarmManager:
         flag = f", device says {value.device_flag}" if value.device_flag else ""
         self._hold(
             bed=bed,
-            spec=_Spec(
-                kind=AlarmKind.TECHNICAL,
+            spec=_technical(
                 condition=condition,
                 key=key,
                 device=value.device,
                 text=f"{self._label(key)}: no valid value",
                 cause=f"{value.device} sends {self._label(key)} without a valid value ({why}{flag})",
                 priority=TECHNICAL_PRIORITY["value_invalid"],
-                latching=False,
                 delay_s=self._settings.invalid_value_delay_s,
             ),
             now=now,
@@ -502,15 +524,12 @@ class AlarmManager:
             # a device that never answered gets `connect_grace_s` after the start to do so
             self._hold(
                 bed=bed,
-                spec=_Spec(
-                    kind=AlarmKind.TECHNICAL,
+                spec=_technical(
                     condition=lost,
-                    key=None,
                     device=device,
                     text=f"{device} disconnected",
                     cause=f"no link to {device}",
                     priority=TECHNICAL_PRIORITY["device_disconnected"],
-                    latching=False,
                     delay_s=settings.device_lost_delay_s,
                 ),
                 now=now,
@@ -520,16 +539,12 @@ class AlarmManager:
         if connected and quiet_s is not None and quiet_s >= settings.no_data_s:
             self._hold(
                 bed=bed,
-                spec=_Spec(
-                    kind=AlarmKind.TECHNICAL,
+                spec=_technical(
                     condition=silent,
-                    key=None,
                     device=device,
                     text=f"{device}: no data",
                     cause=f"{device} is connected but sent nothing for {quiet_s:.0f} s",
                     priority=TECHNICAL_PRIORITY["device_no_data"],
-                    latching=False,
-                    delay_s=0.0,
                 ),
                 now=now,
             )
@@ -539,16 +554,12 @@ class AlarmManager:
         if refused is not None:
             self._hold(
                 bed=bed,
-                spec=_Spec(
-                    kind=AlarmKind.TECHNICAL,
+                spec=_technical(
                     condition=demo,
-                    key=None,
                     device=device,
                     text=f"{device}: {refused.reason.replace('_', ' ')} refused",
                     cause=refused.detail,
                     priority=TECHNICAL_PRIORITY["demo_data_refused"],
-                    latching=False,
-                    delay_s=0.0,
                 ),
                 now=now,
             )
@@ -600,29 +611,22 @@ class AlarmManager:
                 continue
             self._hold(bed=bed, spec=spec, now=now)
 
-    def appliance_condition(
-        self, *, condition: ApplianceCondition, present: bool, cause: str, text: str, now: Now
-    ) -> None:
-        """Raise or clear one of the appliance's own technical conditions on every bed."""
+    def raise_appliance(self, *, condition: ApplianceCondition, cause: str, text: str, now: Now) -> None:
+        """One of the appliance's own technical conditions is present: on every bed."""
         for bed in self._beds:
-            if present:
-                self._hold(
-                    bed=bed,
-                    spec=_Spec(
-                        kind=AlarmKind.TECHNICAL,
-                        condition=condition.value,
-                        key=None,
-                        device=None,
-                        text=text,
-                        cause=cause,
-                        priority=TECHNICAL_PRIORITY[condition],
-                        latching=False,
-                        delay_s=0.0,
-                    ),
-                    now=now,
-                )
-            else:
-                self._clear(bed=bed, condition=condition.value, now=now, cause=cause)
+            spec = _technical(
+                condition=condition.value,
+                device=None,
+                text=text,
+                cause=cause,
+                priority=TECHNICAL_PRIORITY[condition],
+            )
+            self._hold(bed=bed, spec=spec, now=now)
+
+    def clear_appliance(self, *, condition: ApplianceCondition, cause: str, now: Now) -> None:
+        """One of the appliance's own technical conditions is gone: on every bed."""
+        for bed in self._beds:
+            self._clear(bed=bed, condition=condition.value, now=now, cause=cause)
 
     def tick(self, *, now: Now) -> None:
         """Let time act: delays complete, devices fall silent, pauses end, alarms escalate."""

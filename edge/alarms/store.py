@@ -53,7 +53,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from edge.model import AlarmBody, AlarmLimit, AlarmState, CommandResultBody
-from edge.outbox import is_disk_full
+from edge.outbox import is_disk_full, transaction
 
 LOGGER = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ class AlarmStore:
         db = self._conn()
         deleted: set[_AlarmKey] = set()
         upserted: set[_AlarmKey] = set()
-        with _transaction(db):
+        with transaction(db):
             for (bed, alarm_id), alarm in self._pending.alarms.items():
                 if alarm.state is AlarmState.ENDED:
                     db.execute("DELETE FROM alarms WHERE bed = ? AND alarm_id = ?", (bed, alarm_id))
@@ -477,7 +477,7 @@ class AlarmStore:
         taken = min(len(self._pending.audit), max(0, AUDIT_CHUNK_ROWS - len(rows)))
         rows += [self._pending.audit[i] for i in range(taken)]
         db = self._conn()
-        with _transaction(db):
+        with transaction(db):
             db.executemany(
                 "INSERT INTO audit (at, bed, actor, role, action, detail, result)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -688,7 +688,7 @@ def _check_or_create(db: sqlite3.Connection, path: Path) -> None:
     app_id = db.execute("PRAGMA application_id").fetchone()[0]
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if app_id == 0 and not tables:
-        with _transaction(db):
+        with transaction(db):
             for create, _ in _TABLES.values():
                 db.execute(create)
             for create in _INDEXES:
@@ -736,32 +736,3 @@ def _reason(exc: BaseException) -> str:
     if is_disk_full(exc):
         return f"disk full (SQLITE_FULL): {exc}"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    """Roll back if a transaction is still open (SQLite may already have rolled back on SQLITE_FULL)."""
-    if db.in_transaction:
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            LOGGER.debug("rollback failed", exc_info=True)
-
-
-class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or a safe ROLLBACK on any exception (which propagates)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            try:
-                self._db.execute("COMMIT")
-            except BaseException:
-                _rollback(self._db)
-                raise
-        else:
-            _rollback(self._db)

@@ -257,15 +257,13 @@ class AlarmSystem:
             state,
         )
         self.central_station = state
-        self.manager.appliance_condition(
-            condition=ApplianceCondition.CENTRAL_STATION_OFFLINE,
-            present=state == "offline",
-            cause="the central station's state topic says offline"
-            if state == "offline"
-            else f"the central station's state topic says {state}",
-            text="Central station offline: alarms are not being seen there",
-            now=now(),
-        )
+        condition = ApplianceCondition.CENTRAL_STATION_OFFLINE
+        cause = f"the central station's state topic says {state}"
+        if state == "offline":
+            text = "Central station offline: alarms are not being seen there"
+            self.manager.raise_appliance(condition=condition, cause=cause, text=text, now=now())
+        else:
+            self.manager.clear_appliance(condition=condition, cause=cause, now=now())
         self._flush()
 
     def _command(self, *, bed: str, name: str, payload: bytes, retained: bool) -> None:
@@ -414,11 +412,9 @@ class AlarmSystem:
         if stats.connected:
             if self._disconnected_since_mono_s is not None:
                 self._disconnected_since_mono_s = None
-                self.manager.appliance_condition(
+                self.manager.clear_appliance(
                     condition=ApplianceCondition.BROKER_UNREACHABLE,
-                    present=False,
                     cause="connected to the broker again",
-                    text="",
                     now=moment,
                 )
             return
@@ -426,9 +422,8 @@ class AlarmSystem:
             self._disconnected_since_mono_s = moment.mono_s
         away_s = moment.mono_s - self._disconnected_since_mono_s
         if away_s >= self._config.alarms.broker_unreachable_s:
-            self.manager.appliance_condition(
+            self.manager.raise_appliance(
                 condition=ApplianceCondition.BROKER_UNREACHABLE,
-                present=True,
                 cause=f"no broker connection for {away_s:.0f} s ({stats.last_error or 'no reason given'}); "
                 "messages wait in the outbox",
                 text="Ward broker unreachable: the central station gets nothing new",
@@ -439,9 +434,8 @@ class AlarmSystem:
         dropped = sum(stats.dropped.values())
         if dropped > self._last_dropped:
             self._last_drop_mono_s = moment.mono_s
-            self.manager.appliance_condition(
+            self.manager.raise_appliance(
                 condition=ApplianceCondition.OUTBOX_DROPPING,
-                present=True,
                 cause=f"{dropped - self._last_dropped} message(s) dropped ({stats.last_error or 'disk cap'})",
                 text="Messages dropped: the outbox is full or the disk is",
                 now=moment,
@@ -449,11 +443,9 @@ class AlarmSystem:
         self._last_dropped = dropped
         if self._last_drop_mono_s is not None and moment.mono_s - self._last_drop_mono_s >= DROPS_QUIET_S:
             self._last_drop_mono_s = None
-            self.manager.appliance_condition(
+            self.manager.clear_appliance(
                 condition=ApplianceCondition.OUTBOX_DROPPING,
-                present=False,
                 cause=f"no drop for {DROPS_QUIET_S:g} s",
-                text="",
                 now=moment,
             )
 
@@ -464,9 +456,8 @@ class AlarmSystem:
         if abs(step_s) >= self._config.alarms.clock_jump_s:
             LOGGER.warning("the wall clock stepped by %+.1f s", step_s)
             self._clock_jump_mono_s = moment.mono_s
-            self.manager.appliance_condition(
+            self.manager.raise_appliance(
                 condition=ApplianceCondition.CLOCK_JUMP,
-                present=True,
                 cause=f"the wall clock stepped by {step_s:+.1f} s (NTP, RTC): times around it do not compare",
                 text="Clock stepped: check times around it",
                 now=moment,
@@ -476,11 +467,9 @@ class AlarmSystem:
             and moment.mono_s - self._clock_jump_mono_s >= CLOCK_JUMP_HOLD_S
         ):
             self._clock_jump_mono_s = None
-            self.manager.appliance_condition(
+            self.manager.clear_appliance(
                 condition=ApplianceCondition.CLOCK_JUMP,
-                present=False,
                 cause=f"no step for {CLOCK_JUMP_HOLD_S:g} s",
-                text="",
                 now=moment,
             )
 
@@ -489,15 +478,19 @@ class AlarmSystem:
         if healthy == self._store_was_healthy:
             return
         self._store_was_healthy = healthy
-        self.manager.appliance_condition(
-            condition=ApplianceCondition.ALARM_STATE_NOT_SAVED,
-            present=not healthy,
-            cause=f"the alarm store cannot write: {self._store.last_error}"
-            if not healthy
-            else "alarm store writes again",
-            text="Alarm state not saved: a restart now would lose acknowledgements",
-            now=moment,
-        )
+        if healthy:
+            self.manager.clear_appliance(
+                condition=ApplianceCondition.ALARM_STATE_NOT_SAVED,
+                cause="alarm store writes again",
+                now=moment,
+            )
+        else:
+            self.manager.raise_appliance(
+                condition=ApplianceCondition.ALARM_STATE_NOT_SAVED,
+                cause=f"the alarm store cannot write: {self._store.last_error}",
+                text="Alarm state not saved: a restart now would lose acknowledgements",
+                now=moment,
+            )
 
     # ---- output -------------------------------------------------------------------------------
 

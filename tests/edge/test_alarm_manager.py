@@ -359,21 +359,11 @@ def test_a_predictive_alarm_is_low_priority_and_steps_aside_for_the_limit_alarm(
 
 def test_appliance_conditions_reach_every_bed() -> None:
     alarms = manager()
-    alarms.appliance_condition(
-        condition=ApplianceCondition.CENTRAL_STATION_OFFLINE,
-        present=True,
-        cause="state offline",
-        text="x",
-        now=at(0),
+    alarms.raise_appliance(
+        condition=ApplianceCondition.CENTRAL_STATION_OFFLINE, cause="offline", text="x", now=at(0)
     )
     assert sorted(t.bed for t in alarms.take_transitions()) == ["bed-1", "bed-2"]
-    alarms.appliance_condition(
-        condition=ApplianceCondition.CENTRAL_STATION_OFFLINE,
-        present=False,
-        cause="online",
-        text="x",
-        now=at(1),
-    )
+    alarms.clear_appliance(condition=ApplianceCondition.CENTRAL_STATION_OFFLINE, cause="online", now=at(1))
     assert [t.kind for t in alarms.take_transitions()] == [EventKind.ALARM_ENDED] * 2
 
 

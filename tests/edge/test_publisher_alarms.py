@@ -5,17 +5,15 @@ alarms, and the new-connection callback."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from broker import MosquittoBroker, Received
+from disks import fill, tmpfs
 from paho.mqtt.client import Client, MQTTv5
 from paho.mqtt.enums import CallbackAPIVersion
 from test_publisher import APPLIANCE, BED, STATUS, TOPICS, SubscribeFactory, on, received, until
@@ -401,35 +399,6 @@ async def test_birth_carries_the_alarms_set_last_and_link_up_is_called_per_conne
     assert all(s.alarms == {} and s.central_station is None for s in offline)
 
 
-@contextlib.contextmanager
-def small_disk(directory: Path, *, size: str) -> Iterator[Path]:
-    """Mount a tmpfs of `size` on `directory` (skip when not permitted); always unmount."""
-    directory.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs here ({mounted.stderr.strip()}); this test needs a small real disk"
-        )
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], capture_output=True, check=False)
-
-
-def fill(path: Path) -> None:
-    """Write `path` until the filesystem is full (ENOSPC)."""
-    with path.open("ab", buffering=0) as hog:
-        for chunk in (64 * 1024, 4096, 512, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    hog.write(b"\1" * chunk)
-
-
 @pytest.mark.integration
 async def test_spilled_alarm_rows_waiting_at_connect_are_history(
     broker: MosquittoBroker, tmp_path: Path, subscribe: SubscribeFactory
@@ -438,7 +407,7 @@ async def test_spilled_alarm_rows_waiting_at_connect_are_history(
     sub = subscribe(EVENTS, persistent=True)
     await asyncio.to_thread(sub.wait_subscribed)
     await asyncio.to_thread(broker.stop)
-    with small_disk(tmp_path / "disk", size="1m") as disk:
+    with tmpfs(tmp_path / "disk", size="1m") as disk:
         pub = make_publisher(broker, disk / "outbox.db")
         await pub.start()
         try:

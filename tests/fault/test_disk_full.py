@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from broker import MosquittoBroker, Received, Subscriber, wait_for
+from disks import fill, tmpfs
 from ward import ROOT, Ward, WardLayout, bed_topic
 
 from edge.config import MqttConfig, StoreConfig
@@ -37,26 +38,6 @@ EX_UNAVAILABLE = 69
 OUTBOX_FILES = ("outbox.db", "outbox.db-wal", "outbox.db-journal", "outbox.db-shm")
 
 
-@contextlib.contextmanager
-def tmpfs(directory: Path, *, size: str) -> Iterator[Path]:
-    """Mount a tmpfs of `size` on `directory` (skip when not permitted); always unmount."""
-    directory.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs here ({mounted.stderr.strip()}); these tests need a small real disk"
-        )
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], capture_output=True, check=False)
-
-
 def outbox_bytes(directory: Path) -> int:
     """What the outbox's files occupy (database, WAL, journal, shm)."""
     total = 0
@@ -69,19 +50,6 @@ def outbox_bytes(directory: Path) -> int:
 def free_bytes(directory: Path) -> int:
     fs = os.statvfs(directory)
     return fs.f_bavail * fs.f_frsize
-
-
-def fill(path: Path) -> int:
-    """Write `path` until the filesystem is full (ENOSPC); return the bytes written."""
-    written = 0
-    with path.open("ab", buffering=0) as hog:
-        for chunk in (64 * 1024, 4096, 512, 1):
-            try:
-                while True:
-                    written += hog.write(b"\1" * chunk) or 0
-            except OSError:
-                continue
-    return written
 
 
 class Sampler:

@@ -47,10 +47,18 @@ def make_ward(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Callable[[War
         ward.close()
 
 
-def _command(broker: MosquittoBroker, bed: str, name: str, document: dict[str, Any] | bytes) -> None:
+def _command(
+    broker: MosquittoBroker, bed: str, name: str, document: dict[str, Any] | bytes, *, retain: bool = False
+) -> None:
     payload = document if isinstance(document, bytes) else json.dumps(document).encode()
     publish.single(
-        f"{bed_topic(bed)}/cmd/{name}", payload, qos=1, hostname=broker.host, port=broker.port, client_id=""
+        f"{bed_topic(bed)}/cmd/{name}",
+        payload,
+        qos=1,
+        retain=retain,
+        hostname=broker.host,
+        port=broker.port,
+        client_id="",
     )
 
 
@@ -135,6 +143,9 @@ def test_a_desaturation_alarm_lives_through_commands_a_restart_and_recovery(
     assert "alarm_id" in bad.reason
     _command(broker, "bed-01", "ack", b"{not json")
     assert "invalid" in _result(station, "bed-01", None)[0].reason
+    _command(broker, "bed-01", "ack", {"command_id": "kept-1", "alarm_id": bed1_id}, retain=True)
+    assert "retain" in _result(station, "bed-01", "kept-1")[0].reason
+    _command(broker, "bed-01", "ack", b"", retain=True)  # the broker forgets it
     _command(broker, "bed-01", "off", {"command_id": "off-1"})
     assert "never" in _result(station, "bed-01", "off-1")[0].reason
 
