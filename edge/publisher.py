@@ -127,6 +127,7 @@ from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage,
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from edge.config import MqttConfig, StoreConfig, TlsConfig, read_secret
@@ -1574,7 +1575,9 @@ class Publisher:
             self._subscriptions.clear()
             self._subscribe(client, self._topics.appliance_status())
             if self._on_inbound is not None:
-                self._subscribe(client, self._topics.commands())
+                # Retain As Published: a command someone published retained is flagged as such even
+                # when it arrives live, so the daemon refuses it every time, not only after a reconnect
+                self._subscribe(client, self._topics.commands(), retain_as_published=True)
             if self._central_station_topic is not None:
                 self._subscribe(client, self._central_station_topic)
             server_keepalive = getattr(properties, "ServerKeepAlive", None)
@@ -1584,8 +1587,10 @@ class Publisher:
             LOGGER.exception("on_connect failed")
             self._events.put(_CallbackFailed(where="on_connect", error=repr(exc)))
 
-    def _subscribe(self, client: Client, topic_filter: str) -> None:
-        _, mid = client.subscribe(topic_filter, qos=1)
+    def _subscribe(self, client: Client, topic_filter: str, *, retain_as_published: bool = False) -> None:
+        _, mid = client.subscribe(
+            topic_filter, options=SubscribeOptions(qos=1, retainAsPublished=retain_as_published)
+        )
         if mid is not None:
             self._subscriptions[mid] = topic_filter
 

@@ -252,7 +252,9 @@ def test_a_killed_simulator_raises_a_technical_alarm_within_five_seconds(
         for m in station.on_topic(f"{bed_topic(bed)}/events")
         if b"device_disconnected:vent-1" in m.payload and b"alarm_raised" in m.payload
     ]
-    assert message.received_wall_s - killed_s < 5.0
+    latency_s = message.received_wall_s - killed_s
+    print(f"\nkilled simulator -> device_disconnected alarm at the subscriber: {latency_s:.2f} s")
+    assert latency_s < 5.0
     alarm = _alarm_events(station, bed, "device_disconnected:vent-1")[0].alarm
     assert alarm is not None
     assert (alarm.kind, alarm.device, alarm.priority) == (
