@@ -46,6 +46,7 @@ from drivers.datex.records import (
     wave_record,
     wave_subrecord,
 )
+from drivers.pty_link import remove_symlink, replace_symlink, write_available
 from drivers.scenario import PATIENTS, Patient
 
 LOGGER = logging.getLogger(__name__)
@@ -241,34 +242,6 @@ class MonitorSimulator:
         return [max(-32000, min(32767, round(float(v) / scale))) for v in values]
 
 
-def _replace_symlink(*, link_path: str, target: str) -> None:
-    """Point link_path at target, replacing an existing link atomically."""
-    temporary = f"{link_path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    os.symlink(target, temporary)
-    os.replace(temporary, link_path)
-
-
-def _remove_symlink(*, link_path: str, target: str) -> None:
-    """Remove link_path if it still points at target (a newer simulator may own it now)."""
-    try:
-        if os.readlink(link_path) == target:
-            os.unlink(link_path)
-    except OSError as exc:
-        LOGGER.debug("simulator link %s not removed: %s", link_path, exc)
-
-
-def _write_available(fd: int, data: bytes) -> None:
-    """Write what the pty takes; drop the rest when nobody reads (the monitor would not wait either)."""
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except (BlockingIOError, OSError):
-            LOGGER.debug("simulator: pty full, dropped %d bytes", len(view))
-            return
-        view = view[written:]
-
-
 def run_simulator_on_pty(
     *,
     link_path: str,
@@ -287,12 +260,12 @@ def run_simulator_on_pty(
         tty.setraw(slave_fd)
         os.set_blocking(master_fd, False)
         slave_path = os.ttyname(slave_fd)
-        _replace_symlink(link_path=link_path, target=slave_path)
+        replace_symlink(link_path=link_path, target=slave_path)
         LOGGER.info("S/5 simulator %s serving on %s -> %s", patient.name, link_path, slave_path)
         try:
             _serve(master_fd=master_fd, patient=patient, stop=stop, speed=speed, duration_s=duration_s)
         finally:
-            _remove_symlink(link_path=link_path, target=slave_path)
+            remove_symlink(link_path=link_path, target=slave_path)
     finally:
         os.close(master_fd)
         os.close(slave_fd)
@@ -320,7 +293,7 @@ def _serve(
         simulator.poll(now_s=now_s)
         out = simulator.data_to_send()
         if out:
-            _write_available(master_fd, out)
+            write_available(master_fd, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

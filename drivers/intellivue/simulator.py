@@ -35,6 +35,7 @@ from drivers.base import AlarmPriority, LinkCounters
 from drivers.intellivue import messages as m
 from drivers.intellivue.framing import FrameDecoder, encode_frame
 from drivers.intellivue.physio import NOM_PART_SCADA, VITAL_UNITS, State, Unit
+from drivers.pty_link import remove_symlink, replace_symlink, write_available
 from drivers.scenario import PATIENTS, Patient
 from drivers.vocabulary import TERMS
 
@@ -452,32 +453,6 @@ def _with(reply: m.PollReply, observations: list[m.Observation]) -> m.PollReply:
 # ---- runners --------------------------------------------------------------------------------------
 
 
-def _replace_symlink(*, link_path: str, target: str) -> None:
-    temporary = f"{link_path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    os.symlink(target, temporary)
-    os.replace(temporary, link_path)
-
-
-def _remove_symlink(*, link_path: str, target: str) -> None:
-    try:
-        if os.readlink(link_path) == target:
-            os.unlink(link_path)
-    except OSError as exc:
-        LOGGER.debug("simulator link %s not removed: %s", link_path, exc)
-
-
-def _write_available(fd: int, data: bytes) -> None:
-    """Write what the pty takes; drop the rest when nobody reads (a monitor would not wait either)."""
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except (BlockingIOError, OSError):
-            LOGGER.debug("simulator: pty full, dropped %d bytes", len(view))
-            return
-        view = view[written:]
-
-
 def run_on_pty(*, link_path: str, stop: threading.Event, duration_s: float | None, **kwargs: object) -> None:
     """Serve a simulated monitor on a new pty whose slave is reachable through the symlink link_path."""
     master_fd, slave_fd = os.openpty()
@@ -485,7 +460,7 @@ def run_on_pty(*, link_path: str, stop: threading.Event, duration_s: float | Non
         tty.setraw(slave_fd)
         os.set_blocking(master_fd, False)
         slave_path = os.ttyname(slave_fd)
-        _replace_symlink(link_path=link_path, target=slave_path)
+        replace_symlink(link_path=link_path, target=slave_path)
         LOGGER.info("IntelliVue simulator serving on %s -> %s", link_path, slave_path)
         start_s = time.monotonic()
         simulator = MonitorSimulator(start_s=start_s, lan=False, **kwargs)  # type: ignore[arg-type]
@@ -505,9 +480,9 @@ def run_on_pty(*, link_path: str, stop: threading.Event, duration_s: float | Non
                 simulator.poll(now_s=now_s)
                 out = simulator.data_to_send()
                 if out:
-                    _write_available(master_fd, out)
+                    write_available(master_fd, out)
         finally:
-            _remove_symlink(link_path=link_path, target=slave_path)
+            remove_symlink(link_path=link_path, target=slave_path)
     finally:
         os.close(master_fd)
         os.close(slave_fd)

@@ -53,6 +53,7 @@ from drivers.medibus.realtime import (
     realtime_part,
 )
 from drivers.medibus.sim_faults import FaultyLine, LineFaults
+from drivers.pty_link import remove_symlink, replace_symlink, write_available
 from drivers.scenario import PATIENTS, DeterioratingPatient, Patient, SteadyPatient
 
 LOGGER = logging.getLogger(__name__)
@@ -532,34 +533,6 @@ class VentilatorSimulator:
             self._unlink()
 
 
-def _replace_symlink(*, link_path: str, target: str) -> None:
-    """Point link_path at target, replacing an existing link atomically."""
-    temporary = f"{link_path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    os.symlink(target, temporary)
-    os.replace(temporary, link_path)
-
-
-def _remove_symlink(*, link_path: str, target: str) -> None:
-    """Remove link_path if it still points at target (a newer simulator may own it now)."""
-    try:
-        if os.readlink(link_path) == target:
-            os.unlink(link_path)
-    except OSError as exc:
-        LOGGER.debug("simulator link %s not removed: %s", link_path, exc)
-
-
-def _write_available(fd: int, data: bytes) -> None:
-    """Write what the pty takes; drop the rest when nobody reads (the device would not wait either)."""
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            LOGGER.debug("simulator: pty full, dropped %d bytes", len(view))
-            return
-        view = view[written:]
-
-
 def run_simulator_on_pty(
     *,
     link_path: str,
@@ -580,7 +553,7 @@ def run_simulator_on_pty(
         tty.setraw(slave_fd)
         os.set_blocking(master_fd, False)
         slave_path = os.ttyname(slave_fd)
-        _replace_symlink(link_path=link_path, target=slave_path)
+        replace_symlink(link_path=link_path, target=slave_path)
         LOGGER.info("simulator %s serving on %s -> %s", scenario.name, link_path, slave_path)
         try:
             _serve(
@@ -592,7 +565,7 @@ def run_simulator_on_pty(
                 faults=faults or LineFaults(),
             )
         finally:
-            _remove_symlink(link_path=link_path, target=slave_path)
+            remove_symlink(link_path=link_path, target=slave_path)
     finally:
         os.close(master_fd)
         os.close(slave_fd)
@@ -632,7 +605,7 @@ def _serve(
         simulator.poll(now_s=now_s)
         out = simulator.data_to_send()
         if out:
-            _write_available(master_fd, line.to_host(out, now_s=now_s))
+            write_available(master_fd, line.to_host(out, now_s=now_s))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,42 @@
+"""What every device simulator does with its pseudo-terminal: the link a config names, and writing.
+
+A simulator opens a pty pair and points a symlink (the "port" in a test or demo config) at the
+slave; a newer simulator may take the link over, so a stopping one removes it only while it still
+points at its own slave.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+LOGGER = logging.getLogger(__name__)
+
+
+def replace_symlink(*, link_path: str, target: str) -> None:
+    """Point link_path at target, replacing an existing link atomically."""
+    temporary = f"{link_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    os.symlink(target, temporary)
+    os.replace(temporary, link_path)
+
+
+def remove_symlink(*, link_path: str, target: str) -> None:
+    """Remove link_path if it still points at target (a newer simulator may own it now)."""
+    try:
+        if os.readlink(link_path) == target:
+            os.unlink(link_path)
+    except OSError as exc:
+        LOGGER.debug("simulator link %s not removed: %s", link_path, exc)
+
+
+def write_available(fd: int, data: bytes) -> None:
+    """Write what the pty takes; drop the rest when nobody reads (a device would not wait either)."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except OSError:
+            LOGGER.debug("simulator: pty full or closed, dropped %d bytes", len(view))
+            return
+        view = view[written:]
