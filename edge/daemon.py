@@ -91,8 +91,6 @@ class Daemon:
         for bed in config.bed:
             for device in bed.device:
                 driver = get_driver(device.driver)
-                # The config passed check_config, which asked the driver about these options.
-                session = driver.create_session(device.options)
                 identity = DeviceIdentity(
                     bed=bed.id,
                     device=device.id,
@@ -102,9 +100,12 @@ class Daemon:
                     kind=driver.device_kind,
                 )
                 identities.append(identity)
-                self._sessions[(bed.id, device.id)] = session
                 if device.listen is not None:
                     self._listen_devices[(bed.id, device.id)] = device
+                else:
+                    # The config passed check_config, which asked the driver about these options; a
+                    # listening device gets one session per sender from its ListenerLink instead.
+                    self._sessions[(bed.id, device.id)] = driver.create_session(device.options)
                 self._lines[(bed.id, device.id)] = SerialSettings(
                     baud=device.baud or driver.default_line.baud,
                     bytesize=driver.default_line.bytesize,
