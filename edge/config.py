@@ -369,9 +369,10 @@ class WavesConfig(_Section):
 class AlarmsConfig(_Section):
     """`[alarms]`: the appliance's own alarm system."""
 
-    state_path: AbsolutePath = Field(
-        default=Path("/var/lib/icu-edge/alarms.db"),
-        description="active alarms, command results, audit and limits set by command (SQLite)",
+    state_path: AbsolutePath | None = Field(
+        default=None,
+        description="active alarms, command results, audit and limits set by command (SQLite); "
+        "default: alarms.db next to the outbox",
     )
     limits: dict[str, LimitOverride] = Field(default_factory=dict, description="ward-wide overrides per key")
     device_lost_delay_s: float = Field(
@@ -488,6 +489,11 @@ class AppConfig(_Section):
     waves: WavesConfig = WavesConfig()
     alarms: AlarmsConfig = AlarmsConfig()
     bed: list[BedConfig] = Field(min_length=1)
+
+    @property
+    def alarm_state_path(self) -> Path:
+        """Where the alarm store lives: `[alarms] state_path`, else alarms.db next to the outbox."""
+        return self.alarms.state_path or self.store.path.with_name("alarms.db")
 
     @model_validator(mode="after")
     def _one_bed_per_id_one_device_per_port(self) -> AppConfig:

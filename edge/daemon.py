@@ -170,7 +170,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         try:
-            self._alarm_store = AlarmStore(self._config.alarms.state_path)
+            self._alarm_store = AlarmStore(self._config.alarm_state_path)
         except AlarmStoreError as exc:
             LOGGER.error("cannot open the alarm store: %s", exc)
             return EX_UNAVAILABLE

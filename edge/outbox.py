@@ -478,6 +478,11 @@ class Outbox:
         value: int = self._conn().execute("SELECT count(*) FROM messages").fetchone()[0]
         return value
 
+    def last_id(self) -> int:
+        """Return the highest stored row id (0 when empty): rows stored later get higher ids."""
+        value: int = self._conn().execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        return value
+
     def size_bytes(self) -> int:
         """Return the bytes the database pages in use occupy (free pages and the WAL not counted)."""
         layout = self._layout()

@@ -8,15 +8,19 @@ Threads and who owns what:
   alive) owns the `Outbox` (its SQLite connection), the `Spill`, the map of paho message ids to outbox
   row ids, and every counter in `stats()`; it encodes JSON, stores in batches through the disk cap
   (`Outbox.store`), hands rows to paho, and deletes them on PUBACK;
-* paho's network thread runs the callbacks, which enqueue events for the worker. Three callbacks do a
+* paho's network thread runs the callbacks, which enqueue events for the worker. Four callbacks do a
   little more, for a reason: `on_pre_connect` registers the Will of the coming connection attempt;
-  `on_connect` hands the birth to paho and then subscribes to the status topic (non-blocking enqueues
-  into paho's own packet queue; nothing waits); `on_disconnect` sets paho's next reconnect delay
-  (`_ConnectionPolicy`). The birth has to be handed there because paho re-sends its unacknowledged
-  QoS 1 messages right after `on_connect` returns, inside its CONNACK handling; handing it from the
-  worker would put it behind them. The delay has to be set there because paho starts that wait as soon
-  as the callback returns. The status topic's sequence numbers are the only state shared with that
-  thread (`_StatusMessages`, behind one lock); `_ConnectionPolicy` is touched by that thread only.
+  `on_connect` hands the birth to paho and then subscribes to the status topic, the command filter and
+  the central station's topic (non-blocking enqueues into paho's own packet queue; nothing waits);
+  `on_disconnect` sets paho's next reconnect delay (`_ConnectionPolicy`); `on_message` hands an inbound
+  message straight to the asyncio loop (`call_soon_threadsafe`), where `on_inbound` runs. The birth
+  has to be handed there because paho re-sends its unacknowledged QoS 1 messages right after
+  `on_connect` returns, inside its CONNACK handling; handing it from the worker would put it behind
+  them. The delay has to be set there because paho starts that wait as soon as the callback returns.
+  State shared with that thread: the status topic's sequence numbers and what the birth reports
+  (`_StatusMessages`, behind one lock; the loop thread sets the birth's content) and the inbound
+  counters (behind their own lock, shared with the loop thread); `_ConnectionPolicy` and the map of
+  SUBSCRIBE ids to filters are touched by that thread only.
 
 In-flight and reconnect policy: at most `IN_FLIGHT_WINDOW` rows are handed to paho at a time, in id
 order; a row is deleted from the outbox only on a successful PUBACK. When the connection drops, the
@@ -63,6 +67,35 @@ retained copy right:
   arriving on the current connection, means the retained state is wrong, and a clean reconnect
   (DISCONNECT without Will, then a new birth with a fresh pair) puts the truth back.
 
+The birth carries the present: the active alarms per bed and the central station's state, as the
+daemon set them last (`set_birth_state`); it is encoded when paho connects. The Will and the `offline`
+message carry neither.
+
+Inbound messages: when `on_inbound` is given, every connection subscribes (QoS 1) to the commands of
+all beds (`R/bed/+/cmd/+`) and, when `central_station_topic` is given, to that topic; the broker sends
+their retained copies on subscribing (`InboundMessage.retained`). paho's thread only counts, bounds and
+hands each message to the asyncio loop: a payload over `INBOUND_MAX_BYTES`, or a message arriving while
+`INBOUND_MAX_PENDING` handed ones wait for the loop, is dropped, counted (`inbound_dropped`) and logged
+once per reason. Validating and acting on a command is the caller's work, on the loop. A subscription
+the broker refuses (ACL) is logged once, as an ERROR naming the filter.
+
+Clearing a retained topic: `submit_clear` stores a zero-length retained QoS 1 message in the same
+outbox queue as everything else, so it lands after every state submitted before it and deletes the
+broker's retained copy (MQTT 3.3.1.3): an ended alarm's topic `R/bed/{bed}/alarm/{id}` holds nothing.
+
+History: a row of alarm priority or above (`DeliveryPriority.ALARM`, `LOSS_REPORT`) that already waited
+in the outbox, or in the full-disk spill, when the worker took the current connection's `_LinkUp` (rows
+of earlier sessions included) is sent with `"history": true` (event/2 and alarm/1 have that field;
+payloads without it, and empty ones, go unchanged). The central station shows such a row in the log and
+never starts an alarm signal from it; the birth and the fresh messages carry the present. The outbox
+row itself stays as stored: it is rewritten when handed to paho (`_fill_window`, rows up to the highest
+id stored before the `_LinkUp`); spilled rows are rewritten in memory at the `_LinkUp`, since they get
+their ids only when the disk takes them. Rows submitted in the same worker pass as the `_LinkUp` count
+as live (they are at most one pass old). Rows that paho itself re-sends after CONNACK were handed while
+an earlier connection was up and go as they were then: live. After recording the boundary the worker
+calls `on_link_up` on the loop, so what the daemon republishes then (fresh retained state) lands after
+the replayed rows, as live.
+
 A birth whose PUBACK was lost with its connection is re-sent by paho after the next birth (QoS 1,
 at-least-once, like every in-flight row): it says `online` too, with a lower seq, so neither the
 retained state nor the seq order changes meaning. A graceful stop publishes `offline`/`shutdown` (a
@@ -74,6 +107,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
+import json
 import logging
 import queue
 import socket
@@ -83,7 +118,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -97,6 +132,7 @@ from pydantic import ValidationError
 from edge.config import MqttConfig, StoreConfig, TlsConfig, read_secret
 from edge.contract import Topics, encode_message
 from edge.model import (
+    AlarmSummary,
     ApplianceState,
     ApplianceStatusBody,
     ApplianceStatusMessage,
@@ -133,6 +169,10 @@ SPILL_MAX_BYTES = 4 * 1024 * 1024
 """Rows a full disk refused are kept in memory up to this many bytes (see `Spill`)."""
 DISK_RETRY_S = 1.0
 """While the disk is full, the worker tries to store the spilled rows and delete acked ones this often."""
+INBOUND_MAX_BYTES = 16 * 1024
+"""Inbound messages (commands, the central station's state) longer than this are dropped and counted."""
+INBOUND_MAX_PENDING = 1000
+"""Inbound messages handed to the event loop and not yet taken by it, at most; past this they are dropped."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,11 +199,27 @@ class PublisherStats:
     waves_sent: int = 0
     waves_dropped: int = 0
     """Wave windows not sent: queue full (the worker was busy with what matters more), or offline."""
+    inbound_received: int = 0
+    """Messages that arrived on the command and central-station subscriptions (dropped ones included)."""
+    inbound_dropped: int = 0
+    """Inbound messages not handed on: over `INBOUND_MAX_BYTES`, over `INBOUND_MAX_PENDING`, no loop."""
     last_progress_s: float
     """Monotonic time of the worker's last loop: it loops whether or not the broker is reachable."""
     last_error: str | None
     fatal_error: str | None
     """Set when the outbox failed: the worker stops making progress so the watchdog notices."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundMessage:
+    """A message the broker delivered on a subscription other than the status topic."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    """The broker's retained copy (sent on subscribing), not a live publish."""
+    received_mono_s: float
+    """The publisher's monotonic clock when paho handed it over."""
 
 
 # ---- events for the worker ---------------------------------------------------------------------
@@ -178,6 +234,15 @@ class _Submission:
     retain: bool
     priority: DeliveryPriority
     seq: int
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Clear:
+    """A zero-length retained message: deletes the broker's retained copy of `topic`."""
+
+    topic: str
+    priority: DeliveryPriority
     ts: datetime
 
 
@@ -225,6 +290,12 @@ class _WatchRefused:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class _SubscriptionRefused:
+    topic_filter: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _CallbackFailed:
     where: str
     error: str
@@ -251,6 +322,7 @@ class _Wave:
 
 _Event = (
     _Submission
+    | _Clear
     | _Acked
     | _LinkUp
     | _LinkDown
@@ -258,6 +330,7 @@ _Event = (
     | _ConnectFailed
     | _StatusSeen
     | _WatchRefused
+    | _SubscriptionRefused
     | _CallbackFailed
     | _StopRequest
     | _WavesWaiting
@@ -312,32 +385,56 @@ class _DemotePahoNoSocketError(logging.Filter):
 
 
 class _StatusMessages:
-    """Seqs and payloads on the appliance status topic, shared by paho's thread and the worker."""
+    """Seqs and payloads on the appliance status topic, shared by paho's thread, the worker and the loop.
+
+    The loop thread sets what the birth reports (`set_birth_state`); the birth is encoded when paho
+    connects, so it carries the state set last.
+    """
 
     def __init__(
         self,
         *,
         appliance_id: str,
-        session: int,
         version: str,
         beds: list[str],
         wall_clock: Callable[[], datetime],
     ) -> None:
         self._appliance_id = appliance_id
-        self._session = session
+        self._session = 0
         self._version = version
         self._beds = list(beds)
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._next_seq = 0
         self._pair_seq = 0
-        self._birth: bytes | None = None
         self._will: bytes | None = None
         self._pair_unused = False
         self._birth_seq: int | None = None
+        self._alarms: Mapping[str, tuple[AlarmSummary, ...]] = {}
+        self._central_station: str | None = None
 
-    def _encode(self, *, state: ApplianceState, reason: str | None, seq: int) -> bytes:
-        body = ApplianceStatusBody(state=state, version=self._version, beds=self._beds, reason=reason)
+    def begin(self, session: int) -> None:
+        """Set the outbox session the messages carry (before the first connection attempt)."""
+        with self._lock:
+            self._session = session
+
+    def set_birth_state(
+        self, *, alarms: Mapping[str, tuple[AlarmSummary, ...]], central_station: str | None
+    ) -> None:
+        """Replace what every later birth reports (an immutable snapshot)."""
+        with self._lock:
+            self._alarms = alarms
+            self._central_station = central_station
+
+    def _encode(self, *, state: ApplianceState, reason: str | None, seq: int, birth: bool = False) -> bytes:
+        body = ApplianceStatusBody(
+            state=state,
+            version=self._version,
+            beds=self._beds,
+            reason=reason,
+            alarms={bed: list(summaries) for bed, summaries in self._alarms.items()} if birth else {},
+            central_station=self._central_station if birth else None,
+        )
         return encode_message(
             body,
             appliance=self._appliance_id,
@@ -357,7 +454,6 @@ class _StatusMessages:
                 seq = self._next_seq
                 self._next_seq += 2
                 self._pair_seq = seq
-                self._birth = self._encode(state=ApplianceState.ONLINE, reason=None, seq=seq)
                 self._will = self._encode(state=ApplianceState.OFFLINE, reason="lost", seq=seq + 1)
             self._pair_unused = False
             return self._will
@@ -368,12 +464,13 @@ class _StatusMessages:
             self._pair_unused = True
 
     def birth(self) -> tuple[bytes, int]:
-        """Return the birth reserved for the connection just made, and its seq."""
+        """Return the birth reserved for the connection just made (the state set last), and its seq."""
         with self._lock:
-            if self._birth is None:
+            if self._will is None:
                 raise RuntimeError("birth requested before a Will was registered")
             self._birth_seq = self._pair_seq
-            return self._birth, self._pair_seq
+            birth = self._encode(state=ApplianceState.ONLINE, reason=None, seq=self._pair_seq, birth=True)
+            return birth, self._pair_seq
 
     def current_birth_seq(self) -> int | None:
         """Return the seq of the last birth handed to paho (None before the first connection)."""
@@ -386,6 +483,29 @@ class _StatusMessages:
             seq = self._next_seq
             self._next_seq += 1
             return self._encode(state=ApplianceState.OFFLINE, reason="shutdown", seq=seq)
+
+
+def _as_history(payload: bytes) -> bytes:
+    """Return the payload with `"history": true` when it has a `history` field, else unchanged."""
+    if not payload:
+        return payload
+    try:
+        document = json.loads(payload)
+        if not isinstance(document, dict) or "history" not in document or document["history"] is True:
+            return payload
+        document["history"] = True
+        # as edge/contract.encode_message writes it
+        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except (ValueError, RecursionError):
+        return payload
+
+
+def _as_history_row(row: NewRow) -> NewRow:
+    """Return a spilled row marked as history (alarm priority and above; others unchanged)."""
+    if row.priority < DeliveryPriority.ALARM:
+        return row
+    return dataclasses.replace(row, payload=_as_history(row.payload))
 
 
 class _ConnectionPolicy:
@@ -483,7 +603,21 @@ class Publisher:
         version: str,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = utc_now,
+        on_inbound: Callable[[InboundMessage], None] | None = None,
+        central_station_topic: str | None = None,
+        on_link_up: Callable[[], None] | None = None,
     ) -> None:
+        """`on_inbound` gets the commands (and the central station's state, on `central_station_topic`)
+        and `on_link_up` is told of every new connection; both are called on the asyncio loop."""
+        if central_station_topic is not None and on_inbound is None:
+            raise ValueError("central_station_topic needs on_inbound to receive its messages")
+        if central_station_topic is not None and (
+            not central_station_topic or "+" in central_station_topic or "#" in central_station_topic
+        ):
+            raise ValueError(f"not a single topic: {central_station_topic!r}")
+        self._on_inbound = on_inbound
+        self._central_station_topic = central_station_topic
+        self._on_link_up = on_link_up
         self._mqtt_config = mqtt
         self._store_config = store
         self._topics = topics
@@ -506,15 +640,30 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._started: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._status = _StatusMessages(
+            appliance_id=appliance_id, version=version, beds=self._beds, wall_clock=wall_clock
+        )
+        # inbound messages: counted by paho's thread, `_inbound_taken` by the loop thread (one lock)
+        self._inbound_lock = threading.Lock()
+        self._inbound_received = 0
+        self._inbound_dropped = 0
+        self._inbound_handed = 0
+        self._inbound_taken = 0
+        self._inbound_drop_logged: set[str] = set()
+        self._callback_errors = 0
+        """Exceptions raised by `on_inbound` and `on_link_up` (loop thread)."""
         # owned by the worker thread (read by others only through `_snapshot`)
         self._outbox: Outbox | None = None
         self._worker_session = 0
         self._client: Client | None = None
-        self._status: _StatusMessages | None = None
         self._link_up = False
         self._in_flight: dict[int, tuple[int | None, DeliveryPriority]] = {}
         """paho mid -> (outbox row id, or None for a row sent from the spill; priority)."""
         self._cursor = 0
+        self._last_stored_id = 0
+        """The highest outbox row id stored so far (this session or an earlier one)."""
+        self._history_max_id = 0
+        """Alarm rows up to this id were stored before the current connection came up: sent as history."""
         self._pending = 0
         self._acked = 0
         self._dropped: Counter[DeliveryPriority] = Counter()
@@ -541,10 +690,13 @@ class Publisher:
         self._link_birth_seq: int | None = None
         self._reconnecting = False
         self._watch_refused_logged = False
+        self._refused_filters_logged: set[str] = set()
         # owned by paho's network thread
         self._policy = _ConnectionPolicy(
             keepalive_s=mqtt.keepalive, min_delay_s=mqtt.reconnect_min_s, max_delay_s=mqtt.reconnect_max_s
         )
+        self._subscriptions: dict[int, str] = {}
+        """paho mid of a SUBSCRIBE -> its filter, until the SUBACK."""
         self._snapshot = _WorkerSnapshot()
 
     # ---- public API (asyncio loop thread) -------------------------------------------------------
@@ -598,10 +750,7 @@ class Publisher:
         """
         if qos not in (0, 1):
             raise ValueError(f"qos must be 0 or 1, got {qos}")
-        if not topic or "+" in topic or "#" in topic:
-            raise ValueError(f"not a topic one can publish on: {topic!r}")
-        if topic == self._topics.appliance_status():
-            raise ValueError(f"{topic} is reserved for the publisher's birth and Will")
+        self._check_topic(topic)
         if not self._accepting:
             self._refused[priority] += 1
             LOGGER.warning(
@@ -625,6 +774,43 @@ class Publisher:
                 ts=self._wall_clock(),
             )
         )
+
+    def submit_clear(
+        self, *, topic: str, bed: str | None, priority: DeliveryPriority = DeliveryPriority.ALARM
+    ) -> None:
+        """Delete the broker's retained copy of `topic` (a zero-length retained QoS 1 message); never blocks.
+
+        It goes through the outbox behind everything submitted before it, so it lands after the last
+        state of an ended alarm. No envelope, no seq. `bed` names the bed it belongs to (for the log).
+        """
+        self._check_topic(topic)
+        if not self._accepting:
+            self._refused[priority] += 1
+            LOGGER.warning(
+                "publisher not accepting (not started or stopping): dropped the clear of %s (bed %s)",
+                topic,
+                bed,
+            )
+            return
+        self._submitted += 1
+        self._events.put(_Clear(topic=topic, priority=priority, ts=self._wall_clock()))
+
+    def set_birth_state(
+        self, *, alarms: Mapping[str, Sequence[AlarmSummary]], central_station: str | None
+    ) -> None:
+        """Set what every birth from now on reports: active alarms per bed, the central station's state.
+
+        A station that (re)connects re-syncs from the retained birth; the Will and the offline message
+        carry neither.
+        """
+        snapshot = {bed: tuple(summaries) for bed, summaries in alarms.items()}
+        self._status.set_birth_state(alarms=snapshot, central_station=central_station)
+
+    def _check_topic(self, topic: str) -> None:
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"not a topic one can publish on: {topic!r}")
+        if topic == self._topics.appliance_status():
+            raise ValueError(f"{topic} is reserved for the publisher's birth and Will")
 
     def submit_wave(self, *, topic: str, bed: str, body: WaveBody) -> None:
         """Queue a wave window on its own lane (QoS 0, never stored); never blocks.
@@ -665,6 +851,9 @@ class Publisher:
         snapshot = self._snapshot
         dropped = Counter(snapshot.dropped)
         dropped.update(self._refused)
+        with self._inbound_lock:
+            inbound_received = self._inbound_received
+            inbound_dropped = self._inbound_dropped
         return PublisherStats(
             connected=snapshot.connected,
             session=self._session,
@@ -676,9 +865,11 @@ class Publisher:
             spilled=snapshot.spilled,
             outbox_disk_bytes=snapshot.outbox_disk_bytes,
             outbox_cap_bytes=snapshot.outbox_cap_bytes,
-            errors=snapshot.errors,
+            errors=snapshot.errors + self._callback_errors,
             waves_sent=snapshot.waves_sent,
             waves_dropped=snapshot.waves_dropped + self._waves_overflowed,
+            inbound_received=inbound_received,
+            inbound_dropped=inbound_dropped,
             last_progress_s=snapshot.last_progress_s,
             last_error=snapshot.last_error,
             fatal_error=snapshot.fatal_error,
@@ -711,17 +902,12 @@ class Publisher:
             self._worker_session = session
             try:
                 self._pending = outbox.count()
+                self._last_stored_id = outbox.last_id()
                 self._outbox_disk_bytes = outbox.disk_usage().total_bytes
                 self._outbox_cap_bytes = outbox.effective_cap_bytes()
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox {outbox.path}: cannot use the database: {exc}") from exc
-            self._status = _StatusMessages(
-                appliance_id=self._appliance_id,
-                session=session,
-                version=self._version,
-                beds=self._beds,
-                wall_clock=self._wall_clock,
-            )
+            self._status.begin(session)
             self._client = self._make_client()
             config = self._mqtt_config
             self._client.connect_async(config.host, config.port, keepalive=config.keepalive)
@@ -860,7 +1046,7 @@ class Publisher:
             event = self._events.get()
             if isinstance(event, _StopRequest):
                 self._stop_request = event
-            elif isinstance(event, _Submission):
+            elif isinstance(event, _Submission | _Clear):
                 self._dropped[event.priority] += 1
             elif isinstance(event, _LinkUp | _LinkDown):
                 self._link_up = isinstance(event, _LinkUp)
@@ -881,14 +1067,28 @@ class Publisher:
         assert outbox is not None
         new_rows: list[NewRow] = []
         acked_ids: list[int] = []
+        link_ups = 0
         for event in self._drain(wait_s=wait_s):
             match event:
                 case _Submission():
                     self._take_submission(event, new_rows)
+                case _Clear(topic=topic, priority=priority, ts=ts):
+                    new_rows.append(
+                        NewRow(
+                            topic=topic,
+                            payload=b"",
+                            qos=1,
+                            retain=True,
+                            priority=priority,
+                            created_wall=format_rfc3339_ms(ts),
+                        )
+                    )
                 case _Acked(mid=mid, failure=failure):
                     self._take_ack(mid=mid, failure=failure, acked_ids=acked_ids)
                 case _LinkUp() | _LinkDown() | _LinkRefused() | _ConnectFailed():
                     self._take_link_event(event)
+                    if isinstance(event, _LinkUp):
+                        link_ups += 1
                 case _StatusSeen():
                     self._take_status(event)
                 case _WatchRefused(reason=reason):
@@ -900,6 +1100,16 @@ class Publisher:
                             self._topics.appliance_status(),
                             reason,
                         )
+                case _SubscriptionRefused(topic_filter=topic_filter, reason=reason):
+                    self._last_error = f"broker refused the subscription to {topic_filter}: {reason}"
+                    if topic_filter not in self._refused_filters_logged:
+                        self._refused_filters_logged.add(topic_filter)
+                        LOGGER.error(
+                            "the broker refused our subscription to %s (%s): nothing published there reaches "
+                            "the appliance (grant the appliance read access to it)",
+                            topic_filter,
+                            reason,
+                        )
                 case _CallbackFailed(where=where, error=error):
                     self._errors += 1
                     self._last_error = f"{where}: {error}"
@@ -909,6 +1119,11 @@ class Publisher:
                     pass
         disk_waiting = len(self._spill) > 0 or len(self._undeleted) > 0
         disk_retry = disk_waiting and self._clock() >= self._disk_retry_s
+        if link_ups:
+            # before this pass's rows are stored: they were submitted at most one pass ago, so are live
+            self._mark_history_boundary()
+            for _ in range(link_ups):
+                self._notify_link_up()
         if new_rows or disk_retry:
             self._store(outbox, new_rows, retry=disk_retry)
         if acked_ids or disk_retry:
@@ -917,6 +1132,36 @@ class Publisher:
             self._fill_window(outbox)
         self._flush_loss_reports()
         self._send_waves()
+
+    def _mark_history_boundary(self) -> None:
+        """A connection came up: the alarm rows waiting now (outbox and spill) are sent as history.
+
+        Outbox rows are rewritten when handed to paho (`_fill_window`, by id); spilled rows are rewritten
+        in memory now, since they get their ids only when the disk takes them.
+        """
+        self._history_max_id = self._last_stored_id
+        if len(self._spill):
+            self._report_drop(self._spill.add([_as_history_row(row) for row in self._spill.take()]))
+
+    def _notify_link_up(self) -> None:
+        """Tell the loop a connection came up (after the history boundary is recorded)."""
+        loop = self._loop
+        if self._on_link_up is None or self._stop_request is not None or loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._call_link_up)
+        except RuntimeError as exc:
+            LOGGER.exception("publisher: cannot tell the event loop about the new connection")
+            self._count_error("calling on_link_up", exc)
+
+    def _call_link_up(self) -> None:
+        """Run `on_link_up` (loop thread)."""
+        assert self._on_link_up is not None
+        try:
+            self._on_link_up()
+        except Exception:
+            LOGGER.exception("publisher: on_link_up failed")
+            self._callback_errors += 1
 
     def _send_waves(self) -> None:
         """Send queued wave windows while nothing else waits for the worker, at most `WAVE_BURST` a step."""
@@ -953,6 +1198,8 @@ class Publisher:
             self._report_drop(self._spill.add(new_rows))
             return
         result = outbox.store([*self._spill.take(), *new_rows])
+        if result.ids:
+            self._last_stored_id = max(self._last_stored_id, max(result.ids))
         if result.dropped.total:
             self._pending = outbox.count()
             self._report_drop(result.dropped)
@@ -1145,8 +1392,11 @@ class Publisher:
         rows = outbox.pending(after_id=self._cursor, limit=room)
         for row in rows:
             self._cursor = row.id
+            payload = row.payload
+            if row.id <= self._history_max_id and row.priority >= DeliveryPriority.ALARM:
+                payload = _as_history(payload)
             try:
-                info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                info = client.publish(row.topic, payload, qos=row.qos, retain=row.retain)
             except ValueError as exc:
                 LOGGER.exception("publisher: paho refused outbox row %d on %r; dropped it", row.id, row.topic)
                 self._count_error(f"publishing outbox row {row.id} on {row.topic!r}", exc)
@@ -1231,7 +1481,6 @@ class Publisher:
         client = self._client
         status = self._status
         assert client is not None
-        assert status is not None
         assert self._stop_request is not None
         if self._fatal_error is None:
             deadline = self._clock() + self._stop_request.flush_timeout_s
@@ -1288,7 +1537,6 @@ class Publisher:
 
     def _on_pre_connect(self, client: Client, userdata: Any) -> None:
         try:
-            assert self._status is not None
             self._policy.attempting(client)
             client.will_set(
                 self._topics.appliance_status(), self._status.will_for_next_connection(), qos=1, retain=True
@@ -1320,11 +1568,15 @@ class Publisher:
             if reason_code.is_failure:
                 self._events.put(_LinkRefused(reason=str(reason_code)))
                 return
-            assert self._status is not None
             birth, birth_seq = self._status.birth()
             client.publish(self._topics.appliance_status(), birth, qos=1, retain=True)
             # after the birth: the broker answers with the retained copy of the birth or of a later one
-            client.subscribe(self._topics.appliance_status(), qos=1)
+            self._subscriptions.clear()
+            self._subscribe(client, self._topics.appliance_status())
+            if self._on_inbound is not None:
+                self._subscribe(client, self._topics.commands())
+            if self._central_station_topic is not None:
+                self._subscribe(client, self._central_station_topic)
             server_keepalive = getattr(properties, "ServerKeepAlive", None)
             self._policy.connected(server_keepalive_s=server_keepalive)
             self._events.put(_LinkUp(session_present=flags.session_present, birth_seq=birth_seq))
@@ -1332,9 +1584,13 @@ class Publisher:
             LOGGER.exception("on_connect failed")
             self._events.put(_CallbackFailed(where="on_connect", error=repr(exc)))
 
+    def _subscribe(self, client: Client, topic_filter: str) -> None:
+        _, mid = client.subscribe(topic_filter, qos=1)
+        if mid is not None:
+            self._subscriptions[mid] = topic_filter
+
     def _on_connect_fail(self, client: Client, userdata: Any) -> None:
         try:
-            assert self._status is not None
             self._status.connect_failed()
             # paho calls this from its `except OSError` around the attempt: the error is the one handled
             error = sys.exception()
@@ -1363,9 +1619,69 @@ class Publisher:
             self._events.put(_LinkDown(reason=str(reason_code), hold_s=None))
 
     def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
-        assert self._status is not None
-        birth_seq = self._status.current_birth_seq()
-        self._events.put(_StatusSeen(payload=bytes(message.payload), birth_seq=birth_seq))
+        try:
+            if message.topic == self._topics.appliance_status():
+                birth_seq = self._status.current_birth_seq()
+                self._events.put(_StatusSeen(payload=bytes(message.payload), birth_seq=birth_seq))
+            else:
+                self._hand_inbound(message)
+        except Exception as exc:
+            LOGGER.exception("on_message failed")
+            self._events.put(_CallbackFailed(where="on_message", error=repr(exc)))
+
+    def _hand_inbound(self, message: MQTTMessage) -> None:
+        """Hand a command or the central station's state to the loop, within the bounds (paho's thread)."""
+        topic = message.topic
+        loop = self._loop
+        reason: str | None = None
+        with self._inbound_lock:
+            self._inbound_received += 1
+            if self._on_inbound is None or loop is None:
+                reason = "no receiver"
+            elif topic != self._central_station_topic and self._topics.parse_command(topic) is None:
+                reason = "not a topic the appliance subscribed to"
+            elif len(message.payload) > INBOUND_MAX_BYTES:
+                reason = f"longer than {INBOUND_MAX_BYTES} bytes"
+            elif self._inbound_handed - self._inbound_taken >= INBOUND_MAX_PENDING:
+                reason = f"{INBOUND_MAX_PENDING} messages already wait for the event loop"
+            else:
+                self._inbound_handed += 1
+        if reason is None:
+            assert loop is not None
+            inbound = InboundMessage(
+                topic=topic,
+                payload=bytes(message.payload),
+                retained=message.retain,
+                received_mono_s=self._clock(),
+            )
+            try:
+                loop.call_soon_threadsafe(self._deliver_inbound, inbound)
+                return
+            except RuntimeError:
+                reason = "the event loop is closed"
+                with self._inbound_lock:
+                    self._inbound_handed -= 1
+        with self._inbound_lock:
+            self._inbound_dropped += 1
+            first = reason not in self._inbound_drop_logged
+            self._inbound_drop_logged.add(reason)
+        if first:
+            LOGGER.warning(
+                "dropped an inbound message on %r: %s (logged once per reason, counted in inbound_dropped)",
+                topic,
+                reason,
+            )
+
+    def _deliver_inbound(self, message: InboundMessage) -> None:
+        """Run `on_inbound` (loop thread)."""
+        with self._inbound_lock:
+            self._inbound_taken += 1
+        assert self._on_inbound is not None
+        try:
+            self._on_inbound(message)
+        except Exception:
+            LOGGER.exception("publisher: on_inbound failed for a message on %r", message.topic)
+            self._callback_errors += 1
 
     def _on_subscribe(
         self,
@@ -1375,9 +1691,14 @@ class Publisher:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
+        topic_filter = self._subscriptions.pop(mid, None)
         refused = [str(code) for code in reason_codes if code.is_failure]
-        if refused:
+        if not refused:
+            return
+        if topic_filter is None or topic_filter == self._topics.appliance_status():
             self._events.put(_WatchRefused(reason=", ".join(refused)))
+        else:
+            self._events.put(_SubscriptionRefused(topic_filter=topic_filter, reason=", ".join(refused)))
 
     def _on_publish(
         self,

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
+from edge.alarms.commands import COMMANDS
 from edge.config import AppConfig
 from edge.model import (
     CONTRACT_VERSION,
+    AlarmMessage,
     ApplianceStatusMessage,
+    CommandResultMessage,
     DeviceStatusMessage,
     Envelope,
     EventMessage,
@@ -47,6 +52,20 @@ _CHANNELS: list[tuple[str, str, type[Envelope], bool, str]] = [
         "Device link status and counters.",
     ),
     (
+        "alarm",
+        "{prefix}/{site}/{ward}/bed/{bed}/alarm/{alarm}",
+        AlarmMessage,
+        True,
+        "One alarm's state, retained while it has not ended; an empty retained message clears it after.",
+    ),
+    (
+        "commandResult",
+        "{prefix}/{site}/{ward}/bed/{bed}/cmd-result",
+        CommandResultMessage,
+        False,
+        "The appliance's answer to each command, matched by command_id.",
+    ),
+    (
         "wave",
         "{prefix}/{site}/{ward}/bed/{bed}/wave/{signal}",
         WaveMessage,
@@ -63,7 +82,16 @@ def json_schemas() -> dict[str, Any]:
         "payloads": {
             message.SCHEMA: message.model_json_schema(by_alias=True) for _, _, message, _, _ in _CHANNELS
         },
+        "commands": {name: model.model_json_schema() for name, model in COMMANDS.items()},
     }
+
+
+def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+    schemas[model.__name__] = model.model_json_schema(
+        by_alias=True, ref_template="#/components/schemas/{model}"
+    )
+    for definition_name, definition in schemas[model.__name__].pop("$defs", {}).items():
+        schemas[definition_name] = definition
 
 
 def asyncapi_document(*, version: str) -> dict[str, Any]:
@@ -74,11 +102,7 @@ def asyncapi_document(*, version: str) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for name, address, message, retained, description in _CHANNELS:
         schema_name = message.__name__
-        schemas[schema_name] = message.model_json_schema(
-            by_alias=True, ref_template="#/components/schemas/{model}"
-        )
-        for definition_name, definition in schemas[schema_name].pop("$defs", {}).items():
-            schemas[definition_name] = definition
+        _add_schema(schemas, message)
         messages[schema_name] = {
             "name": schema_name,
             "contentType": "application/json",
@@ -101,6 +125,27 @@ def asyncapi_document(*, version: str) -> dict[str, Any]:
             "channel": {"$ref": f"#/channels/{name}"},
             "summary": f"{'retained, ' if retained else ''}QoS 1",
             "bindings": {"mqtt": {"qos": 1, "retain": retained, "bindingVersion": "0.2.0"}},
+        }
+    for command, model in COMMANDS.items():
+        name = f"command{command.capitalize()}"
+        _add_schema(schemas, model)
+        messages[model.__name__] = {
+            "name": model.__name__,
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+        }
+        channels[name] = {
+            "address": f"{{prefix}}/{{site}}/{{ward}}/bed/{{bed}}/cmd/{command}",
+            "description": f"Inbound `{command}` request from the central station (answered on cmd-result).",
+            "parameters": {"bed": {"description": "the bed id"}},
+            "messages": {model.__name__: {"$ref": f"#/components/messages/{model.__name__}"}},
+            "bindings": {"mqtt": {"bindingVersion": "0.2.0"}},
+        }
+        operations[f"send_{name}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{name}"},
+            "summary": "QoS 1, not retained (a retained command is rejected)",
+            "bindings": {"mqtt": {"qos": 1, "retain": False, "bindingVersion": "0.2.0"}},
         }
     return {
         "asyncapi": "3.0.0",

@@ -55,6 +55,10 @@ class WardLayout:
     """Driver of a monitor at every bed (`intellivue`, `datex`), simulated on a pty; None: none."""
     monitor_options_toml: str = ""
     """TOML lines under the monitor's `[bed.device.options]`."""
+    alarms_toml: str = ""
+    """TOML lines under `[alarms]`."""
+    bed_toml: tuple[tuple[str, str], ...] = ()
+    """(bed id, TOML lines) added to that bed's table, e.g. its `[bed.alarm_limits.spo2]`."""
 
 
 class Ward:
@@ -82,6 +86,7 @@ class Ward:
 [[bed]]
 id = "{bed}"
 stale_after_s = {layout.stale_after_s}
+{dict(layout.bed_toml).get(bed, "")}
 
 [[bed.device]]
 id = "vent-1"
@@ -112,6 +117,9 @@ path = "{self.outbox}"
 {layout.store_toml}
 
 {layout.engines_toml}
+
+[alarms]
+{layout.alarms_toml}
 
 {layout.extra_toml}
 {beds}"""

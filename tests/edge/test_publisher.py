@@ -415,7 +415,7 @@ async def test_disk_cap_drops_observations_and_reports_it(
         pub.submit(
             topic=alarm_like,
             bed=BED,
-            body=EventBody(kind=EventKind.DEVICE_ALARM_RAISED, device="vent1", detail="apnea", at=NOW),
+            body=EventBody(kind=EventKind.ALARM_RAISED, device="vent1", detail="apnea", at=NOW),
             priority=DeliveryPriority.ALARM,
         )
         for i in range(200):  # about 2 MB of observations
@@ -432,7 +432,7 @@ async def test_disk_cap_drops_observations_and_reports_it(
     finally:
         await pub.stop(flush_timeout_s=5.0)
     events = [EventMessage.model_validate_json(m.payload) for m in on(messages, alarm_like)]
-    assert events[0].kind == EventKind.DEVICE_ALARM_RAISED  # the alarm-priority row survived
+    assert events[0].kind == EventKind.ALARM_RAISED  # the alarm-priority row survived
     dropped_event = next(e for e in events if e.kind == EventKind.OUTBOX_DROPPED)
     assert "observation=" in dropped_event.detail
     assert VITALS in dropped_event.detail

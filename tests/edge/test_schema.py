@@ -30,14 +30,17 @@ def _refs(node: object) -> list[str]:
 def test_json_schemas_cover_config_and_every_payload(capsys: pytest.CaptureFixture[str]) -> None:
     document = _run(capsys)
     assert set(document["payloads"]) == {
-        "icu-edge/status/1",
-        "icu-edge/twin/3",
+        "icu-edge/status/2",
+        "icu-edge/twin/4",
         "icu-edge/vitals/3",
-        "icu-edge/event/1",
+        "icu-edge/event/2",
         "icu-edge/device/3",
         "icu-edge/forecast/1",
         "icu-edge/wave/1",
+        "icu-edge/alarm/1",
+        "icu-edge/cmd-result/1",
     }
+    assert set(document["commands"]) == {"ack", "pause", "limits", "rebirth", "news2"}
     for schema in document["payloads"].values():
         assert {"schema", "appliance", "bed", "session", "seq", "ts"} <= set(schema["properties"])
         assert schema["additionalProperties"] is False
@@ -57,7 +60,15 @@ def test_asyncapi_document_is_self_contained(capsys: pytest.CaptureFixture[str])
         "deviceStatus",
         "forecast",
         "wave",
+        "alarm",
+        "commandResult",
+        "commandAck",
+        "commandPause",
+        "commandLimits",
+        "commandRebirth",
+        "commandNews2",
     }
+    assert document["operations"]["send_commandAck"]["action"] == "send"
     assert document["channels"]["twin"]["address"] == "{prefix}/{site}/{ward}/bed/{bed}/twin"
     assert document["operations"]["receive_twin"]["bindings"]["mqtt"]["retain"] is True
     for ref in _refs(document):
