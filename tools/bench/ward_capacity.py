@@ -123,9 +123,6 @@ insecure = true
 path = "{workdir / "outbox.db"}"
 synchronous = "normal"
 
-[alarms]
-state_path = "{workdir / "alarms.db"}"
-
 [engines]
 enabled = false
 
