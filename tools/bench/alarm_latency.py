@@ -115,6 +115,8 @@ class Result:
     not_ended: list[str]
     count_mismatches: dict[str, tuple[int, int]]
     """bed: (alarms raised, scenario crossings) where they differ by more than one"""
+    count_diffs: Counter[int]
+    """how many beds raised (crossings + d) alarms, per d"""
     duplicates: int
     other_alarms: Counter[str]
     wave_gaps: int
@@ -260,9 +262,11 @@ def _judge(
         )
     per_bed = Counter(r.bed for r in raised.values())
     mismatches = {}
+    diffs: Counter[int] = Counter()
     for i in range(beds):
         bed = f"bed-{i:02d}"
         crossings = bed_patient(i, beds=beds, toggle_s=toggle_s).rises_between(*scenario_window_s)
+        diffs[per_bed[bed] - crossings] += 1
         if abs(per_bed[bed] - crossings) > 1:
             mismatches[bed] = (per_bed[bed], crossings)
     window_s = to_wall_s - from_wall_s
@@ -276,6 +280,7 @@ def _judge(
         rss_mib=rss,
         not_ended=sorted(alarm_id for alarm_id in raised if alarm_id not in ended),
         count_mismatches=mismatches,
+        count_diffs=diffs,
         duplicates=duplicates,
         other_alarms=other,
         wave_gaps=sum(
@@ -344,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "daemon_rss_mib": round(result.rss_mib),
         "not_ended": len(result.not_ended),
         "count_mismatches": len(result.count_mismatches),
+        "beds_by_count_diff": {str(d): n for d, n in sorted(result.count_diffs.items())},
         "duplicates": result.duplicates,
         "wave_gaps": result.wave_gaps,
         "other_alarms": dict(result.other_alarms),
@@ -361,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"LOST: alarm {alarm_id} raised but its alarm_ended never arrived")
     for bed, (count, crossings) in sorted(result.count_mismatches.items()):
         print(f"MISMATCH: {bed} raised {count} alarms for {crossings} crossings of its scenario")
+    print(
+        "beds by (raised - scenario crossings): "
+        + ", ".join(f"{d:+d}: {n}" for d, n in sorted(result.count_diffs.items()))
+    )
     print(f"no alarm lost: {'no' if lost else 'yes'}; duplicates (QoS 1 redeliveries): {result.duplicates}")
     print(json.dumps(summary), flush=True)
     return 1 if lost else 0
