@@ -52,6 +52,8 @@ EX_UNAVAILABLE = 69
 HR_NORMAL = 70.0
 HR_HIGH = 150.0
 CONDITION = "hr_high"
+READING_LAG_MAX_S = 1.0
+"""A high reading sent just before the rate fell may be stamped (decoded) this much later."""
 BED_LIMITS = """
 [bed.alarm_limits.hr]
 high = 120
@@ -74,9 +76,17 @@ class TogglingPatient(SteadyPatient):
         """Whether the heart rate is high at scenario time t_s."""
         return (t_s + self.phase_s) % (2 * self.toggle_s) >= self.toggle_s
 
+    def rise_index(self, t_s: float) -> int:
+        """The number of the last jump to the high rate at or before t_s (jump k is at `rise_s(k)`)."""
+        return math.floor((t_s - self.rise_s(0)) / (2 * self.toggle_s))
+
+    def rise_s(self, index: int) -> float:
+        """Scenario time of jump number `index` to the high rate."""
+        return self.toggle_s - self.phase_s + index * 2 * self.toggle_s
+
     def rises_between(self, from_s: float, to_s: float) -> int:
         """How many jumps to the high rate fall in [from_s, to_s) of scenario time."""
-        first_s, cycle_s = self.toggle_s - self.phase_s, 2 * self.toggle_s
+        first_s, cycle_s = self.rise_s(0), 2 * self.toggle_s
         return math.ceil((to_s - first_s) / cycle_s) - math.ceil((from_s - first_s) / cycle_s)
 
     def vitals_at(self, t_s: float) -> dict[str, float | None]:
@@ -117,6 +127,8 @@ class Result:
     """bed: (alarms raised, scenario crossings) where they differ by more than one"""
     count_diffs: Counter[int]
     """how many beds raised (crossings + d) alarms, per d"""
+    crossing_problems: list[str]
+    """crossings of the window without exactly one alarm, alarms whose onset is in no high phase"""
     duplicates: int
     other_alarms: Counter[str]
     wave_gaps: int
@@ -149,6 +161,7 @@ def _alarm_events(messages: list[Received]) -> list[tuple[Received, dict[str, ob
 def measure(*, beds: int, alarms: int, warm_up_s: float, toggle_s: float) -> Result:
     """Run the toggling ward until `alarms` raised alarms arrived after the warm-up; see the module doc."""
     epoch_mono_s = time.monotonic()
+    wall_minus_mono_s = time.time() - epoch_mono_s
     host_argv = [
         sys.executable,
         "-m",
@@ -215,6 +228,7 @@ def measure(*, beds: int, alarms: int, warm_up_s: float, toggle_s: float) -> Res
         wave_messages=wave_messages,
         window=(from_wall_s, to_wall_s),
         scenario_window_s=(from_mono_s - epoch_mono_s, to_mono_s - epoch_mono_s),
+        scenario_zero_wall_s=epoch_mono_s + wall_minus_mono_s,
         beds=beds,
         toggle_s=toggle_s,
         cpu_used_s=cpu_used_s,
@@ -229,6 +243,7 @@ def _judge(
     wave_messages: list[Received],
     window: tuple[float, float],
     scenario_window_s: tuple[float, float],
+    scenario_zero_wall_s: float,
     beds: int,
     toggle_s: float,
     cpu_used_s: float,
@@ -239,6 +254,8 @@ def _judge(
     ended: set[str] = set()
     duplicates = 0
     other: Counter[str] = Counter()
+    onsets: dict[str, tuple[str, float]] = {}
+    """every hr_high alarm of the run (window or not): id -> (bed, onset in scenario time)"""
     for message, body in _alarm_events(event_messages):
         alarm = body["alarm"]
         assert isinstance(alarm, dict)
@@ -249,6 +266,9 @@ def _judge(
             continue
         if kind == "alarm_ended":
             ended.add(alarm_id)
+        if kind == "alarm_raised" and not body.get("history"):
+            onset_s = parse_time(str(alarm["onset"])) - scenario_zero_wall_s
+            onsets[alarm_id] = (str(body["bed"]), onset_s)
         in_window = from_wall_s <= message.received_wall_s <= to_wall_s
         if kind != "alarm_raised" or not in_window or body.get("history"):
             continue
@@ -271,6 +291,7 @@ def _judge(
             mismatches[bed] = (per_bed[bed], crossings)
     window_s = to_wall_s - from_wall_s
     return Result(
+        crossing_problems=_match_crossings(onsets, beds=beds, toggle_s=toggle_s, window_s=scenario_window_s),
         latencies_ms=sorted(r.latency_ms for r in raised.values()),
         vitals_latencies_ms=vitals_latencies_ms(
             vitals_messages, from_wall_s=from_wall_s, to_wall_s=to_wall_s
@@ -289,6 +310,35 @@ def _judge(
             if from_wall_s <= m.received_wall_s <= to_wall_s
         ),
     )
+
+
+def _match_crossings(
+    onsets: dict[str, tuple[str, float]], *, beds: int, toggle_s: float, window_s: tuple[float, float]
+) -> list[str]:
+    """Exactly one alarm per crossing of the window, each onset within the high phase it belongs to.
+
+    Every alarm of the run counts (the run goes on past the window until the last crossings' alarms
+    could have arrived), so this holds without the window edges' +-1.
+    """
+    problems = []
+    by_rise: Counter[tuple[int, int]] = Counter()
+    for alarm_id, (bed, onset_s) in onsets.items():
+        i = int(bed.removeprefix("bed-"))
+        patient = bed_patient(i, beds=beds, toggle_s=toggle_s)
+        index = patient.rise_index(onset_s)
+        if onset_s - patient.rise_s(index) >= toggle_s + READING_LAG_MAX_S:
+            problems.append(f"{bed}: alarm {alarm_id} has its onset at {onset_s:.2f} s, in no high phase")
+        by_rise[i, index] += 1
+    for i in range(beds):
+        patient = bed_patient(i, beds=beds, toggle_s=toggle_s)
+        first, last = patient.rise_index(window_s[0]) + 1, patient.rise_index(window_s[1])
+        for index in range(first, last + 1):
+            if by_rise[i, index] != 1:
+                problems.append(
+                    f"bed-{i:02d}: the crossing at {patient.rise_s(index):.2f} s raised "
+                    f"{by_rise[i, index]} alarms"
+                )
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "daemon_rss_mib": round(result.rss_mib),
         "not_ended": len(result.not_ended),
         "count_mismatches": len(result.count_mismatches),
+        "crossing_problems": len(result.crossing_problems),
         "beds_by_count_diff": {str(d): n for d, n in sorted(result.count_diffs.items())},
         "duplicates": result.duplicates,
         "wave_gaps": result.wave_gaps,
@@ -362,9 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"vitals under the same load: p99 {summary['vitals_p99_ms']} ms over {len(vitals)} messages")
     print(f"daemon: {result.cpu_percent:.0f} % of one core, RSS {result.rss_mib:.0f} MiB")
     print(f"wave gaps: {result.wave_gaps}; other alarms raised: {dict(result.other_alarms) or 'none'}")
-    lost = bool(result.not_ended or result.count_mismatches)
+    lost = bool(result.not_ended or result.count_mismatches or result.crossing_problems)
     for alarm_id in result.not_ended:
         print(f"LOST: alarm {alarm_id} raised but its alarm_ended never arrived")
+    for problem in result.crossing_problems:
+        print(f"CROSSING: {problem}")
     for bed, (count, crossings) in sorted(result.count_mismatches.items()):
         print(f"MISMATCH: {bed} raised {count} alarms for {crossings} crossings of its scenario")
     print(
