@@ -30,15 +30,17 @@ import tempfile
 import threading
 import time
 import tty
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from drivers.intellivue.simulator import MonitorSimulator
 from drivers.medibus.simulator import SCENARIOS, VentilatorSimulator
-from drivers.scenario import SteadyPatient
+from drivers.scenario import Patient, SteadyPatient
 from tools.local_broker import LocalMosquitto
-from tools.mqtt_collector import Subscriber, wait_for
+from tools.mqtt_collector import Received, Subscriber, wait_for
 
 READ_CHUNK_BYTES = 4096
 P99_LIMIT_MS = 20.0
@@ -50,16 +52,27 @@ class _SimulatorCore(Protocol):
     def data_to_send(self) -> bytes: ...
 
 
-def serve_ptys(directory: Path, *, beds: int, stop: threading.Event) -> None:
-    """Serve `beds` ventilators and monitors on ptys linked as vent-NN / mon-NN until stop is set."""
-    start_s = time.monotonic()
+def serve_ptys(
+    directory: Path,
+    *,
+    beds: int,
+    stop: threading.Event,
+    monitor_patient: Callable[[int], Patient] = lambda _bed: SteadyPatient(),
+    start_s: float | None = None,
+) -> None:
+    """Serve `beds` ventilators and monitors on ptys linked as vent-NN / mon-NN until stop is set.
+
+    `monitor_patient(i)` is bed i's monitor scenario; `start_s` (time.monotonic(), one clock for every
+    process of the machine) is scenario time zero, so a caller can tell when the scenario did what.
+    """
+    start_s = time.monotonic() if start_s is None else start_s
     cores: dict[int, _SimulatorCore] = {}
     pending: dict[int, bytes] = {}
     slaves: list[int] = []
     for i in range(beds):
         devices: tuple[tuple[str, _SimulatorCore], ...] = (
             (f"vent-{i:02d}", VentilatorSimulator(scenario=SCENARIOS["steady"](), start_s=start_s)),
-            (f"mon-{i:02d}", MonitorSimulator(patient=SteadyPatient(), start_s=start_s)),
+            (f"mon-{i:02d}", MonitorSimulator(patient=monitor_patient(i), start_s=start_s)),
         )
         for name, core in devices:
             master, slave = os.openpty()
@@ -92,7 +105,8 @@ def serve_ptys(directory: Path, *, beds: int, stop: threading.Event) -> None:
             os.close(fd)
 
 
-def _config(*, port: int, workdir: Path, beds: int, waves: bool) -> str:
+def daemon_config(*, port: int, workdir: Path, beds: int, waves: bool, bed_extra: str = "") -> str:
+    """The daemon's config for `beds` whole beds served from `workdir`; `bed_extra` goes into every bed."""
     text = f"""
 [appliance]
 id = "edge-bench"
@@ -120,7 +134,7 @@ window_s = 1.0
         text += f"""
 [[bed]]
 id = "bed-{i:02d}"
-
+{bed_extra}
 [[bed.device]]
 id = "vent-1"
 driver = "medibus"
@@ -136,72 +150,89 @@ options = {{ waves = {"true" if waves else "false"}, link = "serial" }}
     return text
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
+    """A process's resident set size now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Result:
-    beds: int
-    latencies_ms: list[float]
-    vitals_per_s: float
-    waves_per_s: float
-    cpu_percent: float
-    rss_mib: float
-    wave_gaps: int
-
-
-def _percentile(values: list[float], fraction: float) -> float:
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of sorted `values`."""
     return values[min(len(values) - 1, max(0, round(fraction * (len(values) - 1))))]
 
 
-def measure(*, beds: int, seconds: float, warm_up_s: float, waves_on: bool) -> Result:
-    """Run `beds` whole beds for warm-up + seconds and return what the subscriber and /proc saw."""
+def parse_time(text: str) -> float:
+    """An ISO 8601 timestamp of a payload as time.time() seconds."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def vitals_latencies_ms(messages: Sequence[Received], *, from_wall_s: float, to_wall_s: float) -> list[float]:
+    """Frame-to-subscriber latencies of the vitals messages that arrived in the window, sorted."""
+    latencies = []
+    for message in messages:
+        if message.received_wall_s < from_wall_s or message.received_wall_s > to_wall_s:
+            continue
+        body = json.loads(message.payload)
+        received_at_s = parse_time(body["observations"][0]["received_at"])
+        latencies.append((message.received_wall_s - received_at_s) * 1000.0)
+    return sorted(latencies)
+
+
+@dataclass(slots=True, kw_only=True)
+class Ward:
+    """A running bench ward: the broker, the subscribers, and the daemon pinned to CPU 0."""
+
+    workdir: Path
+    host: subprocess.Popen[bytes]
+    daemon: subprocess.Popen[bytes]
+    subscribers: dict[str, Subscriber]
+    log_tail: str = field(default="")
+    """The end of the daemon's log, read once the daemon stopped."""
+
+
+@contextlib.contextmanager
+def running_ward(
+    *,
+    beds: int,
+    waves_on: bool,
+    host_argv: Sequence[str],
+    topic_filters: dict[str, str],
+    bed_extra: str = "",
+) -> Iterator[Ward]:
+    """Start Mosquitto, the simulator host (`host_argv` + the pty directory), subscribers and the daemon.
+
+    This process and its children move off CPU 0, the daemon is pinned to it; everything is stopped on
+    exit, and the daemon's log tail is kept in `Ward.log_tail`.
+    """
     with tempfile.TemporaryDirectory(prefix="icu-edge-capacity-") as name:
         workdir = Path(name)
         other_cpus = sorted(os.sched_getaffinity(0) - {0}) or [0]
         os.sched_setaffinity(0, other_cpus)
         broker = LocalMosquitto(directory=workdir / "broker")
         broker.start()
-        host = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tools.bench.ward_capacity",
-                "--serve-ptys",
-                str(workdir),
-                "--beds",
-                str(beds),
-            ]
-        )
+        host = subprocess.Popen([*host_argv, str(workdir)])
         (workdir / "config.toml").write_text(
-            _config(port=broker.port, workdir=workdir, beds=beds, waves=waves_on)
+            daemon_config(port=broker.port, workdir=workdir, beds=beds, waves=waves_on, bed_extra=bed_extra)
         )
-        vitals = Subscriber(
-            host=broker.host,
-            port=broker.port,
-            topic_filter="icu/v1/+/+/bed/+/vitals",
-            client_id="bench-vitals",
-        )
-        waves = Subscriber(
-            host=broker.host,
-            port=broker.port,
-            topic_filter="icu/v1/+/+/bed/+/wave/+",
-            client_id="bench-waves",
-        )
+        subscribers = {
+            label: Subscriber(
+                host=broker.host, port=broker.port, topic_filter=topic_filter, client_id=f"bench-{label}"
+            )
+            for label, topic_filter in topic_filters.items()
+        }
         daemon: subprocess.Popen[bytes] | None = None
-        log_tail = ""
+        ward: Ward | None = None
         try:
-            vitals.wait_subscribed()
-            waves.wait_subscribed()
+            for subscriber in subscribers.values():
+                subscriber.wait_subscribed()
             if not wait_for(lambda: (workdir / f"mon-{beds - 1:02d}").exists(), timeout_s=30):
                 raise RuntimeError("the simulator host did not open its ptys")
             daemon = subprocess.Popen(
@@ -219,53 +250,69 @@ def measure(*, beds: int, seconds: float, warm_up_s: float, waves_on: bool) -> R
                 stdout=(workdir / "daemon.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )
-            time.sleep(warm_up_s)
-            measured_from = time.time()
-            cpu_before = _cpu_s(daemon.pid)
-            vitals_before, waves_before = len(vitals.messages), len(waves.messages)
-            time.sleep(seconds)
-            cpu_s = _cpu_s(daemon.pid) - cpu_before
-            vitals_count = len(vitals.messages) - vitals_before
-            waves_count = len(waves.messages) - waves_before
-            rss = _rss_mib(daemon.pid)
+            ward = Ward(workdir=workdir, host=host, daemon=daemon, subscribers=subscribers)
+            yield ward
         finally:
             if daemon is not None:
                 daemon.send_signal(signal.SIGTERM)
                 daemon.wait(timeout=60)
-                log_tail = (workdir / "daemon.log").read_text(errors="replace")[-2000:]
+                if ward is not None:
+                    ward.log_tail = (workdir / "daemon.log").read_text(errors="replace")[-2000:]
             host.send_signal(signal.SIGTERM)
             host.wait(timeout=30)
-            vitals.close()
-            waves.close()
+            for subscriber in subscribers.values():
+                subscriber.close()
             broker.stop()
             os.sched_setaffinity(0, set(other_cpus) | {0})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    beds: int
+    latencies_ms: list[float]
+    vitals_per_s: float
+    waves_per_s: float
+    cpu_percent: float
+    rss_mib: float
+    wave_gaps: int
+
+
+def measure(*, beds: int, seconds: float, warm_up_s: float, waves_on: bool) -> Result:
+    """Run `beds` whole beds for warm-up + seconds and return what the subscriber and /proc saw."""
+    host_argv = [sys.executable, "-m", "tools.bench.ward_capacity", "--beds", str(beds), "--serve-ptys"]
+    with running_ward(
+        beds=beds,
+        waves_on=waves_on,
+        host_argv=host_argv,
+        topic_filters={"vitals": "icu/v1/+/+/bed/+/vitals", "waves": "icu/v1/+/+/bed/+/wave/+"},
+    ) as ward:
+        vitals, waves = ward.subscribers["vitals"], ward.subscribers["waves"]
+        time.sleep(warm_up_s)
+        measured_from = time.time()
+        cpu_before = cpu_s(ward.daemon.pid)
+        vitals_before, waves_before = len(vitals.messages), len(waves.messages)
+        time.sleep(seconds)
+        cpu_used_s = cpu_s(ward.daemon.pid) - cpu_before
+        vitals_count = len(vitals.messages) - vitals_before
+        waves_count = len(waves.messages) - waves_before
+        rss = rss_mib(ward.daemon.pid)
     if not vitals.messages:
-        raise RuntimeError(f"no vitals arrived; the daemon's log ends:\n{log_tail}")
-    latencies = []
-    for message in vitals.messages:
-        if message.received_wall_s < measured_from or message.received_wall_s > measured_from + seconds:
-            continue
-        body = json.loads(message.payload)
-        received_at_s = _parse_time(body["observations"][0]["received_at"])
-        latencies.append((message.received_wall_s - received_at_s) * 1000.0)
+        raise RuntimeError(f"no vitals arrived; the daemon's log ends:\n{ward.log_tail}")
+    latencies = vitals_latencies_ms(
+        vitals.messages, from_wall_s=measured_from, to_wall_s=measured_from + seconds
+    )
     gaps = sum(
         json.loads(m.payload)["gap_before"] for m in waves.messages if m.received_wall_s >= measured_from
     )
     return Result(
         beds=beds,
-        latencies_ms=sorted(latencies),
+        latencies_ms=latencies,
         vitals_per_s=vitals_count / seconds,
         waves_per_s=waves_count / seconds,
-        cpu_percent=100.0 * cpu_s / seconds,
+        cpu_percent=100.0 * cpu_used_s / seconds,
         rss_mib=rss,
         wave_gaps=gaps,
     )
-
-
-def _parse_time(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         values = result.latencies_ms
         print(
             f"| {beds} | {result.vitals_per_s:.0f} | {result.waves_per_s:.0f} | {result.wave_gaps} | "
-            f"{statistics.median(values):.1f} | {_percentile(values, 0.99):.1f} | {values[-1]:.1f} | "
-            f"{'yes' if _percentile(values, 0.99) < P99_LIMIT_MS else 'no'} | "
+            f"{statistics.median(values):.1f} | {percentile(values, 0.99):.1f} | {values[-1]:.1f} | "
+            f"{'yes' if percentile(values, 0.99) < P99_LIMIT_MS else 'no'} | "
             f"{result.cpu_percent:.0f} | {result.rss_mib:.0f} |",
             flush=True,
         )
