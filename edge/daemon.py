@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from drivers.base import DeviceSession, SerialSettings, WaveformChunk
@@ -27,7 +28,7 @@ from edge.contract import Topics
 from edge.device_link import DeviceLink, DeviceReport
 from edge.forecasting import forecast_body
 from edge.listener_link import ListenerLink
-from edge.model import DeviceStatusBody, EventBody, EventKind, TwinBody, VitalsBody, utc_now
+from edge.model import DeviceStatusBody, EventBody, EventKind, TwinBody, TwinValue, VitalsBody, utc_now
 from edge.outbox import DeliveryPriority, OutboxError
 from edge.publisher import InboundMessage, Publisher
 from edge.systemd import SystemdNotifier, WatchdogGate, run_watchdog
@@ -453,6 +454,9 @@ class Daemon:
             }
         )
 
+    def _current_values(self, bed: str, keys: Sequence[str]) -> dict[str, TwinValue]:
+        return self._twin.values(bed=bed, now_mono_s=time.monotonic(), keys=keys)
+
     def _mark_twin_dirty(self, bed: str) -> None:
         self._bed_state[bed].dirty = True
 
@@ -492,7 +496,7 @@ class Daemon:
         while True:
             await asyncio.sleep(min(publish.twin_min_interval_s, 0.25))
             if self._alarms is not None:
-                self._alarms.tick(stats=self._publisher.stats())
+                self._alarms.tick(stats=self._publisher.stats(), values_of=self._current_values)
             self._publish_twins()
             if self._waves is not None:
                 for window in self._waves.flush_idle(now_mono_s=time.monotonic()):

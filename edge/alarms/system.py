@@ -180,9 +180,19 @@ class AlarmSystem:
         self.manager.forecast(bed=bed, forecast=forecast, now=now())
         self._flush()
 
-    def tick(self, *, stats: PublisherStats) -> None:
-        """Let time act, and judge the appliance's own conditions (broker, outbox, clock, store)."""
+    def tick(
+        self, *, stats: PublisherStats, values_of: Callable[[str, Sequence[str]], Mapping[str, TwinValue]]
+    ) -> None:
+        """Let time act, and judge the appliance's own conditions (broker, outbox, clock, store).
+
+        Each bed's values are judged again first (`values_of(bed, keys)`: the twin's current values,
+        aged now): a reading that went stale since it arrived stops a pending delay instead of letting
+        it run out, and an intermittent reading (a cuff pressure, fresh for an hour) completes its delay
+        without waiting for the next one.
+        """
         moment = now()
+        for bed in self._beds:
+            self.manager.observe_values(bed=bed, values=values_of(bed, self.limited_keys(bed)), now=moment)
         self._judge_broker(stats, moment)
         self._judge_drops(stats, moment)
         self._judge_clock(moment)

@@ -17,6 +17,7 @@ from edge.alarms.store import AlarmStore
 from edge.alarms.system import AlarmSystem
 from edge.config import AppConfig
 from edge.contract import Topics
+from edge.model import TwinValue, utc_now
 from edge.outbox import DeliveryPriority
 from edge.publisher import InboundMessage, Publisher, PublisherStats
 
@@ -41,6 +42,8 @@ broker_unreachable_s = 1
 central_station_topic = "{CENTRAL}"
 [[bed]]
 id = "bed-01"
+[bed.alarm_limits.spo2]
+delay_s = 1
 [[bed]]
 id = "bed-02"
 """
@@ -55,6 +58,8 @@ class _Ward:
         self.store_path = self.config.alarm_state_path
         self.store = AlarmStore(self.store_path)
         self.republished: list[str] = []
+        self.values: dict[str, dict[str, TwinValue]] = {}
+        """What the twin would hand the alarm system at a tick."""
         self.system = self._system()
 
     def _system(self) -> AlarmSystem:
@@ -92,6 +97,9 @@ class _Ward:
             )
         )
 
+    def tick(self, *, stats: PublisherStats) -> None:
+        self.system.tick(stats=stats, values_of=lambda bed, keys: dict(self.values.get(bed, {})))
+
     def conditions(self, bed: str) -> list[str]:
         return [a.condition for a in self.system.manager.active(bed)]
 
@@ -123,18 +131,18 @@ def _stats(*, connected: bool, dropped: int = 0) -> PublisherStats:
 
 
 def test_an_unreachable_broker_becomes_an_alarm_on_every_bed_after_its_delay(ward: _Ward) -> None:
-    ward.system.tick(stats=_stats(connected=False))
+    ward.tick(stats=_stats(connected=False))
     assert ward.conditions("bed-01") == []
     time.sleep(1.1)
-    ward.system.tick(stats=_stats(connected=False))
+    ward.tick(stats=_stats(connected=False))
     assert ward.conditions("bed-01") == ward.conditions("bed-02") == ["broker_unreachable"]
-    ward.system.tick(stats=_stats(connected=True))
+    ward.tick(stats=_stats(connected=True))
     assert ward.conditions("bed-01") == []
 
 
 def test_dropped_messages_are_an_alarm(ward: _Ward) -> None:
-    ward.system.tick(stats=_stats(connected=True, dropped=0))
-    ward.system.tick(stats=_stats(connected=True, dropped=3))
+    ward.tick(stats=_stats(connected=True, dropped=0))
+    ward.tick(stats=_stats(connected=True, dropped=3))
     [alarm] = ward.system.manager.active("bed-02")
     assert alarm.condition == "outbox_dropping"
     assert "3 message(s) dropped" in alarm.cause
@@ -149,11 +157,11 @@ def test_alarm_state_that_cannot_be_saved_is_an_alarm_and_is_written_later(ward:
         if not ward.store.healthy:
             break
     ward.command("bed-01", "limits", b'{"command_id":"l-1","key":"spo2","low":88}')
-    ward.system.tick(stats=_stats(connected=True))
+    ward.tick(stats=_stats(connected=True))
     assert "alarm_state_not_saved" in ward.conditions("bed-01")
     ward.store.set_max_pages(1_000_000)
     time.sleep(1.1)  # the store retries at most once a second
-    ward.system.tick(stats=_stats(connected=True))
+    ward.tick(stats=_stats(connected=True))
     assert "alarm_state_not_saved" not in ward.conditions("bed-01")
     ward.restart()
     assert ward.system.manager.limits("bed-01")["spo2"].low == 88
@@ -210,3 +218,34 @@ def test_news2_inputs_by_command_reach_the_score(ward: _Ward) -> None:
     assert (body.consciousness, body.spo2_scale, body.subscores["consciousness"]) == ("voice", 2, 3)
     assert body.advisory == "single_parameter"
     assert ward.system.manager.active("bed-01") == []
+
+
+def _spo2(value: float, *, stale: bool) -> TwinValue:
+    return TwinValue(
+        value=value,
+        unit="%",
+        mdc=None,
+        label="SpO2",
+        device="mon-1",
+        valid=True,
+        device_time=None,
+        received_at=utc_now(),
+        age_s=0.0,
+        stale=stale,
+    )
+
+
+def test_a_reading_gone_stale_stops_a_pending_delay_at_the_tick(ward: _Ward) -> None:
+    ward.system.observe(bed="bed-01", values={"spo2": _spo2(85, stale=False)})
+    ward.values["bed-01"] = {"spo2": _spo2(85, stale=True)}  # the monitor fell silent
+    time.sleep(1.2)
+    ward.tick(stats=_stats(connected=True))
+    assert ward.conditions("bed-01") == []
+
+
+def test_a_reading_still_fresh_completes_its_delay_at_the_tick_without_a_new_one(ward: _Ward) -> None:
+    ward.system.observe(bed="bed-01", values={"spo2": _spo2(85, stale=False)})
+    ward.values["bed-01"] = {"spo2": _spo2(85, stale=False)}  # a cuff-like reading, fresh for long
+    time.sleep(1.2)
+    ward.tick(stats=_stats(connected=True))
+    assert ward.conditions("bed-01") == ["spo2_low"]
