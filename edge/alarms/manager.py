@@ -301,8 +301,10 @@ class AlarmManager:
         settings: TechnicalSettings,
         restored: Mapping[str, Sequence[AlarmBody]],
         now: Now,
+        devices: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        """`limits`: per bed, per key; `restored`: the alarms the store kept from the last run."""
+        """`limits`: per bed, per key; `restored`: the alarms the store kept from the last run;
+        `devices`: per bed, the configured device ids (a restored alarm of another device ends)."""
         self._beds = list(beds)
         self._limits = {bed: dict(limits.get(bed, {})) for bed in beds}
         self._settings = settings
@@ -317,8 +319,28 @@ class AlarmManager:
             if bed not in self._limits:
                 continue
             for body in alarms:
-                if body.state != AlarmState.ENDED:
-                    self._alarms[(bed, body.condition)] = _restored(body, bed=bed, now=now)
+                if body.state == AlarmState.ENDED:
+                    continue
+                alarm = _restored(body, bed=bed, now=now)
+                self._alarms[(bed, body.condition)] = alarm
+                gone = self._no_longer_configured(
+                    alarm, devices=None if devices is None else devices.get(bed, ())
+                )
+                if gone is not None:
+                    # nothing would ever judge it again: it would stay forever
+                    self._end(alarm, now=now, cause=gone)
+
+    def _no_longer_configured(self, alarm: _Alarm, *, devices: Sequence[str] | None) -> str | None:
+        """Why a restored alarm can no longer be judged (its limit or device left the config), or None."""
+        spec = alarm.spec
+        if spec.kind == AlarmKind.PHYSIOLOGICAL and spec.key is not None:
+            limit = self._limits[alarm.bed].get(spec.key)
+            bound = None if limit is None else (limit.low if spec.direction == "low" else limit.high)
+            if bound is None:
+                return f"no {spec.direction} limit for {spec.key} in the config any more"
+        if devices is not None and spec.device is not None and spec.device not in devices:
+            return f"device {spec.device} is no longer in the config"
+        return None
 
     # ---- reading ------------------------------------------------------------------------------
 

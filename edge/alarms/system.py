@@ -124,6 +124,7 @@ class AlarmSystem:
             ),
             restored=store.active_alarms(),
             now=now(),
+            devices={b.id: [d.id for d in b.device] for b in config.bed},
         )
         self._spo2_scale = {b.id: int(b.news2_spo2_scale) for b in config.bed}
         self._consciousness: dict[str, Consciousness | None] = dict.fromkeys(self._beds)

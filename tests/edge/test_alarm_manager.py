@@ -374,3 +374,27 @@ def test_active_alarms_are_ordered_highest_priority_first() -> None:
     alarms.observe_values(bed="bed-1", values={"hr": value("hr", 30.0, t_s=12)}, now=at(12))
     assert [a.condition for a in alarms.active("bed-1")] == ["hr_low", "spo2_low"]
     assert [s.condition for s in alarms.summaries()["bed-1"]] == ["hr_low", "spo2_low"]
+
+
+def test_a_restored_alarm_whose_limit_or_device_left_the_config_ends_at_start() -> None:
+    alarms = manager()
+    spo2_alarm = next(t for s in range(11) for t in spo2(alarms, 86.0, s)).alarm
+    alarms.device_link(
+        bed="bed-1", device="mon-1", connected=False, last_frame_mono_s=1000.0, refused=None, now=at(12)
+    )
+    alarms.tick(now=at(15))
+    lost = alarms.take_transitions()[-1].alarm
+    assert lost.condition == "device_disconnected:mon-1"
+    restarted = AlarmManager(
+        beds=["bed-1"],
+        limits={"bed-1": effective_limits(ward={}, bed={"spo2": LimitOverride(low=None, high=99)})},
+        settings=SETTINGS,
+        restored={"bed-1": [spo2_alarm, lost]},
+        now=at(20),
+        devices={"bed-1": ["vent-1"]},
+    )
+    ended = restarted.take_transitions()
+    assert sorted((t.kind, t.alarm.id) for t in ended) == sorted(
+        [(EventKind.ALARM_ENDED, spo2_alarm.id), (EventKind.ALARM_ENDED, lost.id)]
+    )
+    assert restarted.active("bed-1") == []
