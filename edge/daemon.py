@@ -25,7 +25,7 @@ from edge.alarms.system import AlarmSystem
 from edge.bus import ReportBus
 from edge.config import AppConfig, DeviceConfig
 from edge.contract import Topics
-from edge.device_link import DeviceLink, DeviceReport
+from edge.device_link import DeviceLink, DeviceReport, LinkThread
 from edge.forecasting import forecast_body
 from edge.listener_link import ListenerLink
 from edge.model import DeviceStatusBody, EventBody, EventKind, TwinBody, TwinValue, VitalsBody, utc_now
@@ -142,7 +142,7 @@ class Daemon:
         self._alarms: AlarmSystem | None = None
         """Created in `run` once the alarm store is open."""
         self._alarm_store: AlarmStore | None = None
-        self._links: list[DeviceLink | ListenerLink] = []
+        self._links: list[LinkThread] = []
         self._forecast_epoch_s = time.time() - time.monotonic()
         """Epoch seconds of monotonic 0: the engines' clock is monotonic + this, read once, so a wall
         clock step (NTP, a corrected RTC) neither reorders a bed's history nor empties its window."""
@@ -206,7 +206,7 @@ class Daemon:
 
         for identity in self._identities:
             key = (identity.bed, identity.device)
-            link: DeviceLink | ListenerLink
+            link: LinkThread
             if key in self._listen_devices:
                 device = self._listen_devices[key]
                 link = ListenerLink.for_device(identity=identity, device=device, deliver=deliver)

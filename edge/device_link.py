@@ -58,29 +58,19 @@ class Backoff:
         return next_delay_s
 
 
-class DeviceLink:
-    """The reader thread of one device."""
+class LinkThread:
+    """What every device link is to the daemon: one named thread, its progress, its reports.
+
+    A subclass implements `_run` (the thread) and calls `_deliver_report` with what it learned;
+    reports are throttled to one per `report_interval_s` unless they carry events or are forced.
+    """
 
     def __init__(
-        self,
-        *,
-        identity: DeviceIdentity,
-        session: DeviceSession,
-        line: SerialSettings,
-        deliver: Callable[[DeviceReport], None],
-        backoff: Backoff = Backoff(),
-        read_timeout_s: float = 0.05,
-        report_interval_s: float = 1.0,
-        open_port: Callable[..., Transport] = open_transport,
+        self, *, identity: DeviceIdentity, deliver: Callable[[DeviceReport], None], report_interval_s: float
     ) -> None:
         self.identity = identity
-        self._session = session
-        self._line = line
         self._deliver = deliver
-        self._backoff = backoff
-        self._read_timeout_s = read_timeout_s
         self._report_interval_s = report_interval_s
-        self._open_port = open_port
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"link-{identity.bed}/{identity.device}", daemon=True
@@ -98,7 +88,7 @@ class DeviceLink:
         return self._thread.name
 
     def start(self) -> None:
-        """Start the reader thread."""
+        """Start the thread."""
         self._thread.start()
 
     def stop(self, *, timeout_s: float = 2.0) -> None:
@@ -109,8 +99,76 @@ class DeviceLink:
             LOGGER.error("device link %s did not stop within %.1f s", self.name, timeout_s)
 
     def is_alive(self) -> bool:
-        """Return whether the reader thread runs."""
+        """Return whether the thread runs."""
         return self._thread.is_alive()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _frames_counted(self, frames: int) -> None:
+        """Note the frame count: a new frame is the time of the last frame, and clears the error."""
+        if frames != self._frames_seen:
+            self._frames_seen = frames
+            self._last_frame_at = utc_now()
+            self._last_error = None
+
+    def _note_error(self, message: str, *, exc_info: bool = False) -> None:
+        """Remember why the link has no data; log it once per distinct reason, not on every retry."""
+        if message != self._last_error:
+            LOGGER.warning(
+                "%s",
+                message,
+                exc_info=exc_info,
+                extra={"bed": self.identity.bed, "device": self.identity.device},
+            )
+        self._last_error = message
+
+    def _deliver_report(
+        self, *, events: tuple[DriverEvent, ...], counters: dict[str, int], force: bool = False
+    ) -> None:
+        for event in events:
+            if isinstance(event, LinkDown):
+                # The session already logged it; keep the reason until frames flow again, so every
+                # later status of the dead link still says why (not only the one at the loss).
+                self._last_error = event.reason
+        now_s = time.monotonic()
+        if not events and not force and now_s - self._last_report_mono_s < self._report_interval_s:
+            return
+        self._last_report_mono_s = now_s
+        self._deliver(
+            DeviceReport(
+                identity=self.identity,
+                events=events,
+                counters=counters,
+                last_frame_at=self._last_frame_at,
+                last_error=self._last_error,
+                received_at=utc_now(),
+                received_mono_s=now_s,
+            )
+        )
+
+
+class DeviceLink(LinkThread):
+    """The reader thread of one device."""
+
+    def __init__(
+        self,
+        *,
+        identity: DeviceIdentity,
+        session: DeviceSession,
+        line: SerialSettings,
+        deliver: Callable[[DeviceReport], None],
+        backoff: Backoff = Backoff(),
+        read_timeout_s: float = 0.05,
+        report_interval_s: float = 1.0,
+        open_port: Callable[..., Transport] = open_transport,
+    ) -> None:
+        super().__init__(identity=identity, deliver=deliver, report_interval_s=report_interval_s)
+        self._session = session
+        self._line = line
+        self._backoff = backoff
+        self._read_timeout_s = read_timeout_s
+        self._open_port = open_port
 
     def _run(self) -> None:
         next_delay_s = self._backoff.delays_s()
@@ -176,47 +234,16 @@ class DeviceLink:
                 session.receive(data, now_s=now_s)
             if now_s >= session.next_deadline_s():
                 session.poll(now_s=now_s)
-            frames = session.counters.frames_in
-            if frames != self._frames_seen:
-                self._frames_seen = frames
-                self._last_frame_at = utc_now()
-                self._last_error = None
+            self._frames_counted(session.counters.frames_in)
             self._report()
         if isinstance(session, ReleasingSession):
             session.release(now_s=time.monotonic())
             while outgoing := session.data_to_send():
                 transport.write(outgoing)
 
-    def _note_error(self, message: str, *, exc_info: bool = False) -> None:
-        """Remember why the link has no data; log it once per distinct reason, not on every retry."""
-        if message != self._last_error:
-            LOGGER.warning(
-                "%s",
-                message,
-                exc_info=exc_info,
-                extra={"bed": self.identity.bed, "device": self.identity.device},
-            )
-        self._last_error = message
-
     def _report(self, *, extra_events: tuple[DriverEvent, ...] = (), force: bool = False) -> None:
-        events = tuple(self._session.events()) + extra_events
-        for event in events:
-            if isinstance(event, LinkDown):
-                # The session already logged it; keep the reason until frames flow again, so every
-                # later status of the dead link still says why (not only the one at the loss).
-                self._last_error = event.reason
-        now_s = time.monotonic()
-        if not events and not force and now_s - self._last_report_mono_s < self._report_interval_s:
-            return
-        self._last_report_mono_s = now_s
-        self._deliver(
-            DeviceReport(
-                identity=self.identity,
-                events=events,
-                counters=self._session.counters.snapshot(),
-                last_frame_at=self._last_frame_at,
-                last_error=self._last_error,
-                received_at=utc_now(),
-                received_mono_s=now_s,
-            )
+        self._deliver_report(
+            events=tuple(self._session.events()) + extra_events,
+            counters=self._session.counters.snapshot(),
+            force=force,
         )

@@ -27,18 +27,15 @@ import logging
 import math
 import selectors
 import socket
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from drivers.base import DeviceSession, DriverEvent, LinkDown, LinkUp
 from drivers.registry import get_driver
 from edge.config import DeviceConfig
-from edge.device_link import Backoff, DeviceReport
-from edge.model import utc_now
+from edge.device_link import Backoff, DeviceReport, LinkThread
 from edge.twin import DeviceIdentity
 
 LOGGER = logging.getLogger(__name__)
@@ -71,7 +68,7 @@ class _Connection:
     writing: bool = False
 
 
-class ListenerLink:
+class ListenerLink(LinkThread):
     """The listener thread of one device that receives connections."""
 
     def __init__(
@@ -87,19 +84,13 @@ class ListenerLink:
         select_timeout_s: float = 0.05,
         report_interval_s: float = 1.0,
     ) -> None:
-        self.identity = identity
+        super().__init__(identity=identity, deliver=deliver, report_interval_s=report_interval_s)
         self._host, self._port = listen_address(listen)
         self._session_factory = session_factory
-        self._deliver = deliver
         self._max_connections = max_connections
         self._backoff = backoff
         self._linger_s = linger_s
         self._select_timeout_s = select_timeout_s
-        self._report_interval_s = report_interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"link-{identity.bed}/{identity.device}", daemon=True
-        )
         self._connections: dict[int, _Connection] = {}
         self._selector: selectors.BaseSelector
         """The selector of the current listening socket (set by `_serve`)."""
@@ -115,14 +106,8 @@ class ListenerLink:
         self._events: list[DriverEvent] = []
         self._up = False
         self._down_at_s: float | None = None
-        self._frames_seen = 0
-        self._last_frame_at: datetime | None = None
-        self._last_error: str | None = None
-        self._last_report_mono_s = 0.0
         self.bound_port: int | None = None
         """The port actually bound (the config's, or the one the OS chose for port 0)."""
-        self.last_progress_s = time.monotonic()
-        """Monotonic time of the last loop iteration (the watchdog reads it)."""
 
     @classmethod
     def for_device(
@@ -145,26 +130,6 @@ class ListenerLink:
             deliver=deliver,
             max_connections=limit,
         )
-
-    @property
-    def name(self) -> str:
-        """Return the watchdog component name of this link."""
-        return self._thread.name
-
-    def start(self) -> None:
-        """Start the listener thread."""
-        self._thread.start()
-
-    def stop(self, *, timeout_s: float = 2.0) -> None:
-        """Ask the thread to stop (closing every connection) and wait for it."""
-        self._stop.set()
-        self._thread.join(timeout=timeout_s)
-        if self._thread.is_alive():
-            LOGGER.error("listener %s did not stop within %.1f s", self.name, timeout_s)
-
-    def is_alive(self) -> bool:
-        """Return whether the listener thread runs."""
-        return self._thread.is_alive()
 
     # ---- thread --------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -383,35 +348,8 @@ class ListenerLink:
         total.update(self._own)
         return total
 
-    def _note_error(self, message: str) -> None:
-        """Remember why the device has no data; log it once per distinct reason, not on every retry."""
-        if message != self._last_error:
-            LOGGER.warning("%s", message, extra={"bed": self.identity.bed, "device": self.identity.device})
-        self._last_error = message
-
     def _report(self, *, force: bool = False) -> None:
         events, self._events = tuple(self._events), []
-        for event in events:
-            if isinstance(event, LinkDown):
-                self._last_error = event.reason
         counters = self.counters()
-        frames = counters.get("frames_in", 0)
-        if frames != self._frames_seen:
-            self._frames_seen = frames
-            self._last_frame_at = utc_now()
-            self._last_error = None
-        now_s = time.monotonic()
-        if not events and not force and now_s - self._last_report_mono_s < self._report_interval_s:
-            return
-        self._last_report_mono_s = now_s
-        self._deliver(
-            DeviceReport(
-                identity=self.identity,
-                events=events,
-                counters=counters,
-                last_frame_at=self._last_frame_at,
-                last_error=self._last_error,
-                received_at=utc_now(),
-                received_mono_s=now_s,
-            )
-        )
+        self._frames_counted(counters.get("frames_in", 0))
+        self._deliver_report(events=events, counters=counters, force=force)
