@@ -27,6 +27,9 @@ pytestmark = pytest.mark.integration
 _ENV = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 """Without PYTHONPATH: an installer's shell does not point into the source tree (nor at its egg-info)."""
 
+_PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q")
+"""This venv's pip, offline: the build uses the build backend installed here (the dev extra)."""
+
 _NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
 
 
@@ -45,8 +48,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
     dist = work / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
-        + ["--disable-pip-version-check", "-q", "-w", str(dist), str(source)],
+        [*_PIP, "wheel", "--no-index", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)],
         cwd=work,
         env=_ENV,
         check=True,
@@ -64,8 +66,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=60,
     ).stdout.strip()
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-deps", "--no-index"]
-        + ["--disable-pip-version-check", "-q", str(wheel)],
+        [str(python), *_PIP[1:], "install", "--no-index", "--no-deps", str(wheel)],
         cwd=work,  # not a checkout: `-m` puts the cwd on sys.path, and an egg-info there reads as installed
         env=_ENV,
         check=True,
