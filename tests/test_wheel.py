@@ -113,3 +113,20 @@ def test_installed_console_script_prints_the_version(installed: Path, tmp_path: 
     result = _run(installed, str(installed / "bin" / "icu-edge"), "--version", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"icu-edge {appliance_version()}"
+
+
+def test_installed_wheel_runs_the_default_model_on_onnxruntime(installed: Path, tmp_path: Path) -> None:
+    """The installed default model's files match its manifest and card, and onnxruntime reproduces it."""
+    result = _run(
+        installed,
+        str(installed / "bin" / "icu-edge"),
+        "engines",
+        "verify",
+        "--backend",
+        "onnxruntime",
+        "--cache-dir",
+        str(tmp_path / "plans"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nlinear-q@1.0.0 on onnxruntime" in result.stdout, result.stdout
