@@ -91,13 +91,24 @@ _SIMULATORS = {
 """Device simulators by driver name: module (with a `main(argv) -> int`) and its usage line."""
 
 
+_SIM_DESCRIPTION = (
+    "Run a device simulator: the device side of a driver's protocol on a pty or socket, "
+    "for tests, demos and checking a cable."
+)
+
+
 def _sim(argv: list[str]) -> int:
+    """Run `sim NAME ...`; `sim --help` prints the simulators on stdout (exit 0), anything else is usage."""
     if argv and argv[0] in _SIMULATORS:
         module = importlib.import_module(_SIMULATORS[argv[0]][0])
         status: int = module.main(argv[1:])
         return status
     usage = "\n".join(f"  icu-edge sim {name} {line} [options]" for name, (_, line) in _SIMULATORS.items())
-    print(f"usage:\n{usage}\n(each takes --help)", file=sys.stderr)
+    text = f"usage:\n{usage}\n\n{_SIM_DESCRIPTION}\n\n(each takes --help)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(text)
+        return 0
+    print(text, file=sys.stderr)
     return EX_USAGE
 
 
@@ -125,21 +136,49 @@ _PASS_THROUGH = {"sim": _sim, "watch": _watch, "demo": _demo, "engines": _engine
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every subcommand."""
+    from edge import appliance_version
+
     parser = argparse.ArgumentParser(prog="icu-edge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {appliance_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the daemon (what systemd starts)")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="TOML config file")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run = commands.add_parser(
+        "run",
+        help="run the daemon (what systemd starts)",
+        description="Run the daemon (what systemd starts): read the bedside devices, keep each bed's "
+        "twin, forecast, raise alarms and publish over MQTT. A bad config exits 78 with one line per "
+        "problem (as `config check` prints them).",
+    )
+    run.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="TOML config file (default: %(default)s)"
+    )
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="lowest level logged (default: %(default)s)",
+    )
     run.set_defaults(func=_cmd_run)
 
-    config = commands.add_parser("config", help="configuration tools")
+    config = commands.add_parser(
+        "config", help="configuration tools", description="Configuration tools (`config check PATH`)."
+    )
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = config_commands.add_parser("check", help="validate a config: one line per problem, exit 78")
-    check.add_argument("path", type=Path)
+    check = config_commands.add_parser(
+        "check",
+        help="validate a config: one line per problem, exit 78",
+        description="Validate a config as `run` would, without starting anything: one line per problem "
+        "(errors, then warnings); exit 0 when `run` would start, 78 when it would not.",
+    )
+    check.add_argument("path", type=Path, help=f"the TOML config file (the daemon's: {DEFAULT_CONFIG_PATH})")
     check.set_defaults(func=_cmd_config_check)
 
-    schema = commands.add_parser("schema", help="print the JSON Schemas of config and payloads")
+    schema = commands.add_parser(
+        "schema",
+        help="print the JSON Schemas of config and payloads",
+        description="Print the JSON Schemas of the config and of every MQTT payload as one JSON "
+        "document on stdout (--asyncapi: the AsyncAPI 3 document of the MQTT contract).",
+    )
     schema.add_argument("--asyncapi", action="store_true", help="print the AsyncAPI 3 document instead")
     schema.set_defaults(func=_cmd_schema)
 

@@ -105,48 +105,88 @@ def main(argv: list[str]) -> int:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--models-dir", type=Path, default=SHIPPED_MODELS_DIR, help="models root (<id>/<version>/)"
+        "--models-dir",
+        type=Path,
+        default=SHIPPED_MODELS_DIR,
+        help="models root (<id>/<version>/) (default: %(default)s)",
     )
     common.add_argument(
         "--cache-dir",
         type=Path,
         default=DEFAULT_CACHE_DIR,
-        help=f"TensorRT plan cache (default {DEFAULT_CACHE_DIR})",
+        help="TensorRT plan cache (default: %(default)s)",
     )
     parser = argparse.ArgumentParser(
         prog="icu-edge engines", description="Manage and check the forecasting engines.", epilog=_EPILOG
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    listing = commands.add_parser("list", parents=[common], help="installed models and cached TensorRT plans")
+    listing = commands.add_parser(
+        "list",
+        parents=[common],
+        help="installed models and cached TensorRT plans",
+        description="List the installed models (refused ones with the reason), the cached TensorRT "
+        "plans, and whether TensorRT is usable here.",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(run=_list)
 
-    build = commands.add_parser("build", parents=[common], help="build the TensorRT plan(s)", epilog=_EPILOG)
+    build = commands.add_parser(
+        "build",
+        parents=[common],
+        help="build the TensorRT plan(s)",
+        description="Build the TensorRT plans of every installed model (or --model) into the cache; "
+        "needs a CUDA device. --precision auto keeps FP16 only within tolerance of onnxruntime.",
+        epilog=_EPILOG,
+    )
     build.add_argument("--model", metavar="REF", help="id or id@version (default: every installed model)")
     build.add_argument(
         "--precision",
         choices=("auto", "fp16", "fp32"),
         default="auto",
-        help="auto: build both, keep FP16 only within tolerance of onnxruntime",
+        help="auto: build both, keep FP16 only within tolerance of onnxruntime (default: %(default)s)",
     )
     build.add_argument("--force", action="store_true", help="rebuild even when a valid plan is cached")
     build.set_defaults(run=_build)
 
     verify = commands.add_parser(
-        "verify", parents=[common], help="check hashes and reference outputs", epilog=_EPILOG
+        "verify",
+        parents=[common],
+        help="check hashes and reference outputs",
+        description="Check every installed model's files against its manifest and card, then run one "
+        "model (--model, else the default) on its reference windows and compare with the exporter's outputs.",
+        epilog=_EPILOG,
     )
     verify.add_argument("--model", metavar="REF", help="id or id@version (default: the default model)")
-    verify.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
+    verify.add_argument(
+        "--backend",
+        choices=("auto", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="auto: TensorRT when usable, else onnxruntime (default: %(default)s)",
+    )
     verify.set_defaults(run=_verify)
 
     bench = commands.add_parser(
-        "bench", parents=[common], help="latency of one tick, batched vs one call per bed", epilog=_EPILOG
+        "bench",
+        parents=[common],
+        help="latency of one tick, batched vs one call per bed",
+        description="Measure the latency of one forecast tick for each bed count: one batched call vs "
+        "one call per bed.",
+        epilog=_EPILOG,
     )
     bench.add_argument("--model", metavar="REF", help="id or id@version (default: the default model)")
-    bench.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto")
-    bench.add_argument("--beds", type=_beds, default=(1, 8, 32, 64), help="comma-separated bed counts")
-    bench.add_argument("--repeats", type=_positive, default=200, help="timed repeats per bed count")
+    bench.add_argument(
+        "--backend",
+        choices=("auto", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="auto: TensorRT when usable, else onnxruntime (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--beds", type=_beds, default=(1, 8, 32, 64), help="comma-separated bed counts (default: 1,8,32,64)"
+    )
+    bench.add_argument(
+        "--repeats", type=_positive, default=200, help="timed repeats per bed count (default: %(default)s)"
+    )
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(run=_bench)
 

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario",
         default="deteriorating",
         choices=["deteriorating", "steady", "desaturation"],
-        help="simulated patient",
+        help="simulated patient (default: %(default)s)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep config, outbox and logs here")
     args = parser.parse_args(argv)

@@ -300,9 +300,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `sim datex --pty LINK [--scenario NAME] [--seconds N] [--speed X]`."""
     parser = argparse.ArgumentParser(prog="icu-edge sim datex", description=__doc__.splitlines()[0])
     parser.add_argument("--pty", required=True, metavar="LINK", help="symlink to create for the pty slave")
-    parser.add_argument("--scenario", choices=sorted(PATIENTS), default="steady")
-    parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--speed", type=float, default=1.0, help="scenario time per wall-clock second")
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(PATIENTS),
+        default="steady",
+        help="simulated patient (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until stopped)",
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="scenario time per wall-clock second (default: %(default)g)"
+    )
     args = parser.parse_args(argv)
     if args.speed <= 0 or not math.isfinite(args.speed):
         parser.error("--speed must be a positive number")

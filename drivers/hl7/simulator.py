@@ -209,12 +209,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `sim hl7 --to HOST:PORT [--scenario NAME] [--style S] [--bed BED] [--interval-s S] ...`."""
     parser = argparse.ArgumentParser(prog="icu-edge sim hl7", description=__doc__.splitlines()[0])
     parser.add_argument("--to", required=True, metavar="HOST:PORT", help="the appliance's HL7 listener")
-    parser.add_argument("--scenario", choices=sorted(PATIENTS), default="steady")
-    parser.add_argument("--style", choices=STYLES, default="mindray")
-    parser.add_argument("--bed", default="bed-01", help="bed label written into PV1-3")
-    parser.add_argument("--unit", default="ICU", help="unit (point of care) written into PV1-3")
-    parser.add_argument("--interval-s", type=float, default=1.0, help="seconds between messages")
-    parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(PATIENTS),
+        default="steady",
+        help="simulated patient (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--style",
+        choices=STYLES,
+        default="mindray",
+        help="mindray: 2.3.1 numeric ids; pcd01: MDC codes and units (default: %(default)s)",
+    )
+    parser.add_argument("--bed", default="bed-01", help="bed label written into PV1-3 (default: %(default)s)")
+    parser.add_argument(
+        "--unit", default="ICU", help="unit (point of care) written into PV1-3 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--interval-s", type=float, default=1.0, help="seconds between messages (default: %(default)g)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until stopped)",
+    )
     args = parser.parse_args(argv)
     try:
         host, port = _address(args.to)

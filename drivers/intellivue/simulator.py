@@ -540,12 +540,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument(
         "--udp", metavar="HOST:PORT", help="listen for the client's datagrams (LAN, port 24105)"
     )
-    parser.add_argument("--scenario", choices=sorted(PATIENTS), default="steady")
-    parser.add_argument("--demo", action="store_true", help="demo mode: every value carries DEMO_DATA (0400)")
-    parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--speed", type=float, default=1.0, help="scenario time per wall-clock second")
     parser.add_argument(
-        "--mtu", type=int, default=DEFAULT_MTU_BYTES, help="largest reply before a RORLS chain"
+        "--scenario",
+        choices=sorted(PATIENTS),
+        default="steady",
+        help="simulated patient (default: %(default)s)",
+    )
+    parser.add_argument("--demo", action="store_true", help="demo mode: every value carries DEMO_DATA (0400)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until stopped)",
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="scenario time per wall-clock second (default: %(default)g)"
+    )
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        default=DEFAULT_MTU_BYTES,
+        help="largest reply before a RORLS chain, bytes (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.speed <= 0:

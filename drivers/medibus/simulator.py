@@ -612,9 +612,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `sim medibus --pty LINK [--scenario NAME] [--seconds N] [--speed X]` (names: `SCENARIOS`)."""
     parser = argparse.ArgumentParser(prog="icu-edge sim medibus", description=__doc__.splitlines()[0])
     parser.add_argument("--pty", required=True, metavar="LINK", help="symlink to create for the pty slave")
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=DeterioratingPatient.name)
-    parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--speed", type=float, default=1.0, help="scenario time per wall-clock second")
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default=DeterioratingPatient.name,
+        help="simulated patient (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until stopped)",
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="scenario time per wall-clock second (default: %(default)g)"
+    )
     _add_fault_arguments(parser)
     args = parser.parse_args(argv)
     if args.speed <= 0:
@@ -654,14 +666,28 @@ def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the line-fault options (see drivers.medibus.sim_faults)."""
     faults = parser.add_argument_group("line faults (for fault tests)")
     faults.add_argument(
-        "--bit-flip-rate", type=float, default=0.0, metavar="P", help="per byte, chance of one flipped bit"
+        "--bit-flip-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="per byte, chance of one flipped bit (default: %(default)g)",
     )
-    faults.add_argument("--seed", type=int, default=0, help="seed of the bit-flip generator")
     faults.add_argument(
-        "--power-off-after", type=float, default=None, metavar="S", help="cut the power mid-frame after S s"
+        "--seed", type=int, default=0, help="seed of the bit-flip generator (default: %(default)s)"
     )
     faults.add_argument(
-        "--power-off-for", type=float, default=5.0, metavar="S", help="seconds the power stays off"
+        "--power-off-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="cut the power mid-frame after S s (default: never)",
+    )
+    faults.add_argument(
+        "--power-off-for",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds the power stays off (default: %(default)g)",
     )
 
 
