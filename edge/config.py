@@ -241,7 +241,9 @@ class DeviceConfig(_Section):
     @classmethod
     def _known_driver(cls, value: str) -> str:
         if value not in driver_names():
-            raise ValueError(f"unknown driver {value!r}; allowed: {', '.join(driver_names())}")
+            near = difflib.get_close_matches(value, driver_names(), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"unknown driver {value!r}{hint}; allowed: {', '.join(driver_names())}")
         return value
 
     @field_validator("port")
@@ -627,8 +629,12 @@ def config_errors(exc: ValidationError) -> list[str]:
             message = "required, but missing"
         elif error["type"] == "extra_forbidden":
             message, hint = _unknown_key(error["loc"])
-        quiet = error["type"] in {"missing", "config_problem", "extra_forbidden"} or isinstance(
-            error["input"], dict | list
+        # A message that already quotes the value (a validator's own) does not get it again after
+        # its "allowed:" list.
+        quiet = (
+            error["type"] in {"missing", "config_problem", "extra_forbidden"}
+            or isinstance(error["input"], dict | list)
+            or repr(error["input"]) in message
         )
         got = "" if quiet else f" (got {error['input']!r})"
         line = f"{_location(error)}: {message}{got}"
@@ -678,16 +684,17 @@ def load_config(path: Path) -> AppConfig:
 
 
 def _read_document(path: Path) -> dict[str, Any]:
+    """Read and parse the file; its error lines leave out `path`, which the commands print first."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+        raise ConfigError([f"cannot read: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
+        raise ConfigError([f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax: {exc}"]) from exc
+        raise ConfigError([f"TOML syntax: {exc}"]) from exc
 
 
 def read_secret(path: Path) -> str:
