@@ -588,8 +588,10 @@ _FIELD_HINTS: dict[str, str] = {"topic_prefix": TOPIC_PREFIX_RULE}
 def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     """Return the config section a location points into (for listing its keys), None if unknown."""
     section: type[BaseModel] = AppConfig
+    named_entry = False
     for item in loc:
-        if isinstance(item, int):
+        if isinstance(item, int) or named_entry:  # a list index, or the name of a table's entry
+            named_entry = False
             continue
         field = section.model_fields.get(item)
         if field is None:
@@ -598,7 +600,15 @@ def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         if not nested:
             return None
         section = nested[0]
+        named_entry = _is_table_of_sections(field.annotation)
     return section
+
+
+def _is_table_of_sections(annotation: object) -> bool:
+    """A `dict[str, Section]` field (`[alarms.limits.hr]`): the location's next item is an entry's name."""
+    if typing.get_origin(annotation) is dict:
+        return True
+    return any(_is_table_of_sections(arg) for arg in typing.get_args(annotation))
 
 
 def _flatten(annotation: object) -> list[object]:
@@ -610,7 +620,7 @@ def _unknown_key(loc: tuple[str | int, ...]) -> tuple[str, str]:
     """Return the message (with a did-you-mean) and the allowed keys of an unknown key's section."""
     section = _section_at(loc[:-1])
     if section is None:
-        return "unknown key", "remove it"
+        return "unknown key; remove it", ""
     keys = sorted(section.model_fields)
     close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
     return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""), ", ".join(keys)

@@ -678,6 +678,14 @@ ONE_LINE_CASES: dict[str, tuple[dict[str, str], str]] = {
         {"beds": _bed('driver = "medibuss"\nport = "{tmp}/vent-1"')},
         "bed[0].device[0].driver: unknown driver 'medibuss' (did you mean 'medibus'?); allowed: datex, hl7,",
     ),
+    "unknown-alarm-limit-key": (
+        {"sections": f"{NO_ENGINES}\n[alarms.limits.hr]\nhihg = 150"},
+        "alarms.limits.hr.hihg: unknown key (did you mean 'high'?); allowed: delay_reason, delay_s, ",
+    ),
+    "unknown-bed-alarm-limit-key": (
+        {"device": "[bed.alarm_limits.spo2]\nloww = 85"},
+        "bed[0].alarm_limits.spo2.loww: unknown key (did you mean 'low'?); allowed: delay_reason, ",
+    ),
     "toml-syntax": ({"sections": f"{NO_ENGINES}\ntick_s = "}, "TOML syntax: Invalid value (at line "),
 }
 
