@@ -241,7 +241,9 @@ class DeviceConfig(_Section):
     @classmethod
     def _known_driver(cls, value: str) -> str:
         if value not in driver_names():
-            raise ValueError(f"unknown driver {value!r}; allowed: {', '.join(driver_names())}")
+            near = difflib.get_close_matches(value, driver_names(), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"unknown driver {value!r}{hint}; allowed: {', '.join(driver_names())}")
         return value
 
     @field_validator("port")
@@ -586,8 +588,10 @@ _FIELD_HINTS: dict[str, str] = {"topic_prefix": TOPIC_PREFIX_RULE}
 def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     """Return the config section a location points into (for listing its keys), None if unknown."""
     section: type[BaseModel] = AppConfig
+    named_entry = False
     for item in loc:
-        if isinstance(item, int):
+        if isinstance(item, int) or named_entry:  # a list index, or the name of a table's entry
+            named_entry = False
             continue
         field = section.model_fields.get(item)
         if field is None:
@@ -596,7 +600,15 @@ def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         if not nested:
             return None
         section = nested[0]
+        named_entry = _is_table_of_sections(field.annotation)
     return section
+
+
+def _is_table_of_sections(annotation: object) -> bool:
+    """A `dict[str, Section]` field (`[alarms.limits.hr]`): the location's next item is an entry's name."""
+    if typing.get_origin(annotation) is dict:
+        return True
+    return any(_is_table_of_sections(arg) for arg in typing.get_args(annotation))
 
 
 def _flatten(annotation: object) -> list[object]:
@@ -608,7 +620,7 @@ def _unknown_key(loc: tuple[str | int, ...]) -> tuple[str, str]:
     """Return the message (with a did-you-mean) and the allowed keys of an unknown key's section."""
     section = _section_at(loc[:-1])
     if section is None:
-        return "unknown key", "remove it"
+        return "unknown key; remove it", ""
     keys = sorted(section.model_fields)
     close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
     return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""), ", ".join(keys)
@@ -627,8 +639,12 @@ def config_errors(exc: ValidationError) -> list[str]:
             message = "required, but missing"
         elif error["type"] == "extra_forbidden":
             message, hint = _unknown_key(error["loc"])
-        quiet = error["type"] in {"missing", "config_problem", "extra_forbidden"} or isinstance(
-            error["input"], dict | list
+        # A message that already quotes the value (a validator's own) does not get it again after
+        # its "allowed:" list.
+        quiet = (
+            error["type"] in {"missing", "config_problem", "extra_forbidden"}
+            or isinstance(error["input"], dict | list)
+            or repr(error["input"]) in message
         )
         got = "" if quiet else f" (got {error['input']!r})"
         line = f"{_location(error)}: {message}{got}"
@@ -678,16 +694,17 @@ def load_config(path: Path) -> AppConfig:
 
 
 def _read_document(path: Path) -> dict[str, Any]:
+    """Read and parse the file; its error lines leave out `path`, which the commands print first."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+        raise ConfigError([f"cannot read: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
+        raise ConfigError([f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax: {exc}"]) from exc
+        raise ConfigError([f"TOML syntax: {exc}"]) from exc
 
 
 def read_secret(path: Path) -> str:

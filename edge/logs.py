@@ -22,12 +22,16 @@ SYSLOG_IDENTIFIER = "icu-edge"
 
 _HANDLER_NAME = "icu-edge"
 
+PAHO_LOGGER = "edge.publisher.paho"
+"""The logger paho-mqtt writes its own records to (`Client.enable_logger`)."""
+
 
 def configure_logging(*, level: str = "INFO", force_journal: bool | None = None) -> None:
     """Install the root handler: journal when stderr goes to journald, else text on stderr.
 
     `force_journal` overrides the detection (None: detect). Calling it again replaces the handler it
-    installed before and leaves other handlers alone.
+    installed before and leaves other handlers alone. paho's own records show from WARNING up, and
+    all of them at DEBUG.
     """
     numeric_level = logging.getLevelNamesMapping().get(level.upper())
     if numeric_level is None:
@@ -39,8 +43,15 @@ def configure_logging(*, level: str = "INFO", force_journal: bool | None = None)
     for previous in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(previous)
         previous.close()
+    # The handler checks the level again: a logger filter that demotes a record after the logger let
+    # it through (the publisher's, for paho's 'Client is not connected') must not print it.
+    handler.setLevel(numeric_level)
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    # paho logs only DEBUG (every packet) and ERROR (socket failures, exceptions in our callbacks):
+    # below DEBUG its ERRORs (and any WARNING) stay, its chatter does not.
+    paho_level = numeric_level if numeric_level <= logging.DEBUG else max(numeric_level, logging.WARNING)
+    logging.getLogger(PAHO_LOGGER).setLevel(paho_level)
     LOGGER.debug("logging to %s at %s", "the journal" if use_journal else "stderr", level.upper())
 
 

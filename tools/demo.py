@@ -4,7 +4,8 @@ Starts a private Mosquitto on a free port, a whole bed of simulated devices on p
 MEDIBUS ventilator and a Philips IntelliVue monitor, both following the same deteriorating patient),
 the daemon (`icu-edge run`) against a generated config, and the ward view in the foreground,
 subscribed like a central station. Ctrl-C (or `--seconds`) stops all of it, daemon first so it can
-flush and publish its offline status.
+flush and publish its offline status; so do SIGTERM and SIGHUP (a `kill`, a closed terminal), which
+then exit with 128 + the signal's number, as a shell reports a process a signal ended.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 
 from tools.local_broker import BrokerUnavailable, LocalMosquitto
 
@@ -53,6 +55,22 @@ id = "mon-1"
 driver = "intellivue"
 port = "{pty}"
 """
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop the demo like Ctrl-C does (their default action would orphan every child)."""
+
+
+class _Stopped(Exception):
+    """A stop signal arrived; raised in the main thread by the handler, like KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: FrameType | None) -> None:
+    raise _Stopped(signum)
 
 
 def _spawn(argv: list[str], *, log_path: Path) -> subprocess.Popen[bytes]:
@@ -108,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     simulator: subprocess.Popen[bytes] | None = None
     monitor: subprocess.Popen[bytes] | None = None
     daemon: subprocess.Popen[bytes] | None = None
+    previous_handlers = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
     try:
         broker = LocalMosquitto(directory=workdir)
         broker.start()
@@ -170,10 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         return EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 0
+    except _Stopped as stop:
+        print(f"icu-edge demo: stopped by {stop}", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     finally:
+        for signum in STOP_SIGNALS:  # a second signal must not cut the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         _stop(daemon, timeout_s=15.0)
         _stop(monitor, timeout_s=5.0)
         _stop(simulator, timeout_s=5.0)
         if broker is not None:
             broker.stop()
         print(f"stopped; config, outbox and logs are in {workdir}", flush=True)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)

@@ -239,6 +239,8 @@ AGREEMENT_CASES: dict[str, tuple[dict[str, str], str]] = {
         "publish: twin_min_interval_s",
     ),
     "tick-too-short": ({"sections": f"{NO_ENGINES}\ntick_s = 0.0001"}, "engines.tick_s: "),
+    "unknown-mqtt-key": ({"mqtt": 'hots = "x"'}, "mqtt.hots: unknown key (did you mean 'host'?)"),
+    "unknown-top-level-table": ({"sections": f"{NO_ENGINES}\n[foo]\nx = 1"}, "foo: unknown key; allowed: "),
     "port-shared-by-two-beds": (
         {"beds": _two_beds("{tmp}/vent-1", "{tmp}/vent-1")},
         "bed b1 device vent-1 and bed b2 device vent-2 both use {tmp}/vent-1",
@@ -652,3 +654,72 @@ def test_every_spelling_of_one_endpoint_has_one_identity() -> None:
     assert endpoint_identity("udp://MONITOR.:24105") == endpoint_identity("udp://monitor:24105")
     assert endpoint_identity("listen://[0:0::1]:2575") == endpoint_identity("listen://[::1]:2575")
     assert endpoint_identity("listen://127.0.0.1:2575") != endpoint_identity("udp://127.0.0.1:2575")
+
+
+def _bed(device_lines: str, *, bed_key: str = 'id = "b1"') -> str:
+    return f'\n[[bed]]\n{bed_key}\n\n[[bed.device]]\nid = "vent-1"\n{device_lines}\n'
+
+
+ONE_LINE_CASES: dict[str, tuple[dict[str, str], str]] = {
+    "unknown-mqtt-key": ({"mqtt": 'hots = "x"'}, "mqtt.hots: unknown key (did you mean 'host'?); allowed: "),
+    "unknown-bed-key": (
+        {"beds": _bed('driver = "medibus"\nport = "{tmp}/vent-1"', bed_key='idd = "b1"')},
+        "bed[0].idd: unknown key (did you mean 'id'?); allowed: ",
+    ),
+    "unknown-driver-option": (
+        {"device": "options = { poll_intervl_s = 1 }"},
+        "bed[0].device[0].options.poll_intervl_s: unknown medibus option 'poll_intervl_s' (did you mean",
+    ),
+    "unknown-top-level-table": (
+        {"sections": f"{NO_ENGINES}\n[publishh]\ntwin_min_interval_s = 1"},
+        "publishh: unknown key (did you mean 'publish'?); allowed: ",
+    ),
+    "unknown-driver": (
+        {"beds": _bed('driver = "medibuss"\nport = "{tmp}/vent-1"')},
+        "bed[0].device[0].driver: unknown driver 'medibuss' (did you mean 'medibus'?); allowed: datex, hl7,",
+    ),
+    "unknown-alarm-limit-key": (
+        {"sections": f"{NO_ENGINES}\n[alarms.limits.hr]\nhihg = 150"},
+        "alarms.limits.hr.hihg: unknown key (did you mean 'high'?); allowed: delay_reason, delay_s, ",
+    ),
+    "unknown-bed-alarm-limit-key": (
+        {"device": "[bed.alarm_limits.spo2]\nloww = 85"},
+        "bed[0].alarm_limits.spo2.loww: unknown key (did you mean 'low'?); allowed: delay_reason, ",
+    ),
+    "toml-syntax": ({"sections": f"{NO_ENGINES}\ntick_s = "}, "TOML syntax: Invalid value (at line "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONE_LINE_CASES))
+def test_each_config_error_is_one_line_naming_the_file_once(case: str, tmp_path: Path) -> None:
+    """Both commands print each problem once, as `PATH: KEY.PATH: message`, PATH not repeated."""
+    parts, expected = ONE_LINE_CASES[case]
+    tmp = str(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        _config_text(tmp_path, **{k: v.replace("{tmp}", tmp) for k, v in parts.items()}), encoding="utf-8"
+    )
+    check = _cli("config", "check", str(config), timeout_s=60)
+    run = _cli("run", "--config", str(config), timeout_s=RUN_GIVE_UP_S)
+    assert check is not None
+    assert run is not None
+    assert (check.returncode, run.returncode) == (78, 78), check.stdout + run.stderr
+    check_lines = check.stdout.splitlines()
+    assert run.stderr.splitlines() == check_lines, "check and run must print the same lines"
+    assert len(set(check_lines)) == len(check_lines), f"a line printed twice: {check_lines}"
+    for line in check_lines:
+        assert line.startswith(f"{config}: "), line
+        assert line.count(tmp) == 1, line
+    assert [line for line in check_lines if expected in line] != [], check_lines
+    assert "(got " not in "".join(line for line in check_lines if expected in line)
+
+
+def test_an_unreadable_config_is_one_line_naming_the_file_once(tmp_path: Path) -> None:
+    absent = tmp_path / "absent.toml"
+    check = _cli("config", "check", str(absent), timeout_s=60)
+    run = _cli("run", "--config", str(absent), timeout_s=RUN_GIVE_UP_S)
+    assert check is not None
+    assert run is not None
+    expected = [f"{absent}: cannot read: No such file or directory"]
+    assert (check.stdout.splitlines(), run.stderr.splitlines()) == (expected, expected)
+    assert (check.returncode, run.returncode) == (78, 78)

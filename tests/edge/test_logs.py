@@ -5,6 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ def restore_root_logger() -> Iterator[logging.Logger]:
         root.removeHandler(handler)
         handler.close()
     root.setLevel(level)
+    logging.getLogger("edge.publisher.paho").setLevel(logging.NOTSET)
 
 
 def _installed_handler(root: logging.Logger) -> logging.Handler:
@@ -154,3 +160,112 @@ def test_journal_fields_include_bed_device_and_identifier(restore_root_logger: l
     assert fields["SYSLOG_IDENTIFIER"] == "icu-edge"
     assert fields["PRIORITY"] == "3"
     assert fields["LOGGER"] == "drivers.medibus"
+
+
+class _DemoteToDebug(logging.Filter):
+    """What the publisher does to paho's 'Client is not connected' ERROR: a logger filter demotes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def test_paho_chatter_stays_out_of_the_default_output_and_its_errors_stay_in(
+    capsys: pytest.CaptureFixture[str], restore_root_logger: logging.Logger
+) -> None:
+    paho = logging.getLogger("edge.publisher.paho")
+    demote = _DemoteToDebug()
+    configure_logging(force_journal=False)
+    paho.debug("Sending PUBLISH (d0, q1, r0, m1)")
+    paho.info("a paho notice")
+    paho.error("failed to receive on socket: reset")
+    paho.addFilter(demote)
+    try:
+        paho.error("Client is not connected")
+        logging.getLogger("edge.publisher").info("our own line")
+        default_lines = capsys.readouterr().err.splitlines()
+        configure_logging(level="DEBUG", force_journal=False)
+        paho.error("Client is not connected")
+        debug_lines = capsys.readouterr().err.splitlines()
+    finally:
+        paho.removeFilter(demote)
+    assert [line.split(" ", 1)[1] for line in default_lines] == [
+        "ERROR edge.publisher.paho: failed to receive on socket: reset",
+        "INFO edge.publisher: our own line",
+    ]
+    assert [line.split(" ", 1)[1] for line in debug_lines if "paho" in line] == [
+        "DEBUG edge.publisher.paho: Client is not connected"
+    ]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOT_CONNECTED = "Client is not connected"
+
+
+def _closed_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _daemon_output(tmp_path: Path, *, log_level: str | None, until: str, timeout_s: float) -> str:
+    """Run `icu-edge run` against a broker that is down until `until` shows (or the time-out); its output."""
+    config = tmp_path / f"config-{log_level}.toml"
+    config.write_text(
+        f"""
+[appliance]
+id = "edge-0001"
+site = "hosp-a"
+ward = "icu-3"
+
+[mqtt]
+host = "127.0.0.1"
+port = {_closed_loopback_port()}
+insecure = true
+
+[store]
+path = "{tmp_path / f"outbox-{log_level}.db"}"
+
+[engines]
+enabled = false
+
+[[bed]]
+id = "b1"
+
+[[bed.device]]
+id = "vent-1"
+driver = "medibus"
+port = "{tmp_path / "vent-1"}"
+""",
+        encoding="utf-8",
+    )
+    output = tmp_path / f"daemon-{log_level}.log"
+    level = [] if log_level is None else ["--log-level", log_level]
+    with output.open("wb") as sink:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", "--config", str(config), *level],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while until not in output.read_text(encoding="utf-8") and time.monotonic() < deadline:
+            assert daemon.poll() is None, output.read_text(encoding="utf-8")
+            time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    return output.read_text(encoding="utf-8")
+
+
+def test_a_daemon_whose_broker_is_down_prints_no_paho_chatter_at_the_default_level(tmp_path: Path) -> None:
+    debug = _daemon_output(tmp_path, log_level="DEBUG", until=NOT_CONNECTED, timeout_s=30)
+    assert NOT_CONNECTED in debug, f"paho never said it at DEBUG either: the test proves nothing\n{debug}"
+    seen_after_s = 3 * 2.0  # paho says it every second or two while the broker is down: three times that
+    default = _daemon_output(tmp_path, log_level=None, until="never printed", timeout_s=seen_after_s)
+    assert "cannot connect to the broker" in default, default
+    assert NOT_CONNECTED not in default, default
+    assert " DEBUG " not in default, default
