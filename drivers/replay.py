@@ -4,7 +4,8 @@ The device's bytes (`device` records of a `drivers.recording` file) are written 
 recorded pace divided by `--speed`; whatever the host writes is read, counted and otherwise ignored.
 The clock starts when the host first writes, and lines up with the recorded host's first write: device
 bytes recorded before it (sent while nobody listened) are skipped and counted. A recording without host
-bytes plays from the start at once. When the last chunk has gone, the replay ends and removes LINK.
+bytes plays from the start at once. When the host has read the last chunk (or after `DRAIN_S`), the
+replay ends and removes LINK.
 
 A request-response protocol (MEDIBUS) replays well only while the daemon asks the same things in the
 same rhythm as the recorded host, because the replay answers the recorded questions, not the ones asked
@@ -19,11 +20,14 @@ Threads: one (select on the pty master until the next chunk is due).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import select
 import signal
+import struct
 import sys
+import termios
 import threading
 import time
 import tty
@@ -38,6 +42,7 @@ LOGGER = logging.getLogger(__name__)
 
 EX_UNAVAILABLE = 69
 SELECT_MAX_S = 0.05
+DRAIN_S = 2.0
 _READ_CHUNK_BYTES = 4096
 
 
@@ -93,12 +98,30 @@ def replay(
                     else:
                         break
                     index += 1
+            _drain(master_fd=master_fd, slave_fd=slave_fd, counts=counts, stop=stop)
         finally:
             remove_symlink(link_path=link_path, target=slave_path)
     finally:
         os.close(master_fd)
         os.close(slave_fd)
     return counts
+
+
+def _drain(*, master_fd: int, slave_fd: int, counts: ReplayCounts, stop: threading.Event) -> None:
+    """Wait (at most DRAIN_S) until the host has read the last chunk: closing the pty would discard it."""
+    deadline_s = time.monotonic() + DRAIN_S
+    while not stop.is_set() and time.monotonic() < deadline_s:
+        if _unread_bytes(slave_fd) == 0:
+            return
+        readable, _, _ = select.select([master_fd], [], [], SELECT_MAX_S)
+        if readable:
+            _read_host(master_fd, counts)
+
+
+def _unread_bytes(slave_fd: int) -> int:
+    """Return how many bytes wait on the pty for the host to read."""
+    waiting = fcntl.ioctl(slave_fd, termios.FIONREAD, b"\0\0\0\0")
+    return int(struct.unpack("i", waiting)[0])
 
 
 def _read_host(master_fd: int, counts: ReplayCounts) -> bool:
