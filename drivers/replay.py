@@ -112,11 +112,12 @@ def _drain(*, master_fd: int, slave_fd: int, counts: ReplayCounts, stop: threadi
     """Wait (at most DRAIN_S) until the host has read the last chunk: closing the pty would discard it."""
     deadline_s = time.monotonic() + DRAIN_S
     while not stop.is_set() and time.monotonic() < deadline_s:
-        if _unread_bytes(slave_fd) == 0:
-            return
+        # wait first: the kernel moves a write from the master to the slave's queue a moment later
         readable, _, _ = select.select([master_fd], [], [], SELECT_MAX_S)
         if readable:
             _read_host(master_fd, counts)
+        if _unread_bytes(slave_fd) == 0:
+            return
 
 
 def _unread_bytes(slave_fd: int) -> int:

@@ -135,3 +135,38 @@ def test_record_from_a_port_that_is_not_there_exits_unavailable(
     assert status == 69
     assert "cannot open" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+
+
+def test_record_stops_after_seconds_and_says_what_it_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    device_master, device_slave = os.openpty()
+    tty.setraw(device_slave)
+    out = tmp_path / "vent.rec"
+    port = os.ttyname(device_slave)
+    # the device speaks once the recorder has the port open (opening a port drops what waited on it)
+    speaks = threading.Timer(0.2, lambda: os.write(device_master, b"\x1b\x06hello"))
+    speaks.start()
+    try:
+        status = record_tool.main(
+            [
+                *("--device", port, "--pty", str(tmp_path / "link"), "--out", str(out)),
+                *("--seconds", "0.5", "--parity", "N", "--note", "bed 7 ventilator"),
+            ]
+        )
+    finally:
+        speaks.join()
+        os.close(device_master)
+        os.close(device_slave)
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "device->host 7 bytes in " in printed
+    assert "host->device 0 bytes in 0 chunks" in printed
+    with out.open(encoding="ascii") as source:
+        recording = read_recording(source)
+    assert (recording.header.port, recording.header.parity, recording.header.note) == (
+        port,
+        "N",
+        "bed 7 ventilator",
+    )
+    assert b"".join(c.data for c in recording.chunks) == b"\x1b\x06hello"
