@@ -87,6 +87,7 @@ _SIMULATORS = {
     "intellivue": ("drivers.intellivue.simulator", "--pty LINK | --udp HOST:PORT"),
     "datex": ("drivers.datex.simulator", "--pty LINK"),
     "hl7": ("drivers.hl7.simulator", "--to HOST:PORT"),
+    "replay": ("drivers.replay", "FILE --pty LINK [--speed X]"),
 }
 """Device simulators by driver name: module (with a `main(argv) -> int`) and its usage line."""
 
@@ -124,13 +125,19 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def _record(argv: list[str]) -> int:
+    from drivers.record import main as record_main
+
+    return record_main(argv)
+
+
 def _engines(argv: list[str]) -> int:
     from engines.cli import main as engines_main
 
     return engines_main(argv)
 
 
-_PASS_THROUGH = {"sim": _sim, "watch": _watch, "demo": _demo, "engines": _engines}
+_PASS_THROUGH = {"sim": _sim, "watch": _watch, "demo": _demo, "engines": _engines, "record": _record}
 """Commands with their own argument parsers: everything after the command name goes to them."""
 
 
@@ -187,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("watch", "terminal ward view subscribing like a central station (see: watch --help)"),
         ("sim", "a device simulator: sim medibus|intellivue|datex|hl7 (see: sim NAME --help)"),
         ("engines", "forecasting engines: build, list, verify, bench, eval (see: engines --help)"),
+        ("record", "record a device's serial line both ways through a pty (see: record --help)"),
     ]:
         commands.add_parser(name, help=text, add_help=False)
     return parser
