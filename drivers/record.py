@@ -138,9 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="recording to write (JSON Lines)")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--baud", type=int, default=19200, help="device line speed (default 19200)")
+    parser.add_argument("--baud", type=int, default=19200, help="device line speed (default: %(default)s)")
     parser.add_argument("--bytesize", type=int, choices=[7, 8], default=8)
-    parser.add_argument("--parity", choices=["N", "E", "O"], default="E", help="default E (MEDIBUS)")
+    parser.add_argument(
+        "--parity", choices=["N", "E", "O"], default="E", help="parity (default: %(default)s, MEDIBUS)"
+    )
     parser.add_argument("--stopbits", type=float, choices=[1, 2], default=1)
     parser.add_argument("--rtscts", action="store_true", help="RTS/CTS flow control (Datex S/5)")
     parser.add_argument("--note", default="", help="free text kept in the recording's header")

@@ -141,7 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="icu-edge sim replay", description=__doc__.splitlines()[0])
     parser.add_argument("file", metavar="FILE", help="a recording made by `icu-edge record`")
     parser.add_argument("--pty", required=True, metavar="LINK", help="symlink to create for the pty slave")
-    parser.add_argument("--speed", type=float, default=1.0, help="recorded seconds per wall-clock second")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="recorded seconds per wall-clock second (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if not args.speed > 0:
         parser.error("--speed must be positive")

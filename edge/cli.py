@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in [
         ("demo", "loopback broker + simulated ventilator and monitor + daemon + view (see: demo --help)"),
         ("watch", "terminal ward view subscribing like a central station (see: watch --help)"),
-        ("sim", "a device simulator: sim medibus|intellivue|datex|hl7 (see: sim NAME --help)"),
+        ("sim", "a device simulator: sim medibus|intellivue|datex|hl7|replay (see: sim NAME --help)"),
         ("engines", "forecasting engines: build, list, verify, bench, eval (see: engines --help)"),
         ("record", "record a device's serial line both ways through a pty (see: record --help)"),
     ]:

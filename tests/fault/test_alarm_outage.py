@@ -62,9 +62,7 @@ def test_an_alarm_raised_during_a_broker_outage_arrives_as_history_and_then_as_t
         ), ward.log("daemon")
         persistent_broker.stop()
         ward.kill_simulator(bed)
-        assert wait_for(lambda: "no link to vent-1" in ward.log("daemon"), timeout_s=15), ward.log(
-            "daemon"
-        )
+        assert wait_for(lambda: "no link to vent-1" in ward.log("daemon"), timeout_s=15), ward.log("daemon")
         before = len(station.messages)
         persistent_broker.start()
         assert wait_for(lambda: any(_raised(m) for m in station.messages[before:]), timeout_s=30), ward.log(
