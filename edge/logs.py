@@ -1,8 +1,8 @@
 """Logging set-up: structured journal fields under systemd, readable lines on a terminal.
 
-Log calls about one device pass `extra={"bed": ..., "device": ...}` (or use `device_logger`). Under
-systemd these become the journal fields BED= and DEVICE=, so `journalctl -u icu-edge BED=bed-07`
-works; on a terminal they are appended as `[bed=bed-07 device=vent-1]`.
+Log calls about one device pass `extra={"bed": ..., "device": ...}` (or use `device_logger`); alarm
+lines add `alarm_id`. Under systemd these become the journal fields BED=, DEVICE= and ALARM_ID=, so
+`journalctl -u icu-edge BED=bed-07` works; on a terminal they are appended as `[bed=bed-07 device=vent-1]`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 LOGGER = logging.getLogger(__name__)
 
-STRUCTURED_FIELDS = ("bed", "device")
+STRUCTURED_FIELDS = ("bed", "device", "alarm_id")
 """Record attributes that become journal fields (upper-cased) and terminal suffixes."""
 
 SYSLOG_IDENTIFIER = "icu-edge"
