@@ -10,7 +10,9 @@ physiologically exact. Nothing here is device data.
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,3 +262,34 @@ def synthesise_wave(
             inspiring, vt_ml * breath_t / ti_s, vt_ml * np.exp(-(breath_t - ti_s) / 0.35 * 1.6 * ti_s / 0.6)
         )
     raise ValueError(f"no synthetic {signal!r} wave")
+
+
+def add_patient_arguments(
+    parser: argparse.ArgumentParser, *, choices: Iterable[str], default: str, speed: bool = True
+) -> None:
+    """Add what every simulator takes: `--scenario`, `--seconds` and (with `speed`) `--speed`."""
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(choices),
+        default=default,
+        help="simulated patient (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until stopped)",
+    )
+    if speed:
+        parser.add_argument(
+            "--speed",
+            type=float,
+            default=1.0,
+            help="scenario time per wall-clock second (default: %(default)g)",
+        )
+
+
+def check_speed(parser: argparse.ArgumentParser, speed: float) -> None:
+    """Refuse (exit 2) a `--speed` that is not a positive finite number."""
+    if not (speed > 0 and math.isfinite(speed)):
+        parser.error("--speed must be a positive number")

@@ -47,7 +47,7 @@ from drivers.datex.records import (
     wave_subrecord,
 )
 from drivers.pty_link import remove_symlink, replace_symlink, write_available
-from drivers.scenario import PATIENTS, Patient
+from drivers.scenario import PATIENTS, Patient, add_patient_arguments, check_speed
 
 LOGGER = logging.getLogger(__name__)
 
@@ -300,24 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `sim datex --pty LINK [--scenario NAME] [--seconds N] [--speed X]`."""
     parser = argparse.ArgumentParser(prog="icu-edge sim datex", description=__doc__.splitlines()[0])
     parser.add_argument("--pty", required=True, metavar="LINK", help="symlink to create for the pty slave")
-    parser.add_argument(
-        "--scenario",
-        choices=sorted(PATIENTS),
-        default="steady",
-        help="simulated patient (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=None,
-        help="stop after this many seconds (default: run until stopped)",
-    )
-    parser.add_argument(
-        "--speed", type=float, default=1.0, help="scenario time per wall-clock second (default: %(default)g)"
-    )
+    add_patient_arguments(parser, choices=PATIENTS, default="steady")
     args = parser.parse_args(argv)
-    if args.speed <= 0 or not math.isfinite(args.speed):
-        parser.error("--speed must be a positive number")
+    check_speed(parser, args.speed)
     if args.seconds is not None and not args.seconds > 0:
         parser.error("--seconds must be positive")
     stop = threading.Event()

@@ -26,7 +26,7 @@ import hl7
 
 from drivers.hl7.codes import MDC_NAMES, MDC_NUMBERS, MINDRAY_CODES
 from drivers.hl7.mllp import Block, MllpFramer, wrap
-from drivers.scenario import PATIENTS, Patient
+from drivers.scenario import PATIENTS, Patient, add_patient_arguments
 from drivers.vocabulary import TERMS
 
 LOGGER = logging.getLogger(__name__)
@@ -209,12 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `sim hl7 --to HOST:PORT [--scenario NAME] [--style S] [--bed BED] [--interval-s S] ...`."""
     parser = argparse.ArgumentParser(prog="icu-edge sim hl7", description=__doc__.splitlines()[0])
     parser.add_argument("--to", required=True, metavar="HOST:PORT", help="the appliance's HL7 listener")
-    parser.add_argument(
-        "--scenario",
-        choices=sorted(PATIENTS),
-        default="steady",
-        help="simulated patient (default: %(default)s)",
-    )
+    add_patient_arguments(parser, choices=PATIENTS, default="steady", speed=False)
     parser.add_argument(
         "--style",
         choices=STYLES,
@@ -227,12 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--interval-s", type=float, default=1.0, help="seconds between messages (default: %(default)g)"
-    )
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=None,
-        help="stop after this many seconds (default: run until stopped)",
     )
     args = parser.parse_args(argv)
     try:

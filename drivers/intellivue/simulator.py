@@ -36,7 +36,7 @@ from drivers.intellivue import messages as m
 from drivers.intellivue.framing import FrameDecoder, encode_frame
 from drivers.intellivue.physio import NOM_PART_SCADA, VITAL_UNITS, State, Unit
 from drivers.pty_link import remove_symlink, replace_symlink, write_available
-from drivers.scenario import PATIENTS, Patient
+from drivers.scenario import PATIENTS, Patient, add_patient_arguments, check_speed
 from drivers.vocabulary import TERMS
 
 LOGGER = logging.getLogger(__name__)
@@ -540,22 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument(
         "--udp", metavar="HOST:PORT", help="listen for the client's datagrams (LAN, port 24105)"
     )
-    parser.add_argument(
-        "--scenario",
-        choices=sorted(PATIENTS),
-        default="steady",
-        help="simulated patient (default: %(default)s)",
-    )
+    add_patient_arguments(parser, choices=PATIENTS, default="steady")
     parser.add_argument("--demo", action="store_true", help="demo mode: every value carries DEMO_DATA (0400)")
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=None,
-        help="stop after this many seconds (default: run until stopped)",
-    )
-    parser.add_argument(
-        "--speed", type=float, default=1.0, help="scenario time per wall-clock second (default: %(default)g)"
-    )
     parser.add_argument(
         "--mtu",
         type=int,
@@ -563,8 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="largest reply before a RORLS chain, bytes (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.speed <= 0:
-        parser.error("--speed must be positive")
+    check_speed(parser, args.speed)
     if not 256 <= args.mtu <= 65000:
         parser.error("--mtu must be from 256 to 65000 bytes")
     options: dict[str, object] = {

@@ -54,7 +54,14 @@ from drivers.medibus.realtime import (
 )
 from drivers.medibus.sim_faults import FaultyLine, LineFaults
 from drivers.pty_link import remove_symlink, replace_symlink, write_available
-from drivers.scenario import PATIENTS, DeterioratingPatient, Patient, SteadyPatient
+from drivers.scenario import (
+    PATIENTS,
+    DeterioratingPatient,
+    Patient,
+    SteadyPatient,
+    add_patient_arguments,
+    check_speed,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -612,25 +619,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `sim medibus --pty LINK [--scenario NAME] [--seconds N] [--speed X]` (names: `SCENARIOS`)."""
     parser = argparse.ArgumentParser(prog="icu-edge sim medibus", description=__doc__.splitlines()[0])
     parser.add_argument("--pty", required=True, metavar="LINK", help="symlink to create for the pty slave")
-    parser.add_argument(
-        "--scenario",
-        choices=sorted(SCENARIOS),
-        default=DeterioratingPatient.name,
-        help="simulated patient (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seconds",
-        type=float,
-        default=None,
-        help="stop after this many seconds (default: run until stopped)",
-    )
-    parser.add_argument(
-        "--speed", type=float, default=1.0, help="scenario time per wall-clock second (default: %(default)g)"
-    )
+    add_patient_arguments(parser, choices=SCENARIOS, default=DeterioratingPatient.name)
     _add_fault_arguments(parser)
     args = parser.parse_args(argv)
-    if args.speed <= 0:
-        parser.error("--speed must be positive")
+    check_speed(parser, args.speed)
     try:
         faults = LineFaults(
             bit_flip_rate=args.bit_flip_rate,
