@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from edge.model import Body, format_rfc3339_ms
 
@@ -86,7 +87,13 @@ def encode_message(
         "seq": seq,
         "ts": format_rfc3339_ms(ts),
     }
-    document = envelope | body.model_dump(mode="json")
-    # allow_nan=False: NaN and Infinity are not JSON; a body carrying one is refused here (the
-    # publisher counts and logs it) rather than breaking every central station's parser.
+    return encode_document(envelope | body.model_dump(mode="json"))
+
+
+def encode_document(document: dict[str, Any]) -> bytes:
+    """Return the JSON bytes of a payload document, compact, UTF-8.
+
+    allow_nan=False: NaN and Infinity are not JSON; a body carrying one is refused here (the publisher
+    counts and logs it) rather than breaking every central station's parser.
+    """
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

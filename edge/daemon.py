@@ -467,7 +467,7 @@ class Daemon:
                 self._publish_device_status(bed=bed, device=identity.device)
         if self._alarms is not None:
             self._alarms.republish(bed)
-        forecast = self._twin.snapshot(bed=bed, now_mono_s=time.monotonic()).forecast
+        forecast = self._twin.forecast(bed=bed)
         if forecast is not None:
             self._publisher.submit(
                 topic=self._topics.forecast(bed),

@@ -131,7 +131,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from edge.config import MqttConfig, StoreConfig, TlsConfig, read_secret
-from edge.contract import Topics, encode_message
+from edge.contract import Topics, encode_document, encode_message
 from edge.model import (
     AlarmSummary,
     ApplianceState,
@@ -495,9 +495,7 @@ def _as_history(payload: bytes) -> bytes:
         if not isinstance(document, dict) or "history" not in document or document["history"] is True:
             return payload
         document["history"] = True
-        # as edge/contract.encode_message writes it
-        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode("utf-8")
+        return encode_document(document)
     except (ValueError, RecursionError):
         return payload
 

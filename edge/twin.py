@@ -570,6 +570,10 @@ class TwinStore:
         """Record the bed's latest forecast (shown in the twin)."""
         self._beds[bed].forecast = forecast
 
+    def forecast(self, *, bed: str) -> ForecastBody | None:
+        """Return the bed's latest forecast, if any."""
+        return self._beds[bed].forecast
+
     def snapshot(self, *, bed: str, now_mono_s: float) -> TwinBody:
         """Return the bed's full twin with ages computed at now_mono_s."""
         twin = self._beds[bed]
