@@ -377,6 +377,15 @@ class AlarmManager:
         alarm = self._by_id(bed, alarm_id)
         return None if alarm is None else alarm.body()
 
+    def pending_limit_keys(self) -> dict[str, list[str]]:
+        """Per bed, the keys whose limit condition is pending (waiting out its delay)."""
+        pending: dict[str, list[str]] = {}
+        for (bed, _), condition in self._pending.items():
+            key = condition.spec.key
+            if condition.spec.kind == AlarmKind.PHYSIOLOGICAL and key is not None:
+                pending.setdefault(bed, []).append(key)
+        return pending
+
     def take_transitions(self) -> list[Transition]:
         """Return (and forget) the transitions since the last call, oldest first."""
         transitions, self._transitions = self._transitions, []

@@ -186,14 +186,15 @@ class AlarmSystem:
     ) -> None:
         """Let time act, and judge the appliance's own conditions (broker, outbox, clock, store).
 
-        Each bed's values are judged again first (`values_of(bed, keys)`: the twin's current values,
-        aged now): a reading that went stale since it arrived stops a pending delay instead of letting
-        it run out, and an intermittent reading (a cuff pressure, fresh for an hour) completes its delay
-        without waiting for the next one.
+        The keys with a pending limit condition are judged again first (`values_of(bed, keys)`: the
+        twin's current values, aged now): a reading that went stale since it arrived stops the delay
+        instead of letting it run out, and an intermittent reading (a cuff pressure, fresh for an hour)
+        completes it without waiting for the next one. Only those: nothing else in the manager depends
+        on time passing, and every bed's values at every tick would be work for nothing.
         """
         moment = now()
-        for bed in self._beds:
-            self.manager.observe_values(bed=bed, values=values_of(bed, self.limited_keys(bed)), now=moment)
+        for bed, keys in self.manager.pending_limit_keys().items():
+            self.manager.observe_values(bed=bed, values=values_of(bed, keys), now=moment)
         self._judge_broker(stats, moment)
         self._judge_drops(stats, moment)
         self._judge_clock(moment)
