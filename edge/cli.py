@@ -1,4 +1,7 @@
-"""`icu-edge`: the one entry point (daemon, demo, config check, schema, simulators, tools).
+"""The daemon's own commands: `run`, `config check`, `schema`.
+
+The `icu-edge` command (tools/cli.py) puts every tool around these; this module reaches no tool, so
+the daemon core never imports the tools built on it. `python -m edge.cli` runs these three alone.
 
 Exit codes: 0 success, 2 usage, 78 (EX_CONFIG) bad configuration, 69 (EX_UNAVAILABLE) a required
 resource missing. systemd's `RestartPreventExitStatus=78` keeps a bad config from restart-looping.
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -82,73 +84,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-_SIMULATORS = {
-    "medibus": ("drivers.medibus.simulator", "--pty LINK"),
-    "intellivue": ("drivers.intellivue.simulator", "--pty LINK | --udp HOST:PORT"),
-    "datex": ("drivers.datex.simulator", "--pty LINK"),
-    "hl7": ("drivers.hl7.simulator", "--to HOST:PORT"),
-    "replay": ("drivers.replay", "FILE --pty LINK [--speed X]"),
-}
-"""Device simulators by driver name: module (with a `main(argv) -> int`) and its usage line."""
-
-
-_SIM_DESCRIPTION = (
-    "Run a device simulator: the device side of a driver's protocol on a pty or socket, "
-    "for tests, demos and checking a cable."
-)
-
-
-def _sim(argv: list[str]) -> int:
-    """Run `sim NAME ...`; `sim --help` prints the simulators on stdout (exit 0), anything else is usage."""
-    if argv and argv[0] in _SIMULATORS:
-        module = importlib.import_module(_SIMULATORS[argv[0]][0])
-        status: int = module.main(argv[1:])
-        return status
-    usage = "\n".join(f"  icu-edge sim {name} {line} [options]" for name, (_, line) in _SIMULATORS.items())
-    text = f"usage:\n{usage}\n\n{_SIM_DESCRIPTION}\n\n(each takes --help)"
-    if argv[:1] in (["-h"], ["--help"]):
-        print(text)
-        return 0
-    print(text, file=sys.stderr)
-    return EX_USAGE
-
-
-def _watch(argv: list[str]) -> int:
-    from tools.watch import main as watch_main
-
-    return watch_main(argv)
-
-
-def _demo(argv: list[str]) -> int:
-    from tools.demo import main as demo_main
-
-    return demo_main(argv)
-
-
-def _record(argv: list[str]) -> int:
-    from drivers.record import main as record_main
-
-    return record_main(argv)
-
-
-def _engines(argv: list[str]) -> int:
-    from engines.cli import main as engines_main
-
-    return engines_main(argv)
-
-
-_PASS_THROUGH = {"sim": _sim, "watch": _watch, "demo": _demo, "engines": _engines, "record": _record}
-"""Commands with their own argument parsers: everything after the command name goes to them."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser of every subcommand."""
-    from edge import appliance_version
-
-    parser = argparse.ArgumentParser(prog="icu-edge", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {appliance_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `run`, `config check` and `schema` to a parser's subcommands."""
     run = commands.add_parser(
         "run",
         help="run the daemon (what systemd starts)",
@@ -189,30 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--asyncapi", action="store_true", help="print the AsyncAPI 3 document instead")
     schema.set_defaults(func=_cmd_schema)
 
-    for name, text in [
-        ("demo", "loopback broker + simulated ventilator and monitor + daemon + view (see: demo --help)"),
-        ("watch", "terminal ward view subscribing like a central station (see: watch --help)"),
-        ("sim", "a device simulator: sim medibus|intellivue|datex|hl7|replay (see: sim NAME --help)"),
-        ("engines", "forecasting engines: build, list, verify, bench, eval (see: engines --help)"),
-        ("record", "record a device's serial line both ways through a pty (see: record --help)"),
-    ]:
-        commands.add_parser(name, help=text, add_help=False)
-    return parser
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line and return the exit status."""
-    arguments = sys.argv[1:] if argv is None else argv
+def run_parsed(parser: argparse.ArgumentParser, arguments: list[str]) -> int:
+    """Parse and run one command; a reader that went away (`... | head`) is exit 1, no traceback."""
     try:
-        if arguments and arguments[0] in _PASS_THROUGH:
-            return _PASS_THROUGH[arguments[0]](arguments[1:])
-        args = build_parser().parse_args(arguments)
+        args = parser.parse_args(arguments)
         status: int = args.func(args)
     except BrokenPipeError:
-        # The reader went away (`icu-edge schema | head`): no traceback, and none at interpreter exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one of the daemon's commands and return the exit status."""
+    from edge import appliance_version
+
+    parser = argparse.ArgumentParser(prog="icu-edge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {appliance_version()}")
+    add_daemon_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return run_parsed(parser, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def test_installed_wheel_lists_the_shipped_default_model(installed: Path, tmp_pa
         installed,
         str(installed / "bin" / "python"),
         "-m",
-        "edge.cli",
+        "tools.cli",
         "engines",
         "list",
         "--json",

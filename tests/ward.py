@@ -167,7 +167,7 @@ port = "{self.monitor_links[bed]}"
             )
 
     def _start_on_pty(self, name: str, driver: str, link: Path, scenario: str) -> subprocess.Popen[bytes]:
-        process = self.spawn(name, ["edge.cli", "sim", driver, "--pty", str(link), "--scenario", scenario])
+        process = self.spawn(name, ["tools.cli", "sim", driver, "--pty", str(link), "--scenario", scenario])
         if not wait_for(lambda: link.exists() and os.path.exists(os.path.realpath(link)), timeout_s=15):
             raise AssertionError(f"{name} did not create its pty link: {self.log(name)}")
         return process

@@ -98,7 +98,7 @@ def test_a_broken_tensorrt_falls_back_to_onnxruntime_after_ready(
         assert systemd.wait(lambda lines: lines.count("WATCHDOG=1") >= 3, timeout_s=10), systemd.lines
         assert ward.stop_daemon() == 0
         listing = subprocess.run(
-            [sys.executable, "-m", "edge.cli", "engines", "list", "--cache-dir", str(tmp_path / "engines")],
+            [sys.executable, "-m", "tools.cli", "engines", "list", "--cache-dir", str(tmp_path / "engines")],
             cwd=REPO_ROOT,
             env={**os.environ, "PYTHONPATH": f"{FAKE_GPU_STACK}:{REPO_ROOT}", "FAKE_GPU_STACK": mode},
             capture_output=True,

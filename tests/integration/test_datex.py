@@ -86,7 +86,9 @@ p2 = "cvp"
             )
 
     def start_simulator(self, scenario: str = "steady") -> None:
-        self.spawn("simulator", ["edge.cli", "sim", "datex", "--pty", str(self.link), "--scenario", scenario])
+        self.spawn(
+            "simulator", ["tools.cli", "sim", "datex", "--pty", str(self.link), "--scenario", scenario]
+        )
         if not wait_for(
             lambda: self.link.exists() and os.path.exists(os.path.realpath(self.link)), timeout_s=15
         ):

@@ -304,7 +304,7 @@ def test_simulator_process_fills_the_twin(
         [
             sys.executable,
             "-m",
-            "edge.cli",
+            "tools.cli",
             "sim",
             "hl7",
             "--to",

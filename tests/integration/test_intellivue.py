@@ -64,7 +64,7 @@ class MonitorBed:
 
     def start(self, *, udp: bool, demo: bool = False) -> None:
         """Start the monitor (pty or UDP) and the daemon on a config that names it."""
-        sim = ["edge.cli", "sim", "intellivue", "--scenario", "steady"] + (["--demo"] if demo else [])
+        sim = ["tools.cli", "sim", "intellivue", "--scenario", "steady"] + (["--demo"] if demo else [])
         if udp:
             port = _free_udp_port()
             self._spawn("simulator", [*sim, "--udp", f"127.0.0.1:{port}"])

@@ -84,14 +84,14 @@ def test_a_replayed_recording_gives_the_daemon_the_recorded_values(
     station = subscribe(f"{bed_topic(BED)}/#")
     simulator = recorded.spawn(
         "simulator",
-        ["edge.cli", "sim", "medibus", "--pty", str(device_link), "--scenario", scenario, "--speed", speed],
+        ["tools.cli", "sim", "medibus", "--pty", str(device_link), "--scenario", scenario, "--speed", speed],
     )
     recorded.simulators[BED] = simulator
     assert wait_for(lambda: _link_up(device_link), timeout_s=15), recorded.log("simulator")
     recorder = recorded.spawn(
         "recorder",
         [
-            "edge.cli",
+            "tools.cli",
             "record",
             "--device",
             str(device_link),
@@ -132,7 +132,7 @@ def test_a_replayed_recording_gives_the_daemon_the_recorded_values(
     station = subscribe(f"{bed_topic(BED)}/#")
     replay_link = replayed.links[BED]
     player = replayed.spawn(
-        "replay", ["edge.cli", "sim", "replay", str(recording), "--pty", str(replay_link)]
+        "replay", ["tools.cli", "sim", "replay", str(recording), "--pty", str(replay_link)]
     )
     replayed.simulators[BED] = player
     assert wait_for(lambda: _link_up(replay_link), timeout_s=15), replayed.log("replay")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from edge import appliance_version
-from edge.cli import main
 from edge.config import DEFAULT_CONFIG_PATH
 from engines.catalog import SHIPPED_MODELS_DIR
+from tools.cli import main
 
 _MODELS_DIR = f"(default: {SHIPPED_MODELS_DIR})"
 

@@ -70,7 +70,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     output = tmp_path / "demo.out"
     with output.open("w") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "demo", "--plain", "--workdir", str(tmp_path / "work")],
+            [sys.executable, "-m", "tools.cli", "demo", "--plain", "--workdir", str(tmp_path / "work")],
             cwd=REPO_ROOT,
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
             stdin=subprocess.DEVNULL,

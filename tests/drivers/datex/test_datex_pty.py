@@ -84,7 +84,7 @@ def test_main_runs_for_its_seconds_and_removes_the_link(tmp_path: Path) -> None:
 def test_standalone_module_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     link = tmp_path / "monitor0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "sim", "datex", "--pty", str(link)],
+        [sys.executable, "-m", "tools.cli", "sim", "datex", "--pty", str(link)],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stdout=subprocess.DEVNULL,
