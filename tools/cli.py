@@ -65,6 +65,7 @@ _PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
     "demo": _module_main("tools.demo"),
     "engines": _module_main("engines.cli"),
     "record": _module_main("drivers.record"),
+    "diag": _module_main("tools.diag"),
 }
 """Commands with their own argument parsers: everything after the command name goes to them."""
 
@@ -74,6 +75,7 @@ _PASS_THROUGH_HELP = {
     "sim": "a device simulator: sim medibus|intellivue|datex|hl7|replay (see: sim NAME --help)",
     "engines": "forecasting engines: build, list, verify, bench, eval (see: engines --help)",
     "record": "record a device's serial line both ways through a pty (see: record --help)",
+    "diag": "field diagnostics: ports, probe, sniff, mqtt, engines, bundle (see: diag --help)",
 }
 """The one-line help `icu-edge --help` shows for each pass-through command."""
 
