@@ -430,7 +430,7 @@ class StoreConfig(_Section):
 
 
 class EnginesConfig(_Section):
-    """Forecasting engines (see DESIGN.md, Engines)."""
+    """Forecasting engines: which backend and model, and how often every bed is forecast."""
 
     enabled: bool = True
     backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
