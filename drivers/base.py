@@ -7,10 +7,19 @@ the reconnect and the watchdog, and never parses bytes. Drivers never import `ed
 
 from __future__ import annotations
 
+import difflib
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
+
+
+def unknown_option(driver: str, name: str, known: Sequence[str]) -> str:
+    """The one message for an option a driver does not have: the nearest name, then every allowed one."""
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return f"unknown {driver} option {name!r}{hint}; allowed: {', '.join(sorted(known))}"
 
 
 class AlarmPriority(enum.StrEnum):

@@ -16,7 +16,6 @@ Policies worth knowing:
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from drivers.base import (
     LinkUp,
     MeasurementsReceived,
     SerialSettings,
+    unknown_option,
 )
 from drivers.datex.codec import DatexDecoder, Record
 from drivers.datex.codes import (
@@ -96,11 +96,7 @@ def option_problems(values: Mapping[str, object]) -> dict[str, str]:
     problems: dict[str, str] = {}
     for name, raw in values.items():
         if name not in known:
-            hint = difflib.get_close_matches(name, known, n=1)
-            problems[name] = (
-                f"unknown datex option {name!r}{f' (did you mean {hint[0]}?)' if hint else ''}; "
-                f"allowed: {', '.join(sorted(known))}"
-            )
+            problems[name] = unknown_option("datex", name, known)
         elif name in DEFAULT_PRESSURE_SITES:
             if raw not in PRESSURE_SITES:
                 problems[name] = f"must be one of {', '.join(PRESSURE_SITES)}, got {raw!r}"

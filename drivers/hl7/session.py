@@ -23,7 +23,6 @@ received for `idle_timeout_s`) turns `link_up` false and the listener closes it.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import re
@@ -41,6 +40,7 @@ from drivers.base import (
     Measurement,
     MeasurementsReceived,
     SerialSettings,
+    unknown_option,
 )
 from drivers.hl7.codes import (
     MDC_NAMES,
@@ -139,11 +139,7 @@ def option_problems(values: Mapping[str, object]) -> dict[str, str]:
     problems: dict[str, str] = {}
     for name, raw in values.items():
         if name not in known:
-            hint = difflib.get_close_matches(name, known, n=1)
-            problems[name] = (
-                f"unknown hl7 option {name!r}{f' (did you mean {hint[0]}?)' if hint else ''}; "
-                f"allowed: {', '.join(sorted(known))}"
-            )
+            problems[name] = unknown_option("hl7", name, known)
         elif name in _LIMITS:
             low, high = _LIMITS[name]
             integral = name != "idle_timeout_s"

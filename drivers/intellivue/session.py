@@ -22,7 +22,6 @@ MeasurementState carries DEMO_DATA (0400) or TEST_DATA (0800) is refused, never 
 
 from __future__ import annotations
 
-import difflib
 import enum
 import logging
 import math
@@ -44,6 +43,7 @@ from drivers.base import (
     MeasurementsReceived,
     SerialSettings,
     WaveformChunk,
+    unknown_option,
 )
 from drivers.intellivue import messages as m
 from drivers.intellivue.framing import DEFAULT_BUFFER_CAP_BYTES, FrameDecoder, encode_frame
@@ -110,11 +110,7 @@ def option_problems(values: Mapping[str, object]) -> dict[str, str]:
     problems: dict[str, str] = {}
     for name, raw in values.items():
         if name not in known:
-            hint = difflib.get_close_matches(name, known, n=1)
-            problems[name] = (
-                f"unknown intellivue option {name!r}{f' (did you mean {hint[0]}?)' if hint else ''}; "
-                f"allowed: {', '.join(sorted(known))}"
-            )
+            problems[name] = unknown_option("intellivue", name, known)
         elif name in ("waves", "alarms"):
             if not isinstance(raw, bool):
                 problems[name] = f"must be true or false, got {raw!r}"

@@ -25,7 +25,6 @@ Policies worth knowing:
 
 from __future__ import annotations
 
-import difflib
 import enum
 import logging
 import math
@@ -47,6 +46,7 @@ from drivers.base import (
     SettingsReceived,
     TextMessagesReceived,
     WaveformChunk,
+    unknown_option,
 )
 from drivers.medibus.codec import DEFAULT_BUFFER_CAP_BYTES, Command, Frame, MedibusDecoder, Response
 from drivers.medibus.codes import CommandCode
@@ -133,11 +133,7 @@ def option_problems(values: Mapping[str, object]) -> dict[str, str]:
     problems: dict[str, str] = {}
     for name, raw in values.items():
         if name not in known:
-            hint = difflib.get_close_matches(name, known, n=1)
-            problems[name] = (
-                f"unknown medibus option {name!r}{f' (did you mean {hint[0]}?)' if hint else ''}; "
-                f"allowed: {', '.join(sorted(known))}"
-            )
+            problems[name] = unknown_option("medibus", name, known)
         elif name == "waves":
             if not isinstance(raw, bool):
                 problems[name] = f"must be true or false, got {raw!r}"

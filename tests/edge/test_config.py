@@ -64,7 +64,7 @@ def test_unknown_driver_option_names_allowed_ones() -> None:
     every, keepalive = caught.value.lines
     assert every.startswith("bed[0].device[0].options.poll_every: unknown medibus option 'poll_every'; ")
     assert "allowed: buffer_cap_bytes, icc_retry_s, keepalive_s, link_timeout_s, poll_interval_s" in every
-    assert "(did you mean keepalive_s?)" in keepalive
+    assert "(did you mean 'keepalive_s'?)" in keepalive
 
 
 @pytest.mark.parametrize(

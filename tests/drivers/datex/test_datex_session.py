@@ -99,7 +99,7 @@ def test_good_options() -> None:
     parsed = DatexOptions.from_mapping(options)
     assert parsed.link_timeout_s == 7.0
     assert parsed.pressure_sites == {"p1": "abp", "p2": "cvp", "p3": "pap", "p4": "icp"}
-    assert "unknown datex option 'wave' (did you mean waves?)" in option_problems({"wave": True})["wave"]
+    assert "unknown datex option 'wave' (did you mean 'waves'?)" in option_problems({"wave": True})["wave"]
 
 
 def test_reset_sends_the_displayed_value_request() -> None:

@@ -293,7 +293,7 @@ def test_option_problems() -> None:
         "codes",
         "expect_bed",
     }
-    assert "did you mean max_block_bytes" in problems["max_block_byte"]
+    assert "did you mean 'max_block_bytes'" in problems["max_block_byte"]
     assert "unknown unit" in option_problems({"codes": "1=hr@furlong"})["codes"]
     assert "cannot be converted" in option_problems({"codes": "1=hr@kPa"})["codes"]
     with pytest.raises(ValueError, match="max_connections"):

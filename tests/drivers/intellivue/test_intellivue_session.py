@@ -282,7 +282,7 @@ def test_options_are_checked_like_medibus() -> None:
             "buffer_cap_bytes": 1.5,
         }
     )
-    assert "did you mean poll_interval_s" in problems["poll_intervall_s"]
+    assert "did you mean 'poll_interval_s'" in problems["poll_intervall_s"]
     assert set(problems) == {"poll_intervall_s", "waves", "link", "keepalive_s", "buffer_cap_bytes"}
     assert "keepalive_s" in option_problems({"keepalive_s": 12.0})
     assert "link_timeout_s" in option_problems({"link_timeout_s": 0.1})

@@ -277,7 +277,7 @@ def test_waves_option_is_a_boolean_known_to_the_registry() -> None:
     assert option_problems({"waves": True}) == {}
     assert option_problems({"waves": 1}) == {"waves": "must be true or false, got 1"}
     assert "waves" in option_problems({"waves": "yes"})
-    assert "did you mean waves" in option_problems({"wave": True})["wave"]
+    assert "did you mean 'waves'" in option_problems({"wave": True})["wave"]
     with pytest.raises(ValueError, match="waves"):
         MedibusOptions.from_mapping({"waves": "true"})
 
