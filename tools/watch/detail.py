@@ -80,7 +80,7 @@ def render_bed(state: WardState, key: BedKey, bed: BedView) -> RenderableType:
             values.add_row(
                 value_key,
                 fmt.number(value.value),
-                value.unit,
+                fmt.display_unit(value.unit),
                 f"{value.age_s + extra_s:.1f}",
                 value.device,
                 " ".join(flags),
@@ -93,7 +93,11 @@ def render_bed(state: WardState, key: BedKey, bed: BedView) -> RenderableType:
                 settings.add_column(column)
             for setting_key, setting in sorted(twin.settings.items()):
                 settings.add_row(
-                    setting_key, fmt.number(setting.value), setting.unit, setting.label, setting.device
+                    setting_key,
+                    fmt.number(setting.value),
+                    fmt.display_unit(setting.unit),
+                    setting.label,
+                    setting.device,
                 )
             parts.append(settings)
         parts.append(_render_alarms(state, twin.alarms))
@@ -210,7 +214,7 @@ def _render_forecast(forecast: ForecastBody, source: str) -> RenderableType:
     for key, signal in sorted(forecast.signals.items()):
         table.add_row(
             key,
-            signal.unit,
+            fmt.display_unit(signal.unit),
             fmt.number(signal.last_value),
             *(fmt.interval(forecast, key, horizon_min) for horizon_min in horizons),
         )

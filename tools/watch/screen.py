@@ -58,11 +58,14 @@ class Navigation:
         else:
             self._press_ward(key, beds=beds, columns=columns)
 
-    def _move(self, beds: list[BedKey], step: int) -> None:
+    def _move(self, beds: list[BedKey], step: int, *, wrap: bool = False) -> None:
         if not beds:
             return
         index = beds.index(self.selected) if self.selected in beds else 0
-        self.selected = beds[max(0, min(len(beds) - 1, index + step))]
+        if wrap:
+            self.selected = beds[(index + step) % len(beds)]
+        else:
+            self.selected = beds[max(0, min(len(beds) - 1, index + step))]
 
     def _pick_digit(self, key: str, beds: list[BedKey]) -> bool:
         if len(key) == 1 and key.isdigit():
@@ -77,9 +80,11 @@ class Navigation:
             self.quit = True
         elif self._pick_digit(key, beds):
             pass
-        elif key in ("right", "tab"):
+        elif key in ("tab", "shift-tab"):
+            self._move(beds, 1 if key == "tab" else -1, wrap=True)
+        elif key == "right":
             self._move(beds, 1)
-        elif key in ("left", "shift-tab"):
+        elif key == "left":
             self._move(beds, -1)
         elif key == "down":
             self._move(beds, columns)
@@ -93,11 +98,8 @@ class Navigation:
             self.detail, self.scroll = False, 0
         elif self._pick_digit(key, beds):
             self.scroll = 0
-        elif key == "tab":
-            self._move(beds, 1)
-            self.scroll = 0
-        elif key == "shift-tab":
-            self._move(beds, -1)
+        elif key in ("tab", "shift-tab"):
+            self._move(beds, 1 if key == "tab" else -1, wrap=True)
             self.scroll = 0
         elif key == "down":
             self.scroll += 1

@@ -43,13 +43,13 @@ def _plain_bed(state: WardState, key: BedKey, bed: BedView) -> list[str]:
         for value_key, value in sorted(twin.values.items()):
             flags = ("  STALE" if value.stale else "") + ("  INVALID" if not value.valid else "")
             lines.append(
-                f"    {value_key:<8} {fmt.number(value.value):>8} {value.unit:<10}"
+                f"    {value_key:<8} {fmt.number(value.value):>8} {fmt.display_unit(value.unit):<10}"
                 f" age {value.age_s + extra_s:.1f} s  [{value.device}]{flags}"
             )
         for setting_key, setting in sorted(twin.settings.items()):
+            unit = fmt.display_unit(setting.unit)
             lines.append(
-                f"  setting {setting_key:<8} {fmt.number(setting.value):>8} {setting.unit:<10}"
-                f" [{setting.device}]"
+                f"  setting {setting_key:<8} {fmt.number(setting.value):>8} {unit:<10} [{setting.device}]"
             )
         lines.extend(_plain_alarms(state, twin.alarms))
         if twin.news2 is None:
@@ -107,7 +107,8 @@ def _plain_forecast(forecast: ForecastBody, source: str) -> list[str]:
     lines = [f"  forecast ({source}), {fmt.model_line(forecast)}:"]
     for key, signal in sorted(forecast.signals.items()):
         intervals = "  ".join(f"{h}m {fmt.interval(forecast, key, h)}" for h in horizons)
-        lines.append(f"    {key:<8} {signal.unit:<10} now {fmt.number(signal.last_value):>8}  {intervals}")
+        unit = fmt.display_unit(signal.unit)
+        lines.append(f"    {key:<8} {unit:<10} now {fmt.number(signal.last_value):>8}  {intervals}")
     if not forecast.signals:
         lines.append("    no signal forecast")
     for key, event in sorted(forecast.events.items()):

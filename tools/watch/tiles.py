@@ -108,14 +108,17 @@ def render_ward(
 def _header(state: WardState, *, first: int, shown: int, total: int, width: int) -> Text:
     online = sum(1 for view in state.appliances.values() if str(view.status.state) == "online")
     text = Text("icu-edge ward", style="bold")
-    text.append(f"  broker {state.connection}  appliances {online}/{len(state.appliances)} online")
+    text.append(f" \u00b7 {state.connection} \u00b7 appliances {online}/{len(state.appliances)} online")
     if total:
-        text.append(f"  beds {first + 1}\u2013{first + shown} of {total}")
-    problems = state.violations or state.lost or state.reordered or state.internal_errors
-    text.append(
-        f"  violations {state.violations} lost {state.lost} reordered {state.reordered}",
-        style="red" if problems else "dim",
-    )
+        text.append(f" \u00b7 beds {first + 1}\u2013{first + shown}/{total}")
+    problems = state.violations + state.lost + state.reordered + state.internal_errors
+    if problems:
+        text.append(
+            f" \u00b7 violations {state.violations} lost {state.lost} reordered {state.reordered}",
+            style="red",
+        )
+    else:
+        text.append(" \u00b7 contract ok", style="dim")
     text.truncate(width, overflow="ellipsis")
     return text
 
