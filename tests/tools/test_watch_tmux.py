@@ -295,7 +295,7 @@ def test_plain_prints_one_line_per_change_and_nothing_for_the_same_snapshot(
     assert lines[len(first) :] == [lines[-1]], lines
     assert lines[-1].endswith("bed-1  spo2 86 % -> 84 %"), lines[-1]
     stamp = lines[-1].split()[0]  # 2026-12-01T05:32:06.417Z
-    assert datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").year >= 2026, stamp
+    assert datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z").year >= 2026, stamp
     assert any("  twin (session 1 seq 0) from edge-01" in line for line in first)
     assert any("ALARM raised HIGH active physiological: SpO2 84 % below 88 %" in line for line in first)
     assert any("  map 62 mmHg" in line for line in first)

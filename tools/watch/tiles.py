@@ -348,8 +348,10 @@ def _alarm_lines(state: WardState, twin: TwinBody | None) -> list[Text]:
 
 def _alarm_line(state: WardState, alarm: AlarmBody, *, technical: bool) -> Text:
     style = fmt.PRIORITY_STYLE.get(str(alarm.priority), "")
-    line = Text("TECH " if technical else "", style=fmt.TECHNICAL_STYLE)
-    line.append(f"{str(alarm.priority).upper():<6}", style=style + " reverse" if not technical else style)
+    line = Text()
+    if technical:
+        line.append("TECH ", style=fmt.TECHNICAL_STYLE)
+    line.append(f"{str(alarm.priority).upper():<6}", style=style if technical else f"{style} reverse")
     line.append(" ")
     line.append(alarm.text, style=fmt.TECHNICAL_STYLE if technical else style)
     extra = [fmt.alarm_age(state, alarm)]
@@ -370,7 +372,8 @@ def _device_alarm_key(alarm: DeviceAlarm) -> tuple[int, str, str]:
 
 def _device_alarm_line(alarm: DeviceAlarm) -> Text:
     style = fmt.PRIORITY_STYLE.get(str(alarm.priority), "")
-    line = Text(f"{str(alarm.priority).upper():<6}", style=style)
+    line = Text()
+    line.append(f"{str(alarm.priority).upper():<6}", style=style)
     line.append(f" {alarm.device}: ")
     line.append(alarm.text, style=style)
     line.append(f"  (device) since {fmt.clock_seconds(alarm.onset)}", style="dim")
