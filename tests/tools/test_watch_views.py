@@ -7,6 +7,7 @@ import io
 import pytest
 from rich.console import Console
 from test_watch import (
+    T0,
     TOPICS,
     alarm_body,
     alarm_twin,
@@ -17,7 +18,7 @@ from test_watch import (
     twin_value,
 )
 
-from edge.model import AlarmKind, DeviceStatusBody, TwinBody
+from edge.model import AlarmKind, DeviceStatusBody, EventBody, EventKind, TwinBody
 from tools.watch.fmt import display_unit, display_value, sparkline
 from tools.watch.keys import parse_keys
 from tools.watch.plain import ChangeLog
@@ -180,3 +181,16 @@ def test_change_log_reports_devices_forecast_headlines_and_seq_gaps() -> None:
         f"seq gap: {TOPICS.forecast('bed-1')} session 1: 2 lost (seq 0 -> 3)",
         "bed-1  device vent-1 DISCONNECTED (no answer)",
     ]
+
+
+def test_spare_rows_of_a_tile_show_the_recent_events_newest_first() -> None:
+    state = make_state()
+    state.apply(TOPICS.twin("bed-1"), encode(twin_body(), bed="bed-1", seq=0), retained=True)
+    for seq, detail in enumerate(("Evita V500 answered", "VC-CMV")):
+        event = EventBody(kind=EventKind.DEVICE_CONNECTED, device="vent-1", detail=detail, at=T0)
+        state.apply(TOPICS.events("bed-1"), encode(event, bed="bed-1", seq=seq), retained=False)
+    text, _ = screen(state, width=80, height=24)
+    lines = text.split("\n")
+    first = next(i for i, line in enumerate(lines) if "recent events" in line)
+    assert "device_connected vent-1: VC-CMV" in lines[first + 1]
+    assert "device_connected vent-1: Evita V500 answered" in lines[first + 2]

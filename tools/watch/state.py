@@ -34,8 +34,10 @@ from edge.model import (
 DEFAULT_PREFIX: Final = "icu/v1"
 EVENTS_SHOWN: Final = 5
 PROBLEMS_KEPT: Final = 8
-TREND_SAMPLES: Final = 120
-"""Values kept per key for a bed's trend (one per twin snapshot: about two minutes at 1 s)."""
+TREND_PERIOD_S: Final = 10.0
+"""One trend point per key per this many seconds of the view's clock (the last value in that period)."""
+TREND_SAMPLES: Final = 60
+"""Trend points kept per key: ten minutes."""
 
 _M = TypeVar("_M", bound=BaseModel)
 _E = TypeVar("_E", bound=Envelope)
@@ -77,7 +79,9 @@ class BedView:
     forecast_message: ForecastMessage | None = None
     """The latest message on the bed's forecast topic."""
     trends: dict[str, deque[float]] = field(default_factory=dict)
-    """Valid values of each twin key seen since the view started, oldest first."""
+    """Valid values of each twin key seen since the view started, one per `TREND_PERIOD_S`, oldest first."""
+    trend_periods: dict[str, int] = field(default_factory=dict)
+    """The period number of each trend's last point."""
 
     def forecast(self) -> ForecastBody | None:
         """Return the latest forecast: the forecast topic's message, else the one inside the twin."""
@@ -356,12 +360,17 @@ class WardState:
         bed.twin_received_mono_s = self._clock()
         lag_s = (self._wall_clock() - message.ts).total_seconds() if retained else 0.0
         bed.twin_lag_s = max(0.0, lag_s)
+        period = math.floor(self._clock() / TREND_PERIOD_S)
         for key, value in message.values.items():
             if value.valid and value.value is not None and math.isfinite(value.value):
                 trend = bed.trends.get(key)
                 if trend is None:
                     trend = bed.trends[key] = deque(maxlen=TREND_SAMPLES)
-                trend.append(value.value)
+                if trend and bed.trend_periods.get(key) == period:
+                    trend[-1] = value.value
+                else:
+                    trend.append(value.value)
+                    bed.trend_periods[key] = period
 
     def _apply_vitals(self, topic: str, shape: _TopicShape, payload: bytes, *, retained: bool) -> None:
         accepted = self._accept(VitalsMessage, topic, shape, payload, retained=retained)

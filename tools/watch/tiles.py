@@ -20,9 +20,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from edge.model import AlarmBody, AlarmKind, DeviceAlarm, ForecastBody, TwinBody
+from edge.model import AlarmBody, AlarmKind, DeviceAlarm, EventMessage, ForecastBody, TwinBody
 from tools.watch import fmt
-from tools.watch.state import BedKey, BedView, WardState
+from tools.watch.state import TREND_PERIOD_S, BedKey, BedView, WardState
 
 TILE_MIN_WIDTH: Final = 78
 """A tile is never narrower: two side by side need 156 columns."""
@@ -173,6 +173,10 @@ def render_tile(
     lines.append(devices)
     if 6 in by_position:
         lines.append(by_position[6])
+    spare = inner_height - len(lines)
+    if spare >= 2 and bed.events:
+        lines.append(Text("recent events", style="dim"))
+        lines.extend(_event_line(event) for event in list(reversed(bed.events))[: spare - 1])
     for line in lines:
         line.no_wrap = True
         line.overflow = "ellipsis"
@@ -228,7 +232,8 @@ def _horizon(forecast: ForecastBody | None) -> int | None:
 def _columns_line(forecast: ForecastBody | None, *, width: int) -> Text:
     horizon = _horizon(forecast)
     spark = _spark_width(width)
-    text = Text(f"{'':<5} {'now':>6} {'':<5} {'trend':<{spark}} ", style="dim")
+    minutes = spark * TREND_PERIOD_S / 60
+    text = Text(f"{'':<5} {'now':>6} {'':<5} {f'trend {minutes:g}m':<{spark}} ", style="dim")
     if forecast is None:
         text.append("forecast: none yet", style="dim")
     else:
@@ -393,6 +398,20 @@ def _devices_line(bed: BedView) -> Text:
             line.append("\u2717 ", style="bold red")
             line.append(f"{device_id} DISCONNECTED", style="bold red")
             line.append(f" {device.last_error or ''}  ", style="red")
+    return line
+
+
+def _event_line(event: EventMessage) -> Text:
+    line = Text(f"{fmt.clock_seconds(event.at)} ", style="dim")
+    if event.alarm is None:
+        line.append(f"{event.kind} {event.device or '-'}: {event.detail}")
+    else:
+        line.append(f"{event.kind} ")
+        line.append(
+            fmt.alarm_event_text(event.alarm), style=fmt.PRIORITY_STYLE.get(str(event.alarm.priority), "")
+        )
+    if event.history:
+        line.append(" (replayed)", style="dim")
     return line
 
 
