@@ -194,3 +194,18 @@ def test_spare_rows_of_a_tile_show_the_recent_events_newest_first() -> None:
     first = next(i for i, line in enumerate(lines) if "recent events" in line)
     assert "device_connected vent-1: VC-CMV" in lines[first + 1]
     assert "device_connected vent-1: Evita V500 answered" in lines[first + 2]
+
+
+def test_a_device_alarm_the_appliance_manages_is_shown_once_with_its_state() -> None:
+    """Regression: the daemon carries a device's alarm as an alarm of kind device too; both were shown."""
+    state = make_state()
+    managed = alarm_body(kind=AlarmKind.DEVICE, text="vent-1: Airway pressure high").model_copy(
+        update={"condition": "device:vent-1:0x12", "key": None, "device": "vent-1"}
+    )
+    twin = twin_body().model_copy(update={"alarms": [managed]})
+    state.apply(TOPICS.twin("bed-1"), encode(twin, bed="bed-1", seq=0), retained=True)
+    text, _ = screen(state, width=80, height=24)
+    assert text.count("Airway pressure high") == 1, text
+    assert "Filter check" in text  # a device alarm the appliance does not carry is still shown
+    lines = ChangeLog().changes(state)
+    assert sum("Airway pressure high" in line for line in lines) == 1, lines

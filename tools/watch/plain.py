@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from edge.model import AlarmBody, ForecastBody
 from tools.watch import fmt
 from tools.watch.state import ApplianceKey, BedKey, WardState
+from tools.watch.tiles import device_alarm_condition
 
 
 @dataclass(slots=True)
@@ -149,9 +150,11 @@ class ChangeLog:
             }
             lines += _diff("setting ", seen.settings, settings)
             lines += self._alarm_changes(state, seen, twin.alarms)
+            managed = {alarm.condition for alarm in twin.alarms}
             device_alarms = {
                 (alarm.device, alarm.code): f"{str(alarm.priority).upper()} {alarm.device}: {alarm.text}"
                 for alarm in twin.device_alarms
+                if device_alarm_condition(alarm) not in managed  # its ALARM lines say it, with its state
             }
             for alarm_key, text in sorted(device_alarms.items()):
                 if seen.device_alarms.get(alarm_key) != text:

@@ -232,8 +232,8 @@ def _horizon(forecast: ForecastBody | None) -> int | None:
 def _columns_line(forecast: ForecastBody | None, *, width: int) -> Text:
     horizon = _horizon(forecast)
     spark = _spark_width(width)
-    minutes = spark * TREND_PERIOD_S / 60
-    text = Text(f"{'':<5} {'now':>6} {'':<5} {f'trend {minutes:g}m':<{spark}} ", style="dim")
+    span = fmt.age(spark * TREND_PERIOD_S)
+    text = Text(f"{'':<5} {'now':>6} {'':<5} {f'trend {span}':<{spark}} ", style="dim")
     if forecast is None:
         text.append("forecast: none yet", style="dim")
     else:
@@ -346,7 +346,12 @@ def _alarm_lines(state: WardState, twin: TwinBody | None) -> list[Text]:
     patient = sorted((a for a in twin.alarms if a.kind != AlarmKind.TECHNICAL), key=_alarm_sort_key)
     technical = sorted((a for a in twin.alarms if a.kind == AlarmKind.TECHNICAL), key=_alarm_sort_key)
     lines = [_alarm_line(state, alarm, technical=False) for alarm in patient]
-    lines += [_device_alarm_line(alarm) for alarm in sorted(twin.device_alarms, key=_device_alarm_key)]
+    managed = {alarm.condition for alarm in twin.alarms}
+    lines += [
+        _device_alarm_line(alarm)
+        for alarm in sorted(twin.device_alarms, key=_device_alarm_key)
+        if device_alarm_condition(alarm) not in managed  # the appliance's own copy, with its state, is shown
+    ]
     lines += [_alarm_line(state, alarm, technical=True) for alarm in technical]
     return lines
 
@@ -369,6 +374,11 @@ def _alarm_line(state: WardState, alarm: AlarmBody, *, technical: bool) -> Text:
         extra.append(ack)
     line.append("  " + " \u00b7 ".join(extra), style="dim")
     return line
+
+
+def device_alarm_condition(alarm: DeviceAlarm) -> str:
+    """Return the condition under which the appliance's alarm system carries a device's own alarm."""
+    return f"device:{alarm.device}:{alarm.code}"
 
 
 def _device_alarm_key(alarm: DeviceAlarm) -> tuple[int, str, str]:
