@@ -7,6 +7,7 @@ retained as the daemon would; one test runs a real daemon with simulators on pty
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -199,7 +200,8 @@ def test_one_bed_fits_80x24_with_vitals_forecast_alarms_and_devices(
     lines = text.rstrip("\n").split("\n")
     assert len(lines) <= 24
     assert lines[0].startswith("icu-edge ward"), text  # nothing scrolled off the top
-    assert "1-9" in lines[-1] or "Enter: detail" in text, text  # the key line is on screen too
+    assert len(lines) == 24, text
+    assert lines[-1].startswith("1-9 "), text  # the key line is on screen too, at the bottom
     assert "mm[Hg]" not in text
     assert "Cel" not in text
     row = {line.split()[1]: line for line in lines if len(line.split()) > 2}  # "│ SpO2 86 % ..."
@@ -301,6 +303,7 @@ def test_plain_prints_one_line_per_change_and_nothing_for_the_same_snapshot(
     assert any("  map 62 mmHg" in line for line in first)
 
 
+@pytest.mark.timeout(240)
 def test_real_daemon_and_simulators_show_vitals_forecast_and_alarms_at_80x24(
     tmp_path: Path, broker: MosquittoBroker, pane_factory: Callable[..., Pane]
 ) -> None:
@@ -323,6 +326,7 @@ def test_real_daemon_and_simulators_show_vitals_forecast_and_alarms_at_80x24(
         assert lines[0].startswith("icu-edge ward"), text
         assert "bed-01" in text
         assert "mm[Hg]" not in text
+        assert re.search(r"\u2192 \d+ \[\d+\u2013\d+\]", text), text  # a forecast: p50 [p10-p90]
         for label in ("SpO2", "MAP", "HR", "mon-1", "vent-1"):
             assert label in text, (label, text)
     finally:
