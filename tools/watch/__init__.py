@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of `icu-edge watch`."""
     parser = argparse.ArgumentParser(
         prog="icu-edge watch",
-        description="Terminal ward view: subscribe to the MQTT contract v1 like a central station.",
+        description="Terminal ward view: subscribe to the MQTT contract v1 like a central station; "
+        "every bed as a compact tile (vitals, trends, forecasts, alarms, devices), side by side as the "
+        "terminal allows.",
+        epilog="keys: 1-9, arrows or Tab pick a bed; Enter opens its detail (arrows, PgUp/PgDn scroll, "
+        "Tab the next bed); Esc or q goes back; q in the ward quits.",
     )
     parser.add_argument("--broker", default=DEFAULT_BROKER, help=f"broker URL (default {DEFAULT_BROKER})")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
