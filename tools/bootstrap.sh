@@ -11,8 +11,9 @@ EXTRAS="${1:-cpu,dev}"  # package extras: the demo needs cpu, the tests cpu,dev
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.icu-edge-installed"
-APT_PACKAGES=(mosquitto faketime libsystemd-dev pkg-config gcc python3-dev python3-venv)
+APT_PACKAGES=(mosquitto faketime tmux libsystemd-dev pkg-config gcc python3-dev python3-venv)
 # faketime: libfaketime steps the daemon's wall clock in tests/fault/test_clock.py
+# tmux: the ward view's tests run `icu-edge watch` in a detached pane of a fixed size (tests/tools/test_watch_tmux.py)
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 69; }
@@ -42,6 +43,7 @@ libsystemd_ok() {
 missing_packages() {  # prints the apt packages whose function is missing, one per line
     has_command mosquitto || echo mosquitto
     has_command faketime || echo faketime
+    has_command tmux || echo tmux
     libsystemd_ok || echo libsystemd-dev
     has_command pkg-config || echo pkg-config
     has_command gcc || echo gcc
