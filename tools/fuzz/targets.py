@@ -89,6 +89,8 @@ from drivers.scenario import PATIENTS, SteadyPatient
 from drivers.vocabulary import TERMS
 from edge.config import ConfigError, load_config
 from tools.watch import WardState, render, render_plain
+from tools.watch.plain import ChangeLog
+from tools.watch.tiles import render_ward
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 """Committed seed inputs, one folder per target (text seeds that are easier to keep as files)."""
@@ -476,10 +478,12 @@ def run_watch(data: bytes) -> object:
     Messages are separated by NUL (which neither JSON payloads nor topics contain). A message's first
     byte picks the topic (mod len(topics) + 1; the last value means: the topic is the text up to the
     first TAB) and whether it is retained (bit 7). The view must count bad input, never raise, and
-    render whatever it accepted. The rich rendering (a hundred times slower than the plain one) runs for
-    inputs whose length is 1 more than a multiple of 128 (never the truncated maximum).
+    render whatever it accepted; the change log (`--plain`) follows every message. The rich renderings
+    (the old detail view and the tiles at 80x24 and 160x45; a hundred times slower than the plain one)
+    run for inputs whose length is 1 more than a multiple of 128 (never the truncated maximum).
     """
     state = WardState(clock=lambda: _START_S, wall_clock=lambda: _WATCH_T0)
+    change_log = ChangeLog()
     for record in data.split(b"\x00"):
         if not record:
             continue
@@ -491,11 +495,17 @@ def run_watch(data: bytes) -> object:
             raw_topic, _, body = body.partition(b"\t")
             topic = raw_topic.decode("utf-8", errors="replace")
         state.apply(topic, body, retained=bool(header & 0x80))
+        if not all(isinstance(line, str) for line in change_log.changes(state)):
+            raise FuzzInvariantError("the change log gave a line that is no text")
     text = render_plain(state)
     if not isinstance(text, str):
         raise FuzzInvariantError("render_plain did not return text")
     if len(data) % 128 == 1:
-        Console(file=io.StringIO(), width=160, force_terminal=True).print(render(state))
+        console = Console(file=io.StringIO(), width=160, force_terminal=True)
+        console.print(render(state))
+        selected = min(state.beds, default=None)
+        for width, height in ((80, 24), (160, 45)):
+            console.print(render_ward(state, width=width, height=height, selected=selected, keys_line="keys"))
     return (len(state.beds), len(state.appliances), state.violations > 0, state.lost > 0, state.reordered > 0)
 
 
