@@ -48,6 +48,8 @@ READ_TIMEOUT_S = 0.05
 HEX_HEAD_BYTES = 16
 BUSY_PREFIX = "port busy"
 """How `saw` begins when another process holds the port (the probe sent nothing)."""
+CANNOT_OPEN_PREFIX = "cannot open"
+"""How `saw` begins when the port cannot be opened at all (missing, no permission)."""
 
 
 @dataclass(frozen=True)
@@ -246,10 +248,10 @@ def probe_port(path: str, *, deadline_s: float = 10.0, force: bool = False) -> P
             outcome = _attempt(path, candidate, budget_s=budget_s, force=force)
         except PortBusy as exc:
             return _nothing(
-                path, start_s, f"{BUSY_PREFIX}: {_reason(exc)}; nothing sent (--force to probe anyway)"
+                path, start_s, f"{_prefixed(BUSY_PREFIX, exc)}; nothing sent (force to probe anyway)"
             )
         except TransportError as exc:
-            return _nothing(path, start_s, f"cannot open: {_reason(exc)}")
+            return _nothing(path, start_s, _prefixed(CANNOT_OPEN_PREFIX, exc))
         if outcome.link_up is not None:
             return _matched(path, candidate, outcome, start_s=start_s)
         recognition = recognise(bytes(outcome.received))
@@ -268,6 +270,12 @@ def _reason(exc: Exception) -> str:
     text = str(exc)
     head, sep, rest = text.partition(": ")
     return rest if sep and head.startswith(("/", "socket:", "loop:")) else text
+
+
+def _prefixed(prefix: str, exc: Exception) -> str:
+    """The error text, beginning with prefix (once)."""
+    reason = _reason(exc)
+    return reason if reason.startswith(prefix) else f"{prefix}: {reason}"
 
 
 def _tried(seen: list[str]) -> list[str]:
