@@ -99,7 +99,7 @@ def _is_uart(name: str, roots: Roots) -> bool:
     return kind is None or kind != "0"
 
 
-def _usb_identity(name: str, roots: Roots) -> tuple[str | None, UsbIdentity | None]:
+def usb_identity(name: str, roots: Roots) -> tuple[str | None, UsbIdentity | None]:
     """The kernel driver of the tty and, where a USB device is behind it, that device's identity."""
     device = roots.sys / "class/tty" / name / "device"
     driver_link = device / "driver"
@@ -249,7 +249,7 @@ def list_ports(
         device = os.path.realpath(path)
         if device in ports or not _is_char_device(device):
             continue
-        driver, usb = _usb_identity(os.path.basename(device), roots)
+        driver, usb = usb_identity(os.path.basename(device), roots)
         held, holders = holders_of(device, open_files=files)
         ports[device] = PortInfo(
             path=path if path not in by_id.get(device, []) else device,
