@@ -381,12 +381,12 @@ def _attempt(path: str, candidate: Candidate, *, budget_s: float, force: bool) -
             if up is not None:
                 outcome.link_up = up
                 outcome.up_after_s = now_s - start_s
-                _write(transport, _handshake_part(candidate.driver, _drain(session)))
+                _write(transport, _handshake_part(candidate.driver, drain(session)))
                 break
             if now_s >= session.next_deadline_s():
                 session.poll(now_s=now_s)
-            _write(transport, _drain(session))
-        _goodbye(candidate.driver, session, transport)
+            _write(transport, drain(session))
+        goodbye(candidate.driver, session, transport)
     except TransportError as exc:
         outcome.error = _reason(exc)
     finally:
@@ -394,7 +394,8 @@ def _attempt(path: str, candidate: Candidate, *, budget_s: float, force: bool) -
     return outcome
 
 
-def _drain(session: DeviceSession) -> bytes:
+def drain(session: DeviceSession) -> bytes:
+    """Everything the session has to send now (a datagram session hands it over one message a call)."""
     out = bytearray()
     while chunk := session.data_to_send():
         out += chunk
@@ -426,11 +427,17 @@ def _handshake_part(driver: str, queued: bytes) -> bytes:
     return b""
 
 
-def _goodbye(driver: str, session: DeviceSession, transport: Transport) -> None:
-    """Leave the device as it was: release an association, stop a DRI transmission we may have started."""
+def goodbye(driver: str, session: DeviceSession, transport: Transport) -> bytes:
+    """Leave the device as it was: release an association, stop a DRI transmission we may have started.
+
+    Return the bytes written (for a tool that shows them).
+    """
+    sent = b""
     if isinstance(session, ReleasingSession):
-        _drain(session)
+        drain(session)
         session.release(now_s=time.monotonic())
-        _write(transport, _drain(session))
+        sent += drain(session)
     if driver == "datex":
-        _write(transport, phdb_request(interval_s=0).to_frame())
+        sent += phdb_request(interval_s=0).to_frame()
+    _write(transport, sent)
+    return sent

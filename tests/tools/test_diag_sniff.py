@@ -137,7 +137,7 @@ def test_live_sniff_polls_like_the_daemon_and_prints_both_directions(
     lines, _ = sniffed
     links = [line for line in lines if line["type"] == "link"]
     assert links[0]["state"] == "up"
-    assert links[0]["detail"] == "SimVent XL 01.00"
+    assert links[0]["detail"] == "MEDIBUS SimVent XL 01.00 06.00"
     frames = [line for line in lines if line["type"] == "frame"]
     assert "MEDIBUS command 0x51 ICC" in frames[0]["summary"]
     assert frames[0]["direction"] == "host"

@@ -189,7 +189,10 @@ def _intellivue_summary(message: bytes) -> str:
         apdu = ivm.decode_data(message)
     except ivm.MessageError as exc:
         return f"IntelliVue data, undecodable ({exc})"
-    head = f"IntelliVue {apdu.ro_type.name} invoke {apdu.invoke_id} command {apdu.command}"
+    known = {int(c): c.name for c in ivm.Command}
+    command = known.get(apdu.command, f"command {apdu.command}")
+    what = f"error {apdu.command}" if apdu.ro_type is ivm.RoType.ROER else command
+    head = f"IntelliVue {apdu.ro_type.name} invoke {apdu.invoke_id} {what}"
     return f"{head} ({len(message)} bytes)"
 
 
@@ -353,7 +356,8 @@ def sniff_live(
                 session.receive(data, now_s=now_s)
             for event in session.events():
                 if isinstance(event, LinkUp):
-                    printer.link(offset_s=now_s - start_s, state="up", detail=event.model or info.protocol)
+                    detail = " ".join(w for w in (info.protocol, event.model, event.protocol_version) if w)
+                    printer.link(offset_s=now_s - start_s, state="up", detail=detail)
                 elif isinstance(event, LinkDown):
                     printer.link(offset_s=now_s - start_s, state="down", detail=event.reason)
             if now_s >= session.next_deadline_s():
@@ -362,7 +366,9 @@ def sniff_live(
             if sent:
                 transport.write(sent)
                 printer.frames(taps["host"].feed(sent, offset_s=now_s - start_s))
-        goodbye(driver, session, transport)
+        printer.frames(
+            taps["host"].feed(goodbye(driver, session, transport), offset_s=time.monotonic() - start_s)
+        )
     except TransportError as exc:
         print(f"diag sniff: {exc}", file=sys.stderr)
     finally:
