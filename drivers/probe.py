@@ -237,6 +237,7 @@ def probe_port(path: str, *, deadline_s: float = 10.0, force: bool = False) -> P
     end_s = start_s + deadline_s
     pending = list(_plan(path))
     seen: list[str] = []
+    silent: list[str] = []  # the tries that got no byte back and no error
     while pending:
         candidate = pending.pop(0)
         now_s = time.monotonic()
@@ -257,11 +258,13 @@ def probe_port(path: str, *, deadline_s: float = 10.0, force: bool = False) -> P
         recognition = recognise(bytes(outcome.received))
         note = f"{candidate.driver} {candidate.settings}: {recognition.describe()}"
         seen.append(note if outcome.error is None else f"{note} ({outcome.error})")
+        if not outcome.received and outcome.error is None:
+            silent.append(f"{candidate.driver} {candidate.settings}")
         _try_next(pending, recognition)
     if not seen:
         return _nothing(path, start_s, f"no time to try anything in {deadline_s:g} s")
-    if all(": 0 bytes" in note and "(" not in note for note in seen):
-        return _nothing(path, start_s, f"nothing at any setting (silent; tried {'; '.join(_tried(seen))})")
+    if len(silent) == len(seen):
+        return _nothing(path, start_s, f"nothing at any setting (silent; tried {'; '.join(silent)})")
     return _nothing(path, start_s, "no handshake answered; " + "; ".join(seen))
 
 
@@ -276,10 +279,6 @@ def _prefixed(prefix: str, exc: Exception) -> str:
     """The error text, beginning with prefix (once)."""
     reason = _reason(exc)
     return reason if reason.startswith(prefix) else f"{prefix}: {reason}"
-
-
-def _tried(seen: list[str]) -> list[str]:
-    return [note.partition(":")[0] for note in seen]
 
 
 def _plan(path: str) -> list[Candidate]:
