@@ -133,7 +133,7 @@ def _devices(
                 if missing is not None:
                     raise Stop([f"bed {bed.id} device {device.id}: port {missing}"], exit_code=EX_UNAVAILABLE)
             found: dict[str, object] = {}
-            how = "driver from the answers"
+            how = f"{device.driver} (named in the answers)"
             if device.probe:
                 assert port is not None  # DeviceAnswers: probe needs a port
                 found, line = probe_device(port, deadline_s=options.probe_deadline_s)
@@ -143,10 +143,15 @@ def _devices(
                         exit_code=EX_UNAVAILABLE,
                     )
                 how = f"probed: {line}"
+            where = port or device.address or device.listen
             fields: dict[str, object] = {"id": device.id, "driver": device.driver or found["driver"]}
-            for connection, where in (("port", port), ("address", device.address), ("listen", device.listen)):
-                if where is not None:
-                    fields[connection] = where
+            for connection, endpoint in (
+                ("port", port),
+                ("address", device.address),
+                ("listen", device.listen),
+            ):
+                if endpoint is not None:
+                    fields[connection] = endpoint
             for line_setting in ("baud", "parity"):
                 setting = getattr(device, line_setting)
                 if setting is None:
@@ -158,8 +163,7 @@ def _devices(
             if merged:
                 fields["options"] = merged
             devices[(bed.id, device.id)] = fields
-            where = port or device.address or device.listen
-            progress.step("device", "ok", f"{name} on {where}: {fields['driver']} ({how})")
+            progress.step("device", "ok", f"{name} on {where}: {how}")
     return devices
 
 
@@ -248,6 +252,7 @@ def _service_account(shipped: Path, *, options: Options, progress: Progress) -> 
     elif options.dry_run:
         progress.step("sysusers", "created", "user icu-edge, member of dialout")
     else:
+        inside(root, Path("/etc")).mkdir(parents=True, exist_ok=True)  # sysusers writes etc/passwd there
         status, output = run_command(["systemd-sysusers", *root_option(root), SYSUSERS_PATH.name])
         if status != 0:
             raise Stop([f"systemd-sysusers failed ({status}): {output}"], exit_code=EX_SOFTWARE)

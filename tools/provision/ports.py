@@ -90,5 +90,6 @@ def probe_device(port: str, *, deadline_s: float) -> tuple[dict[str, object], st
         fields["parity"] = result.parity
     if result.options:
         fields["options"] = {name: _option_value(value) for name, value in result.options.items()}
-    line = f"{driver} {result.device or '(model not reported)'} ({result.elapsed_s:.1f} s: {result.saw})"
+    model = result.device or "(model not reported)"
+    line = f"{driver} {model}, found in {result.elapsed_s:.1f} s ({result.saw})"
     return fields, line
