@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import CertificateAuthority, MosquittoBroker, Subscriber, require_mosquitto
+from broker import CertificateAuthority, ListenerSecurity, MosquittoBroker, Subscriber, require_mosquitto
 from ward import REPO_ROOT, Ward, WardLayout, bed_topic
 
 pytestmark = pytest.mark.integration
@@ -303,3 +303,78 @@ def test_interactive_answers_from_stdin(tmp_path: Path, tls_broker: MosquittoBro
     again = _provision("--answers", str(saved), "--root", str(root))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "nothing changed" in again.stdout, again.stdout
+
+
+SAMPLE_ACL = REPO_ROOT / "systemd" / "mosquitto-acl.sample"
+
+
+@pytest.fixture
+def ward_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """The ward broker of systemd/README.md: client certificates, CN as identity, the shipped sample ACL."""
+    require_mosquitto()
+    instance = MosquittoBroker(
+        directory=tmp_path / "ward-broker",
+        security=ListenerSecurity(acl_file=SAMPLE_ACL, use_username_as_clientid=True),
+    )
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def _mtls_answers(tmp_path: Path, broker: MosquittoBroker, *, identity: str) -> Path:
+    assert broker.ca is not None
+    files = broker.ca.client_files(identity)
+    path = tmp_path / f"answers-{identity}.toml"
+    path.write_text(
+        f"""
+[appliance]
+id = "edge-0001"
+site = "hosp-a"
+ward = "icu-3"
+
+[broker]
+host = "127.0.0.1"
+port = {broker.port}
+ca = "{broker.ca.ca_path}"
+cert = "{files.cert}"
+key = "{files.key}"
+
+[paths]
+outbox = "{tmp_path / "state" / "outbox.db"}"
+
+[engines]
+enabled = false
+
+[[bed]]
+id = "bed-01"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_the_shipped_acl_lets_the_appliance_ping_its_own_diag_topic(
+    tmp_path: Path, ward_broker: MosquittoBroker
+) -> None:
+    answers = _mtls_answers(tmp_path, ward_broker, identity="edge-0001")
+
+    result = _provision("--answers", str(answers), "--root", str(tmp_path / "root"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round trip on icu/v1/hosp-a/icu-3/appliance/edge-0001/diag/ping" in result.stdout, result.stdout
+
+
+def test_a_certificate_of_another_appliance_is_refused_by_the_acl_with_one_line(
+    tmp_path: Path, ward_broker: MosquittoBroker
+) -> None:
+    root = tmp_path / "root"
+    answers = _mtls_answers(tmp_path, ward_broker, identity="edge-9999")
+
+    result = _provision("--answers", str(answers), "--root", str(root))
+
+    assert result.returncode == 78, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "refused a publish on icu/v1/hosp-a/icu-3/appliance/edge-0001/diag/ping" in line, line
+    assert not (root / "etc/icu-edge/config.toml").exists()
