@@ -334,13 +334,25 @@ def _engines(answers: Answers, *, options: Options, progress: Progress) -> None:
     if options.dry_run:
         progress.step("engines", "ok", f"would build the TensorRT plans into {cache} ({why})")
         return
+    before = _snapshot(cache)
     status, output = engines_command(["build", "--cache-dir", str(cache)])
     last = output.splitlines()[-1] if output else f"exit {status}"
     if status == 0:
-        built = any(" built " in line for line in output.splitlines())
-        progress.step("engines", "changed" if built else "unchanged", f"TensorRT plans in {cache}: {last}")
+        outcome = "unchanged" if _snapshot(cache) == before else "changed"
+        progress.step("engines", outcome, f"TensorRT plans in {cache}: {last}")
     else:
         progress.step("engines", "warning", f"TensorRT build failed: {last}; the daemon runs onnxruntime")
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under folder with its size and modification time (to see whether a build wrote)."""
+    if not folder.is_dir():
+        return {}
+    return {
+        str(path): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
 
 
 def _units(shipped: Path, answers: Answers, *, options: Options, progress: Progress) -> bool:
