@@ -378,3 +378,48 @@ def test_a_certificate_of_another_appliance_is_refused_by_the_acl_with_one_line(
     (line,) = result.stderr.splitlines()
     assert "refused a publish on icu/v1/hosp-a/icu-3/appliance/edge-0001/diag/ping" in line, line
     assert not (root / "etc/icu-edge/config.toml").exists()
+
+
+def test_without_systemd_tools_it_installs_the_files_and_says_how_to_enable(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    root = tmp_path / "root"
+    answers = tmp_path / "answers.toml"
+    answers.write_text(
+        f"""
+[appliance]
+id = "edge-0001"
+site = "hosp-a"
+ward = "icu-3"
+
+[broker]
+host = "127.0.0.1"
+port = {broker.port}
+insecure = true
+
+[paths]
+outbox = "{tmp_path / "outbox.db"}"
+
+[[bed]]
+id = "bed-01"
+""",
+        encoding="utf-8",
+    )
+    bare = {**os.environ, "PATH": str(tmp_path / "empty-bin"), "PYTHONPATH": str(REPO_ROOT)}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "provision", "--answers", str(answers), "--root", str(root)],
+        cwd=REPO_ROOT,
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no systemctl here: could not enable; on the box run `systemctl enable icu-edge.service`" in (
+        result.stdout
+    ), result.stdout
+    assert (root / "etc/icu-edge/config.toml").is_file()
+    assert (root / "etc/systemd/system/icu-edge.service").is_file()
