@@ -165,6 +165,12 @@ def test_provision_writes_a_config_the_daemon_runs_and_a_second_run_changes_noth
     try:
         vitals = subscriber.wait_for(lambda got: len(got) >= 2, timeout_s=60)
         assert all(b'"bed":"bed-01"' in m.payload.replace(b" ", b"") for m in vitals), vitals[0].payload
+        # While the daemon holds the ports, a probe must not share them (nor provision go on).
+        busy = _provision("--answers", str(answers), "--root", str(root))
+        assert busy.returncode == 69, busy.stdout + busy.stderr
+        (line,) = busy.stderr.splitlines()
+        assert "port busy" in line, line
+        assert "systemctl stop icu-edge" in line, line
     finally:
         subscriber.close()
         daemon.terminate()
@@ -366,6 +372,28 @@ def test_the_shipped_acl_lets_the_appliance_ping_its_own_diag_topic(
     assert "round trip on icu/v1/hosp-a/icu-3/appliance/edge-0001/diag/ping" in result.stdout, result.stdout
 
 
+def test_a_client_certificate_of_another_ca_is_refused_with_one_line(
+    tmp_path: Path, ward_broker: MosquittoBroker
+) -> None:
+    root = tmp_path / "root"
+    answers = _mtls_answers(tmp_path, ward_broker, identity="edge-0001")
+    stranger = CertificateAuthority.create(tmp_path / "stranger-ca").client_files("edge-0001")
+    text = answers.read_text()
+    assert ward_broker.ca is not None
+    own = ward_broker.ca.client_files("edge-0001")
+    answers.write_text(
+        text.replace(str(own.cert), str(stranger.cert)).replace(str(own.key), str(stranger.key))
+    )
+
+    result = _provision("--answers", str(answers), "--root", str(root))
+
+    assert result.returncode == 78, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"provision: broker 127.0.0.1:{ward_broker.port}"), line
+    assert "closed the connection before accepting the MQTT connection (client certificate" in line, line
+    assert not (root / "etc/icu-edge/config.toml").exists()
+
+
 def test_a_certificate_of_another_appliance_is_refused_by_the_acl_with_one_line(
     tmp_path: Path, ward_broker: MosquittoBroker
 ) -> None:
@@ -399,6 +427,7 @@ insecure = true
 
 [paths]
 outbox = "{tmp_path / "outbox.db"}"
+executable = "/usr/local/bin/icu-edge"
 
 [[bed]]
 id = "bed-01"
@@ -422,4 +451,5 @@ id = "bed-01"
         result.stdout
     ), result.stdout
     assert (root / "etc/icu-edge/config.toml").is_file()
-    assert (root / "etc/systemd/system/icu-edge.service").is_file()
+    unit = (root / "etc/systemd/system/icu-edge.service").read_text().splitlines()
+    assert "ExecStart=/usr/local/bin/icu-edge run --config /etc/icu-edge/config.toml" in unit

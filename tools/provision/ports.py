@@ -81,6 +81,8 @@ def probe_device(port: str, *, deadline_s: float) -> tuple[dict[str, object], st
         return {}, "no probe in this install (drivers.probe is missing): name the driver"
     result = probe.probe_port(port, deadline_s=deadline_s)
     driver = _driver_of(result.protocol) if result.protocol else None
+    if driver is None and result.saw.startswith(probe.BUSY_PREFIX):
+        return {}, f"{result.saw} (is the daemon running? stop it first: systemctl stop icu-edge)"
     if driver is None:
         return {}, f"nothing identified in {result.elapsed_s:.1f} s: {result.saw}"
     fields: dict[str, object] = {"driver": driver}

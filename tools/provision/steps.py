@@ -94,7 +94,15 @@ def resolve_devices(
 ) -> dict[tuple[str, str], dict[str, object]]:
     """Resolve every device's port and driver (probing where asked); stop at a missing port."""
     ports = serial_ports()
-    listed = ", ".join(f"{Path(path).name} -> {node}" for path, node in ports)
+    named = {
+        os.path.realpath(resolve_port(device.port)): f"{bed.id}/{device.id}"
+        for bed in answers.bed
+        for device in bed.device
+        if device.port is not None
+    }
+    listed = ", ".join(
+        f"{Path(path).name} -> {node} ({named.get(node, 'not in the answers')})" for path, node in ports
+    )
     progress.step("ports", "ok", f"{len(ports)} under /dev/serial/by-id" + (f": {listed}" if listed else ""))
     devices: dict[tuple[str, str], dict[str, object]] = {}
     for bed in answers.bed:
@@ -303,6 +311,10 @@ def install_engines(answers: Answers, *, options: Options, progress: Progress) -
     from engines.tensorrt_backend import cuda_status
 
     usable, why = cuda_status()
+    if not usable and answers.engines.backend == "tensorrt":
+        progress.step(
+            "engines", "warning", f"backend = tensorrt, but {why}: the daemon falls back to onnxruntime"
+        )
     if not usable or answers.engines.backend == "onnxruntime":
         status, output = engines_command(["verify", "--backend", "onnxruntime"])
         if status == 0:
@@ -312,7 +324,7 @@ def install_engines(answers: Answers, *, options: Options, progress: Progress) -
         else:
             last = output.splitlines()[-1] if output else f"exit {status}"
             progress.step(
-                "engines", "warning", f"engines verify failed: {last}; the daemon runs without forecasts"
+                "engines", "warning", f"engines verify failed: {last} (see: icu-edge engines verify)"
             )
         return
     cache = inside(options.root, answers.paths.engines_cache)
@@ -326,7 +338,9 @@ def install_engines(answers: Answers, *, options: Options, progress: Progress) -
         outcome = "unchanged" if _snapshot(cache) == before else "changed"
         progress.step("engines", outcome, f"TensorRT plans in {cache}: {last}")
     else:
-        progress.step("engines", "warning", f"TensorRT build failed: {last}; the daemon runs onnxruntime")
+        progress.step(
+            "engines", "warning", f"TensorRT build failed: {last}; the daemon falls back to onnxruntime"
+        )
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
