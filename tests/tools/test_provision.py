@@ -197,6 +197,9 @@ def test_dry_run_shows_the_config_diff_and_changes_nothing(
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     assert '+ward = "icu-3"' in fresh.stdout, fresh.stdout
     assert "would: new" in fresh.stdout, fresh.stdout
+    if os.geteuid() == 0:  # the service group the sysusers step would create owns the config
+        assert "/etc/icu-edge/config.toml (0640 root:icu-edge)" in fresh.stdout, fresh.stdout
+        assert " warning " not in fresh.stdout, fresh.stdout
     assert "nothing was changed" in fresh.stdout, fresh.stdout
     assert list(root.iterdir()) == []
 

@@ -21,6 +21,7 @@ from tools.provision.broker import BrokerProblem, check_tls, round_trip
 from tools.provision.install import (
     UNIT_NAME,
     FilePlan,
+    Owner,
     config_owner,
     engines_command,
     gpu_usable,
@@ -286,7 +287,10 @@ def _mode_and_group(path: Path) -> tuple[int, int] | None:
 def install_config(text: str, answers: Answers, *, options: Options, progress: Progress) -> None:
     """Write the config (0640, root:icu-edge) through a checked temporary file, unless it is unchanged."""
     owner = config_owner(options.root)
-    if owner.problem is not None:
+    if owner.problem is not None and options.dry_run and shutil.which("systemd-sysusers") is not None:
+        # The sysusers step above would have created the group: show the owner the run would give.
+        owner = Owner(uid=0, gid=-1, name="root:icu-edge")
+    elif owner.problem is not None:
         progress.step("config", "warning", owner.problem)
     plan = plan_file(
         root=options.root, path=answers.paths.config, content=text.encode(), mode=0o640, owner=owner
