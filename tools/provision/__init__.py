@@ -72,7 +72,7 @@ def provision(answers: Answers, *, options: Options) -> int:
         shipped = shipped_systemd_dir()
         if shipped is None:
             raise Stop(
-                ["the unit files (systemd/ of the source tree) are not in this install"],
+                ["the systemd files are not in this install (no systemd/, no share/icu-edge/systemd)"],
                 exit_code=EX_UNAVAILABLE,
             )
         if os.geteuid() != 0 and options.root == Path("/") and not options.dry_run:

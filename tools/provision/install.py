@@ -18,6 +18,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +29,18 @@ UNIT_NAME = "icu-edge.service"
 
 
 def shipped_systemd_dir() -> Path | None:
-    """Return the repository's systemd/ folder (unit, sysusers, tmpfiles, drop-ins), None if absent."""
-    folder = Path(__file__).resolve().parents[2] / "systemd"
-    return folder if (folder / UNIT_NAME).is_file() else None
+    """Return the shipped systemd files (unit, sysusers, tmpfiles, drop-ins), None if absent.
+
+    A source checkout has them in systemd/; an installed wheel in {prefix}/share/icu-edge/systemd
+    (pyproject's data-files).
+    """
+    for folder in (
+        Path(__file__).resolve().parents[2] / "systemd",
+        Path(sys.prefix) / "share/icu-edge/systemd",
+    ):
+        if (folder / UNIT_NAME).is_file():
+            return folder
+    return None
 
 
 def inside(root: Path, path: Path) -> Path:
