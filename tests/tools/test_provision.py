@@ -276,6 +276,11 @@ driver = "medibus"
     misspelt = _provision("--answers", str(answers), "--root", str(root))
     assert misspelt.returncode == 78, misspelt.stdout + misspelt.stderr
     assert "bed[0].device[0].drivr: unknown key (did you mean 'driver'?)" in misspelt.stderr, misspelt.stderr
+
+    answers.write_text(base.replace('host = "127.0.0.1"', 'hots = "127.0.0.1"'), encoding="utf-8")
+    broker_typo = _provision("--answers", str(answers), "--root", str(root))
+    assert broker_typo.returncode == 78, broker_typo.stdout + broker_typo.stderr
+    assert "broker.hots: unknown key (did you mean 'host'?)" in broker_typo.stderr, broker_typo.stderr
     assert not root.exists()
 
 
