@@ -229,6 +229,7 @@ def ask_answers(*, ask: Ask, serial_ports: list[str], probe: Probe) -> dict[str,
     broker["topic_prefix"] = ask("topic prefix", "icu/v1")
     beds: dict[str, list[dict[str, object]]] = {}
     candidates = list(serial_ports)
+    print(f"serial ports under /dev/serial/by-id: {', '.join(candidates) or 'none'} (each is probed)")
     while True:
         port = candidates.pop(0) if candidates else ask("another serial port to probe (empty: done)", "")
         if not port:
