@@ -67,3 +67,60 @@ def test_unit_exposure_is_at_most_the_agreed_figure() -> None:
     match = re.search(r"Overall exposure level for icu-edge\.service: (\d+\.\d+)", result.stdout)
     assert match is not None, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+GPU_DROP_IN = UNIT.parent / "icu-edge.service.d" / "gpu.conf"
+GPU_DEVICES = {
+    # desktop and data-centre driver
+    "char-nvidia-frontend",
+    "char-nvidia-uvm",
+    "/dev/nvidiactl",
+    "/dev/nvidia0",
+    "/dev/nvidia-uvm",
+    # Jetson
+    "char-nvhost-*",
+    "char-nvgpu*",
+    "/dev/nvmap",
+    "/dev/nvhost-ctrl-gpu",
+}
+
+
+def test_gpu_drop_in_allows_the_jetson_and_desktop_devices_and_what_cuda_needs() -> None:
+    drop_in = _directives(GPU_DROP_IN)
+    assert set(drop_in) <= {
+        ("Service", key) for key in ("DeviceAllow", "MemoryDenyWriteExecute", "ProcSubset")
+    }
+    allowed = dict(value.split() for value in drop_in[("Service", "DeviceAllow")])
+    assert set(allowed) >= GPU_DEVICES, sorted(allowed)
+    assert all(access in {"r", "rw"} for access in allowed.values()), allowed
+    assert _one(drop_in, "MemoryDenyWriteExecute") == "no"
+    assert _one(drop_in, "ProcSubset") == "all"
+    # The drop-in adds to the base unit's device list; it never opens the device policy.
+    assert ("Service", "DevicePolicy") not in drop_in
+
+
+def test_unit_with_the_gpu_drop_in_keeps_the_agreed_exposure(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not available: install systemd to check the hardening figure")
+    units = tmp_path / "etc/systemd/system"
+    (units / "icu-edge.service.d").mkdir(parents=True)
+    shutil.copy(UNIT, units / "icu-edge.service")
+    shutil.copy(GPU_DROP_IN, units / "icu-edge.service.d" / "gpu.conf")
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", f"--root={tmp_path}", "icu-edge.service"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    # The drop-in was read: its relaxations show, and every GPU device is in the unit's device ACL.
+    assert re.search(r"✗ MemoryDenyWriteExecute=", result.stdout), result.stdout + result.stderr
+    acl = re.search(
+        r"DeviceAllow=\s+Service has a device ACL with some special devices: (.*?)\s+\d\.\d", result.stdout
+    )
+    assert acl is not None, result.stdout
+    assert {entry.rsplit(":", 1)[0] for entry in acl.group(1).split()} >= GPU_DEVICES
+    match = re.search(r"Overall exposure level for icu-edge\.service: (\d+\.\d+)", result.stdout)
+    assert match is not None, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout

@@ -130,3 +130,25 @@ def test_installed_wheel_runs_the_default_model_on_onnxruntime(installed: Path, 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nlinear-q@1.0.0 on onnxruntime" in result.stdout, result.stdout
+
+
+def test_installed_wheel_carries_the_systemd_files_provision_installs(
+    installed: Path, tmp_path: Path
+) -> None:
+    result = _run(
+        installed,
+        str(installed / "bin" / "python"),
+        "-c",
+        "from tools.provision.install import shipped_systemd_dir; print(shipped_systemd_dir())",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    folder = Path(result.stdout.strip())
+    assert folder.is_relative_to(installed), f"systemd files found outside the installed copy: {folder}"
+    for name in (
+        "icu-edge.service",
+        "icu-edge.sysusers.conf",
+        "icu-edge.tmpfiles.conf",
+        "icu-edge.service.d/gpu.conf",
+    ):
+        assert (folder / name).read_bytes() == (ROOT / "systemd" / name).read_bytes(), name

@@ -66,6 +66,7 @@ _PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
     "engines": _module_main("engines.cli"),
     "record": _module_main("drivers.record"),
     "diag": _module_main("tools.diag"),
+    "provision": _module_main("tools.provision"),
 }
 """Commands with their own argument parsers: everything after the command name goes to them."""
 
@@ -76,6 +77,7 @@ _PASS_THROUGH_HELP = {
     "engines": "forecasting engines: build, list, verify, bench, eval (see: engines --help)",
     "record": "record a device's serial line both ways through a pty (see: record --help)",
     "diag": "field diagnostics: ports, probe, sniff, mqtt, engines, bundle (see: diag --help)",
+    "provision": "installer: ports, broker check, config, engines, systemd unit (see: provision --help)",
 }
 """The one-line help `icu-edge --help` shows for each pass-through command."""
 
