@@ -12,7 +12,7 @@ import importlib
 import sys
 from types import ModuleType
 
-_COMMANDS: tuple[str, ...] = ()
+_COMMANDS: tuple[str, ...] = ("mqtt", "engines", "bundle")
 """Subcommand names; `tools.diag.<name>` is the module."""
 
 
