@@ -1,0 +1,147 @@
+"""The daemon's diagnostics socket and `icu-edge diag bundle`, against a real daemon, simulator and broker.
+
+The ward runs with mutual TLS and the sample ACL, and its config names every kind of secret: an MQTT
+password file, a client key, and a token-like client id. The bundle must carry the device counters,
+the ventilator's raw bytes and the redacted config, and none of those secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import MosquittoBroker, wait_for
+from fault.test_mtls_acl import password_file_in, tls_toml, ward_broker_at
+from ward import APPLIANCE, REPO_ROOT, Ward, WardLayout
+
+from edge.diagnostics import RawRing, read_snapshot, socket_path
+
+TOKEN = "icu-edge-Tk3f9QzX7mP2vL8wR4nY"
+"""A token-like client id: the redaction must catch it by its shape."""
+
+
+def test_ring_keeps_the_newest_bytes_within_its_byte_and_age_bounds() -> None:
+    ring = RawRing(max_bytes=10, max_age_s=5.0)
+    ring.add(direction="tx", data=b"abcdef", now_s=0.0)
+    ring.add(direction="rx", data=b"ghijkl", now_s=1.0)
+    assert [data for _, _, data in ring.chunks(now_s=1.0)] == [b"ghijkl"]
+    ring.add(direction="rx", data=b"0123456789ABC", now_s=2.0)
+    assert ring.chunks(now_s=2.0) == [(2.0, "rx", b"3456789ABC")]
+    assert ring.chunks(now_s=7.5) == []
+    assert (ring.total_rx_bytes, ring.total_tx_bytes) == (16, 6)
+
+
+@pytest.fixture
+def ward_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    instance = ward_broker_at(tmp_path / "ward-broker")
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def _diag(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", "diag", *argv],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _extract(path: Path) -> dict[str, str]:
+    with tarfile.open(path) as tar:
+        return {
+            member.name.split("/", 1)[1]: tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+            for member in tar.getmembers()
+        }
+
+
+def _raw(snapshot: dict[str, Any], key: str, direction: str) -> bytes:
+    return b"".join(base64.b64decode(c["b64"]) for c in snapshot["raw"][key]["chunks"] if c["dir"] == direction)
+
+
+@pytest.mark.integration
+def test_socket_and_bundle_of_a_running_daemon_carry_raw_bytes_and_counters_and_no_secret(
+    tmp_path: Path, ward_broker: MosquittoBroker
+) -> None:
+    assert ward_broker.ca is not None
+    identity = ward_broker.ca.client_files(APPLIANCE)
+    assert ward_broker.tls_files is not None
+    password_file, password = password_file_in(tmp_path)
+    mqtt_toml = f'client_id = "{TOKEN}"\n' + tls_toml(
+        ca=ward_broker.tls_files.ca, identity=identity, password_file=password_file
+    )
+    ward = Ward(workdir=tmp_path, broker=ward_broker, layout=WardLayout(beds=1, insecure=False, mqtt_toml=mqtt_toml))
+    secrets = [password, TOKEN]
+    secrets += [line for line in identity.key.read_text().splitlines() if line and "-----" not in line]
+    sock = socket_path(ward.outbox)
+    try:
+        ward.start_simulators()
+        ward.start_daemon()
+        snapshots: list[dict[str, Any]] = []
+
+        def frames_seen() -> bool:
+            try:
+                snapshots.append(read_snapshot(sock, timeout_s=5.0))
+            except (OSError, ValueError):
+                return False
+            device = snapshots[-1]["devices"]["bed-01/vent-1"]
+            return device["connected"] and device["counters"].get("frames_in", 0) > 5
+
+        assert wait_for(frames_seen, timeout_s=30), ward.log("daemon")
+        assert sock.stat().st_mode & 0o777 == 0o600
+        snapshot = snapshots[-1]
+        assert snapshot["publisher"]["connected"] is True, snapshot["publisher"]
+        assert snapshot["outbox"]["rows"] >= 0 and "disk_bytes" in snapshot["outbox"]
+        # the host's ICC request (ESC 'Q') went out and the simulator's echo (SOH 'Q') came back
+        assert b"\x1bQ" in _raw(snapshot, "bed-01/vent-1", "tx")
+        assert b"\x01Q" in _raw(snapshot, "bed-01/vent-1", "rx")
+
+        archive = tmp_path / "bundle.tar.gz"
+        result = _diag("bundle", "--config", str(ward.config), "--output", str(archive))
+        assert result.returncode == 0, result.stderr
+        assert str(archive) in result.stdout
+        assert archive.stat().st_mode & 0o777 == 0o600
+        members = _extract(archive)
+        assert {"MANIFEST.txt", "config.redacted.json", "versions.json", "daemon-snapshot.json"} <= set(members)
+        bundled = json.loads(members["daemon-snapshot.json"])
+        assert bundled["devices"]["bed-01/vent-1"]["counters"]["frames_in"] > 0
+        assert b"\x01Q" in _raw(bundled, "bed-01/vent-1", "rx")
+        config = json.loads(members["config.redacted.json"])["config"]
+        assert config["mqtt"]["client_id"] == "<redacted>"
+        assert config["mqtt"]["password_file"] == str(password_file)
+        assert config["mqtt"]["tls"]["key"] == str(identity.key)
+        assert json.loads(members["versions.json"])["paho-mqtt"]
+
+        assert ward.stop_daemon() == 0
+        assert not sock.exists()
+        down = tmp_path / "bundle-down.tar.gz"
+        result = _diag("bundle", "--config", str(ward.config), "--output", str(down))
+        assert result.returncode == 0, result.stderr
+        members_down = _extract(down)
+        assert "NOT COLLECTED: daemon snapshot" in members_down["MANIFEST.txt"]
+        assert "rows" in json.loads(members_down["outbox.json"])
+
+        with tarfile.open(archive) as tar:
+            everything = {name: text for name, text in members.items()} | {
+                f"down/{name}": text for name, text in members_down.items()
+            }
+            assert all(member.mode == 0o600 for member in tar.getmembers())
+        for name, text in everything.items():
+            for secret in secrets:
+                assert secret not in text, f"{name} holds a secret"
+    finally:
+        ward.close()
