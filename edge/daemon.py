@@ -234,8 +234,8 @@ class Daemon:
             rings={f"{link.identity.bed}/{link.identity.device}": link.raw for link in self._links},
             outbox_path=self._config.store.path,
         )
-        await self._diagnostics.start()
         self._notifier.ready(status=self._status_line())
+        await self._diagnostics.start()
         LOGGER.info(
             "icu-edge %s running: appliance %s, session %d, %d bed(s), %d device(s)",
             appliance_version(),

@@ -70,7 +70,9 @@ def _extract(path: Path) -> dict[str, str]:
 
 
 def _raw(snapshot: dict[str, Any], key: str, direction: str) -> bytes:
-    return b"".join(base64.b64decode(c["b64"]) for c in snapshot["raw"][key]["chunks"] if c["dir"] == direction)
+    return b"".join(
+        base64.b64decode(c["b64"]) for c in snapshot["raw"][key]["chunks"] if c["dir"] == direction
+    )
 
 
 @pytest.mark.integration
@@ -84,7 +86,9 @@ def test_socket_and_bundle_of_a_running_daemon_carry_raw_bytes_and_counters_and_
     mqtt_toml = f'client_id = "{TOKEN}"\n' + tls_toml(
         ca=ward_broker.tls_files.ca, identity=identity, password_file=password_file
     )
-    ward = Ward(workdir=tmp_path, broker=ward_broker, layout=WardLayout(beds=1, insecure=False, mqtt_toml=mqtt_toml))
+    ward = Ward(
+        workdir=tmp_path, broker=ward_broker, layout=WardLayout(beds=1, insecure=False, mqtt_toml=mqtt_toml)
+    )
     secrets = [password, TOKEN]
     secrets += [line for line in identity.key.read_text().splitlines() if line and "-----" not in line]
     sock = socket_path(ward.outbox)
@@ -105,7 +109,8 @@ def test_socket_and_bundle_of_a_running_daemon_carry_raw_bytes_and_counters_and_
         assert sock.stat().st_mode & 0o777 == 0o600
         snapshot = snapshots[-1]
         assert snapshot["publisher"]["connected"] is True, snapshot["publisher"]
-        assert snapshot["outbox"]["rows"] >= 0 and "disk_bytes" in snapshot["outbox"]
+        assert snapshot["outbox"]["rows"] >= 0
+        assert "disk_bytes" in snapshot["outbox"]
         # the host's ICC request (ESC 'Q') went out and the simulator's echo (SOH 'Q') came back
         assert b"\x1bQ" in _raw(snapshot, "bed-01/vent-1", "tx")
         assert b"\x01Q" in _raw(snapshot, "bed-01/vent-1", "rx")
@@ -116,7 +121,9 @@ def test_socket_and_bundle_of_a_running_daemon_carry_raw_bytes_and_counters_and_
         assert str(archive) in result.stdout
         assert archive.stat().st_mode & 0o777 == 0o600
         members = _extract(archive)
-        assert {"MANIFEST.txt", "config.redacted.json", "versions.json", "daemon-snapshot.json"} <= set(members)
+        assert {"MANIFEST.txt", "config.redacted.json", "versions.json", "daemon-snapshot.json"} <= set(
+            members
+        )
         bundled = json.loads(members["daemon-snapshot.json"])
         assert bundled["devices"]["bed-01/vent-1"]["counters"]["frames_in"] > 0
         assert b"\x01Q" in _raw(bundled, "bed-01/vent-1", "rx")
