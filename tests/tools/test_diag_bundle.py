@@ -7,12 +7,14 @@ the ventilator's raw bytes and the redacted config, and none of those secrets.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from broker import MosquittoBroker, wait_for
 from fault.test_mtls_acl import password_file_in, tls_toml, ward_broker_at
 from ward import APPLIANCE, REPO_ROOT, Ward, WardLayout
 
-from edge.diagnostics import RawRing, read_snapshot, socket_path
+from edge.diagnostics import DiagnosticsServer, RawRing, read_snapshot, socket_path
 
 TOKEN = "icu-edge-Tk3f9QzX7mP2vL8wR4nY"
 """A token-like client id: the redaction must catch it by its shape."""
@@ -152,3 +154,48 @@ def test_socket_and_bundle_of_a_running_daemon_carry_raw_bytes_and_counters_and_
                 assert secret not in text, f"{name} holds a secret"
     finally:
         ward.close()
+
+
+async def test_stalled_clients_never_hold_the_loop_and_are_dropped(tmp_path: Path) -> None:
+    """Two clients that never read a 4 MiB answer, a third refused; the loop ticks on; then all is served."""
+    rings = {f"bed-{i:02d}/vent-1": RawRing() for i in range(64)}
+    for ring in rings.values():
+        for _ in range(64):
+            ring.add(direction="rx", data=os.urandom(1024), now_s=time.monotonic())
+    server = DiagnosticsServer(
+        path=tmp_path / "diag.sock",
+        snapshot=lambda: {"schema": "test"},
+        rings=rings,
+        outbox_path=None,
+        max_clients=2,
+        write_timeout_s=1.0,
+    )
+    assert await server.start()
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    stalled = [await asyncio.open_unix_connection(str(server.path)) for _ in range(2)]
+    await asyncio.sleep(0.3)  # both are being served (answers stuck in their socket buffers)
+    third_reader, third_writer = await asyncio.open_unix_connection(str(server.path))
+    assert await asyncio.wait_for(third_reader.read(), timeout=5) == b""  # refused: closed, no answer
+    third_writer.close()
+    before = ticks
+    await asyncio.sleep(0.5)
+    assert ticks > before + 10, "the loop stopped while clients stalled"
+    assert await asyncio.to_thread(wait_for, lambda: server.refused == 1 and server.served == 0, timeout_s=5)
+    # past write_timeout_s the stalled clients are dropped and the next one gets the whole snapshot
+    await asyncio.sleep(1.5)
+    document = await asyncio.to_thread(read_snapshot, server.path)
+    assert len(document["raw"]) == 64
+    assert len(document["raw"]["bed-00/vent-1"]["chunks"]) == 64
+    for _, writer in stalled:
+        writer.close()
+    ticker.cancel()
+    await server.close()
+    assert not server.path.exists()
