@@ -105,17 +105,23 @@ def test_socket_and_bundle_of_a_running_daemon_carry_raw_bytes_and_counters_and_
             except (OSError, ValueError):
                 return False
             device = snapshots[-1]["devices"]["bed-01/vent-1"]
-            return device["connected"] and device["counters"].get("frames_in", 0) > 5
+            frames = device["connected"] and device["counters"].get("frames_in", 0) > 5
+            return bool(frames and snapshots[-1]["publisher"]["connected"])
 
         assert wait_for(frames_seen, timeout_s=30), ward.log("daemon")
         assert sock.stat().st_mode & 0o777 == 0o600
         snapshot = snapshots[-1]
-        assert snapshot["publisher"]["connected"] is True, snapshot["publisher"]
         assert snapshot["outbox"]["rows"] >= 0
         assert "disk_bytes" in snapshot["outbox"]
         # the host's ICC request (ESC 'Q') went out and the simulator's echo (SOH 'Q') came back
         assert b"\x1bQ" in _raw(snapshot, "bed-01/vent-1", "tx")
         assert b"\x01Q" in _raw(snapshot, "bed-01/vent-1", "rx")
+
+        # the daemon holds the appliance's identity on a broker that makes it the client id: no takeover
+        checked = _diag("mqtt", "--config", str(ward.config))
+        assert checked.returncode == 69, checked.stdout + checked.stderr
+        assert "--even-if-daemon-runs" in checked.stderr
+        assert "the daemon's view: connected True" in checked.stdout
 
         archive = tmp_path / "bundle.tar.gz"
         result = _diag("bundle", "--config", str(ward.config), "--output", str(archive))

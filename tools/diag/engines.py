@@ -63,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     status = engines_cli.main(["list", *common])
     if status != 0:
         return status
+    if engines.models_dir is not None:
+        print(f"\n$ icu-edge engines list --models-dir {engines.models_dir}")
+        status = engines_cli.main(["list", *common, "--models-dir", str(engines.models_dir)])
+        if status != 0:
+            return status
     model = ["--model", engines.model] if engines.model else []
     bench = ["bench", *common, *model, "--backend", engines.backend, "--beds", args.beds]
     bench += ["--repeats", str(args.repeats)]

@@ -14,10 +14,10 @@ file and never printed) under its own client id (`{client_id}-diag`), then shows
   arrived. Publishing on the data topics is not tried: any allowed message there would reach the
   station; the daemon's own publish counters (from its diagnostics socket) are shown instead.
 
-With a client certificate, a broker that takes the certificate's name as the client id
+With a client certificate or a username, a broker that takes the identity as the client id
 (`use_username_as_clientid`) would hand the daemon's connection over to this check (the station would
 see the appliance go offline), so while the daemon answers on its socket the live check needs
-`--even-if-daemon-runs`.
+`--even-if-daemon-runs` (without it, the daemon's own view from its socket is shown, exit 69).
 """
 
 from __future__ import annotations
@@ -293,11 +293,12 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         unreachable = str(exc)
     tls = config.mqtt.tls
-    if snapshot is not None and tls is not None and tls.cert is not None and not args.even_if_daemon_runs:
+    identified = config.mqtt.username is not None or (tls is not None and tls.cert is not None)
+    if snapshot is not None and identified and not args.even_if_daemon_runs:
         print(
-            "diag mqtt: the daemon runs and this config authenticates with a client certificate: a broker "
-            "with use_username_as_clientid would drop the daemon's connection for this check. Stop the "
-            "daemon or pass --even-if-daemon-runs.",
+            "diag mqtt: the daemon runs and this config gives the broker an identity (client certificate "
+            "or username): a broker with use_username_as_clientid would drop the daemon's connection for "
+            "this check. Stop the daemon or pass --even-if-daemon-runs.",
             file=sys.stderr,
         )
         for line in _daemon_lines(snapshot, None):
