@@ -33,8 +33,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from edge.outbox import DeliveryPriority
 
 LOGGER = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ def ring_document(ring: RawRing, *, now_mono_s: float, epoch_offset_s: float) ->
 
 
 def outbox_state(path: Path) -> dict[str, Any]:
-    """Rows, bytes, per-priority rows and the oldest row's age of an outbox, read-only; `error` on failure."""
+    """Rows, bytes, rows per priority, the oldest row and its age, read read-only; `error` on failure."""
     files = {suffix or "db": Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")}
     state: dict[str, Any] = {
         "path": str(path),
@@ -130,16 +133,33 @@ def outbox_state(path: Path) -> dict[str, Any]:
         state["rows"] = rows
         state["payload_bytes"] = payload_bytes
         state["rows_by_priority"] = {
-            str(priority): count
+            _priority_name(priority): count
             for priority, count in db.execute("SELECT priority, count(*) FROM messages GROUP BY priority")
         }
         oldest = db.execute("SELECT created_wall FROM messages ORDER BY id LIMIT 1").fetchone()
         state["oldest_created"] = None if oldest is None else oldest[0]
+        state["oldest_age_s"] = None if oldest is None else _age_s(oldest[0])
     except sqlite3.Error as exc:
         state["error"] = f"cannot read: {exc}"
     finally:
         db.close()
     return state
+
+
+def _priority_name(value: int) -> str:
+    try:
+        return DeliveryPriority(value).name.lower()
+    except ValueError:
+        return str(value)
+
+
+def _age_s(rfc3339: str) -> float | None:
+    """Seconds since an outbox row's `created_wall` (RFC 3339, `Z`), None if it does not parse."""
+    try:
+        created = datetime.fromisoformat(rfc3339.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((datetime.now(UTC) - created).total_seconds(), 3)
 
 
 def encode_snapshot(document: Mapping[str, Any]) -> bytes:

@@ -148,7 +148,10 @@ def test_socket_and_bundle_of_a_running_daemon_carry_raw_bytes_and_counters_and_
         assert result.returncode == 0, result.stderr
         members_down = _extract(down)
         assert "NOT COLLECTED: daemon snapshot" in members_down["MANIFEST.txt"]
-        assert "rows" in json.loads(members_down["outbox.json"])
+        outbox = json.loads(members_down["outbox.json"])
+        assert "error" not in outbox, outbox
+        assert outbox["rows"] >= 0
+        assert outbox["oldest_age_s"] is None or outbox["oldest_age_s"] >= 0
 
         with tarfile.open(archive) as tar:
             everything = {name: text for name, text in members.items()} | {
