@@ -17,7 +17,8 @@ from ward import APPLIANCE, REPO_ROOT, ROOT, Ward, WardLayout
 pytestmark = [pytest.mark.integration]
 
 ROUND_TRIP = re.compile(
-    r"round trip on \S+/appliance/edge-0001/diag/ping \(QoS 1, 5x\): p50 [\d.]+ ms, max [\d.]+ ms"
+    r"round trip on \S+/appliance/edge-0001/diag/ping \(QoS 1, 5x, TCP_NODELAY\): "
+    r"p50 [\d.]+ ms, max [\d.]+ ms"
 )
 
 

@@ -189,7 +189,12 @@ def _collect_daemon(archive: _Archive, config: AppConfig | None) -> None:
     try:
         snapshot = read_snapshot(path)
     except (OSError, ValueError) as exc:
-        archive.missing("daemon snapshot", f"the daemon did not answer on {path}: {exc}")
+        hint = (
+            " (the socket is the icu-edge user's: run as root or icu-edge)"
+            if isinstance(exc, PermissionError)
+            else ""
+        )
+        archive.missing("daemon snapshot", f"the daemon did not answer on {path}: {exc}{hint}")
         state = outbox_state(config.store.path)
         archive.add("outbox.json", json.dumps(state, indent=2), what="the outbox read read-only from disk")
         return
