@@ -98,17 +98,33 @@ class RawRing:
 
 
 def ring_document(ring: RawRing, *, now_mono_s: float, epoch_offset_s: float) -> dict[str, Any]:
-    """The JSON form of a ring: totals and each chunk as `{t (epoch s), dir, b64}`."""
+    """The JSON form of a ring: totals, and the chunks as parallel columns (compact to encode).
+
+    `t` (epoch s), `dir` (one letter per chunk: `r` received, `t` sent) and `len` (bytes) per chunk,
+    oldest first; `b64` is every chunk's bytes concatenated in that order, base64.
+    """
+    chunks = ring.chunks(now_s=now_mono_s)
     return {
         "max_bytes": RING_MAX_BYTES,
         "max_age_s": RING_MAX_AGE_S,
         "total_rx_bytes": ring.total_rx_bytes,
         "total_tx_bytes": ring.total_tx_bytes,
-        "chunks": [
-            {"t": round(t + epoch_offset_s, 6), "dir": direction, "b64": base64.b64encode(data).decode()}
-            for t, direction, data in ring.chunks(now_s=now_mono_s)
-        ],
+        "t": [round(t + epoch_offset_s, 6) for t, _, _ in chunks],
+        "dir": "".join(direction[0] for _, direction, _ in chunks),
+        "len": [len(data) for _, _, data in chunks],
+        "b64": base64.b64encode(b"".join(data for _, _, data in chunks)).decode(),
     }
+
+
+def ring_chunks(document: Mapping[str, Any]) -> list[tuple[float, Direction, bytes]]:
+    """The chunks of a `ring_document` back as (epoch s, direction, bytes)."""
+    data = base64.b64decode(document["b64"])
+    chunks: list[tuple[float, Direction, bytes]] = []
+    offset = 0
+    for t, letter, size in zip(document["t"], document["dir"], document["len"], strict=True):
+        chunks.append((t, "rx" if letter == "r" else "tx", data[offset : offset + size]))
+        offset += size
+    return chunks
 
 
 def outbox_state(path: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ the ventilator's raw bytes and the redacted config, and none of those secrets.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import subprocess
@@ -24,7 +23,14 @@ from broker import MosquittoBroker, wait_for
 from fault.test_mtls_acl import password_file_in, tls_toml, ward_broker_at
 from ward import APPLIANCE, REPO_ROOT, Ward, WardLayout
 
-from edge.diagnostics import DiagnosticsServer, RawRing, read_snapshot, socket_path
+from edge.diagnostics import (
+    DiagnosticsServer,
+    RawRing,
+    read_snapshot,
+    ring_chunks,
+    ring_document,
+    socket_path,
+)
 
 TOKEN = "icu-edge-Tk3f9QzX7mP2vL8wR4nY"
 """A token-like client id: the redaction must catch it by its shape."""
@@ -72,9 +78,7 @@ def _extract(path: Path) -> dict[str, str]:
 
 
 def _raw(snapshot: dict[str, Any], key: str, direction: str) -> bytes:
-    return b"".join(
-        base64.b64decode(c["b64"]) for c in snapshot["raw"][key]["chunks"] if c["dir"] == direction
-    )
+    return b"".join(data for _, d, data in ring_chunks(snapshot["raw"][key]) if d == direction)
 
 
 @pytest.mark.integration
@@ -202,9 +206,17 @@ async def test_stalled_clients_never_hold_the_loop_and_are_dropped(tmp_path: Pat
     await asyncio.sleep(1.5)
     document = await asyncio.to_thread(read_snapshot, server.path)
     assert len(document["raw"]) == 64
-    assert len(document["raw"]["bed-00/vent-1"]["chunks"]) == 64
+    assert len(ring_chunks(document["raw"]["bed-00/vent-1"])) == 64
     for _, writer in stalled:
         writer.close()
     ticker.cancel()
     await server.close()
     assert not server.path.exists()
+
+
+def test_ring_document_round_trips_chunks_in_order() -> None:
+    ring = RawRing()
+    ring.add(direction="tx", data=b"\x1bQ", now_s=10.0)
+    ring.add(direction="rx", data=b"\x01Q\r", now_s=10.5)
+    document = json.loads(json.dumps(ring_document(ring, now_mono_s=11.0, epoch_offset_s=1000.0)))
+    assert ring_chunks(document) == [(1010.0, "tx", b"\x1bQ"), (1010.5, "rx", b"\x01Q\r")]
