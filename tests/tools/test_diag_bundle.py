@@ -31,6 +31,7 @@ from edge.diagnostics import (
     ring_document,
     socket_path,
 )
+from tools.diag.bundle import redact, scrub
 
 TOKEN = "icu-edge-Tk3f9QzX7mP2vL8wR4nY"
 """A token-like client id: the redaction must catch it by its shape."""
@@ -220,3 +221,24 @@ def test_ring_document_round_trips_chunks_in_order() -> None:
     ring.add(direction="rx", data=b"\x01Q\r", now_s=10.5)
     document = json.loads(json.dumps(ring_document(ring, now_mono_s=11.0, epoch_offset_s=1000.0)))
     assert ring_chunks(document) == [(1010.0, "tx", b"\x1bQ"), (1010.5, "rx", b"\x01Q\r")]
+
+
+def test_redaction_keeps_paths_names_and_numbers_and_replaces_secret_like_values() -> None:
+    found: list[str] = []
+    document = {
+        "mqtt": {
+            "host": "broker.ward-3.hospital.example",
+            "client_id": "icu-edge-edge-0001",
+            "password_file": "/etc/icu-edge/mqtt-password",
+            "tls": {"key": "/etc/icu-edge/client.key"},
+            "api_token": "short",
+        },
+        "bed": [{"id": "bed-01", "options": {"secret": 1234, "session": "Zq8VbN3xT1mKp7LwR2cY9s"}}],
+        "engines": {"model": "nlinear-q@1.0.0", "digest": "ab" * 32},
+    }
+    redacted = redact(document, found=found)
+    assert redacted["mqtt"] == {**document["mqtt"], "api_token": "<redacted>"}
+    assert redacted["bed"][0]["options"] == {"secret": "<redacted>", "session": "<redacted>"}
+    assert redacted["engines"] == {"model": "nlinear-q@1.0.0", "digest": "<redacted>"}
+    assert sorted(found) == sorted(["short", "1234", "Zq8VbN3xT1mKp7LwR2cY9s", "ab" * 32])
+    assert scrub("log: password short sent", found) == "log: password <redacted> sent"
