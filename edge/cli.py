@@ -43,7 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import Daemon
 
     try:
-        return asyncio.run(Daemon(checked.config).run())
+        return asyncio.run(Daemon(checked.config, config_path=args.config).run())
     except ConfigError as exc:
         # A file the check found usable went away before the daemon read it (a secret replaced
         # during a restart): still a config problem, still exit 78 and one line each.

@@ -15,7 +15,9 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 from drivers.base import DeviceSession, SerialSettings, WaveformChunk
 from drivers.registry import get_driver
@@ -26,6 +28,7 @@ from edge.bus import ReportBus
 from edge.config import AppConfig, DeviceConfig
 from edge.contract import Topics
 from edge.device_link import DeviceLink, DeviceReport, LinkThread
+from edge.diagnostics import SNAPSHOT_SCHEMA, DiagnosticsServer, socket_path
 from edge.forecasting import forecast_body
 from edge.listener_link import ListenerLink
 from edge.model import DeviceStatusBody, EventBody, EventKind, TwinBody, TwinValue, VitalsBody, utc_now
@@ -47,6 +50,8 @@ LINK_MAX_SILENCE_S = 5.0
 """A reader thread that has not looped for this long is hung: the watchdog stops being fed."""
 PUBLISHER_MAX_SILENCE_S = 5.0
 ENGINES_MIN_SILENCE_S = 10.0
+_NOT_IN_SNAPSHOT = frozenset({"dropped", "last_progress_s"})
+"""Publisher stats the diagnostics snapshot shows in another form."""
 """An inference that has not completed a tick for this long (or 3 ticks) is hung."""
 
 
@@ -75,8 +80,13 @@ class _BedPublishState:
 class Daemon:
     """`icu-edge run`: everything between the device ports and the broker."""
 
-    def __init__(self, config: AppConfig, *, notifier: SystemdNotifier | None = None) -> None:
+    def __init__(
+        self, config: AppConfig, *, notifier: SystemdNotifier | None = None, config_path: Path | None = None
+    ) -> None:
         self._config = config
+        self._config_path = config_path
+        self._started_mono_s = time.monotonic()
+        self._diagnostics: DiagnosticsServer | None = None
         self._notifier = notifier or SystemdNotifier()
         self._topics = Topics(
             prefix=config.mqtt.topic_prefix,
@@ -218,7 +228,14 @@ class Daemon:
             self._links.append(link)
             link.start()
         self._gate.register("publisher", max_silence_s=PUBLISHER_MAX_SILENCE_S)
+        self._diagnostics = DiagnosticsServer(
+            path=socket_path(self._config.store.path),
+            snapshot=self._diagnostics_snapshot,
+            rings={f"{link.identity.bed}/{link.identity.device}": link.raw for link in self._links},
+            outbox_path=self._config.store.path,
+        )
         self._notifier.ready(status=self._status_line())
+        await self._diagnostics.start()
         LOGGER.info(
             "icu-edge %s running: appliance %s, session %d, %d bed(s), %d device(s)",
             appliance_version(),
@@ -262,6 +279,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         status = EX_OK
         try:
+            if self._diagnostics is not None:
+                await self._diagnostics.close()
             await asyncio.gather(*(loop.run_in_executor(None, link.stop) for link in self._links))
             for task in tasks:
                 task.cancel()
@@ -590,6 +609,43 @@ class Daemon:
                 # While unhealthy, run_watchdog's "watchdog withheld" line must stay visible.
                 self._notifier.status(self._status_line())
             await asyncio.sleep(1.0)
+
+    def _diagnostics_snapshot(self) -> dict[str, Any]:
+        """What `icu-edge diag bundle` gets from the running daemon (the server adds rings and outbox)."""
+        stats = self._publisher.stats()
+        store = self._alarm_store
+        return {
+            "schema": SNAPSHOT_SCHEMA,
+            "version": appliance_version(),
+            "appliance": self._config.appliance.id,
+            "config_path": None if self._config_path is None else str(self._config_path),
+            "uptime_s": round(time.monotonic() - self._started_mono_s, 1),
+            "status": self._status_line(),
+            "devices": {
+                f"{i.bed}/{i.device}": self._twin.device_state(bed=i.bed, device=i.device).model_dump(
+                    mode="json"
+                )
+                for i in self._identities
+            },
+            "publisher": {
+                **{f.name: getattr(stats, f.name) for f in fields(stats) if f.name not in _NOT_IN_SNAPSHOT},
+                "dropped": {p.name.lower(): n for p, n in stats.dropped.items()},
+                "progress_age_s": round(time.monotonic() - stats.last_progress_s, 3),
+            },
+            "alarm_store": None
+            if store is None
+            else {
+                "path": str(store.path),
+                "healthy": store.healthy,
+                "last_error": store.last_error,
+                "pending": store.pending,
+                "write_failures": store.write_failures,
+            },
+            "alarms": None if self._alarms is None else self._alarms.status(),
+            "engines": None
+            if self._forecasts is None
+            else {"status": self._forecasts.status, "choice_reason": self._forecasts.choice_reason},
+        }
 
     def _status_line(self) -> str:
         connected = sum(

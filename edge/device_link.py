@@ -17,6 +17,7 @@ from datetime import datetime
 
 from drivers.base import DeviceSession, DriverEvent, LinkDown, ReleasingSession, SerialSettings
 from drivers.transport import Transport, TransportError, open_transport
+from edge.diagnostics import RawRing
 from edge.model import utc_now
 from edge.twin import DeviceIdentity
 
@@ -81,6 +82,8 @@ class LinkThread:
         self._last_report_mono_s = 0.0
         self.last_progress_s = time.monotonic()
         """Monotonic time of the last loop iteration (the watchdog reads it)."""
+        self.raw = RawRing()
+        """The recent bytes of both directions (written by this thread; `icu-edge diag bundle` reads it)."""
 
     @property
     def name(self) -> str:
@@ -228,9 +231,11 @@ class DeviceLink(LinkThread):
             self.last_progress_s = now_s
             while outgoing := session.data_to_send():
                 transport.write(outgoing)
+                self.raw.add(direction="tx", data=outgoing, now_s=now_s)
             data = transport.read(max_bytes=READ_CHUNK_BYTES)
             now_s = time.monotonic()
             if data:
+                self.raw.add(direction="rx", data=data, now_s=now_s)
                 session.receive(data, now_s=now_s)
             if now_s >= session.next_deadline_s():
                 session.poll(now_s=now_s)

@@ -271,7 +271,9 @@ class ListenerLink(LinkThread):
         if not data:
             self._close(conn, reason=None)
             return
-        conn.session.receive(data, now_s=time.monotonic())
+        now_s = time.monotonic()
+        self.raw.add(direction="rx", data=data, now_s=now_s)
+        conn.session.receive(data, now_s=now_s)
         self._collect(conn)
         while outgoing := conn.session.data_to_send():
             conn.out += outgoing
@@ -286,6 +288,8 @@ class ListenerLink(LinkThread):
             except OSError as exc:
                 self._close(conn, reason=f"write failed: {exc.strerror or exc}")
                 return
+            if sent:
+                self.raw.add(direction="tx", data=bytes(conn.out[:sent]), now_s=time.monotonic())
             del conn.out[:sent]
         if len(conn.out) > MAX_PENDING_OUT_BYTES:
             self._own["unread_ack_closes"] += 1

@@ -12,7 +12,7 @@ import importlib
 import sys
 from types import ModuleType
 
-_COMMANDS: tuple[str, ...] = ("ports", "probe", "sniff")
+_COMMANDS: tuple[str, ...] = ("ports", "probe", "sniff", "mqtt", "engines", "bundle")
 """Subcommand names; `tools.diag.<name>` is the module."""
 
 
