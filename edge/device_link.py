@@ -1,14 +1,21 @@
 """One reader thread per device: moves bytes between a transport and a sans-I/O driver session.
 
-Serial reads block, so they live here and never on the event loop. The thread owns the transport and
-the session; everything it learns leaves as a `DeviceReport` through `deliver`, which must only enqueue
-(the daemon hands it to the loop with `call_soon_threadsafe`). A lost or unopenable port is retried
-with capped exponential backoff until `stop()`; the loss itself is reported as `LinkDown`.
+Serial reads block, so they live here and never on the event loop. A thread sleeps in `select` on its
+port and a wake-up pipe until data arrives or its session's next deadline (poll, keepalive, time-out)
+comes, at most `MAX_WAIT_S`: an idle device costs about one wake-up a second, not twenty, and a
+frame is read the moment it arrives. `stop()` writes to the pipe, so stopping never waits for a wait.
+
+The thread owns the transport and the session; everything it learns leaves as a `DeviceReport` through
+`deliver`, which must only enqueue (the daemon hands it to the loop with `call_soon_threadsafe`). A
+lost or unopenable port is retried with capped exponential backoff until `stop()`; the loss itself is
+reported as `LinkDown`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +30,8 @@ from edge.twin import DeviceIdentity
 LOGGER = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 4096
+MAX_WAIT_S = 1.0
+"""The longest a reader sleeps with nothing to do: its watchdog beat (the daemon allows 5 s)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,9 +103,18 @@ class LinkThread:
     def stop(self, *, timeout_s: float = 2.0) -> None:
         """Ask the thread to stop and wait for it."""
         self._stop.set()
+        self._wake()
         self._thread.join(timeout=timeout_s)
         if self._thread.is_alive():
             LOGGER.error("device link %s did not stop within %.1f s", self.name, timeout_s)
+        else:
+            self._stopped()
+
+    def _wake(self) -> None:
+        """Interrupt whatever the thread waits in (it then sees the stop)."""
+
+    def _stopped(self) -> None:
+        """Release what the thread used; called once it has ended."""
 
     def is_alive(self) -> bool:
         """Return whether the thread runs."""
@@ -169,6 +187,20 @@ class DeviceLink(LinkThread):
         self._backoff = backoff
         self._read_timeout_s = read_timeout_s
         self._open_port = open_port
+        self._wake_read_fd, self._wake_write_fd = os.pipe()
+        os.set_blocking(self._wake_write_fd, False)
+
+    def _wake(self) -> None:
+        # A byte already waiting (BlockingIOError) or a pipe already closed: the stop is seen either way.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write_fd, b"\0")
+
+    def _stopped(self) -> None:
+        # Only once the thread has ended: a descriptor closed under a running select could be reused.
+        for fd in (self._wake_read_fd, self._wake_write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_read_fd = self._wake_write_fd = -1
 
     def _run(self) -> None:
         next_delay_s = self._backoff.delays_s()
@@ -228,7 +260,13 @@ class DeviceLink(LinkThread):
             self.last_progress_s = now_s
             while outgoing := session.data_to_send():
                 transport.write(outgoing)
-            data = transport.read(max_bytes=READ_CHUNK_BYTES)
+            wait_s = min(
+                session.next_deadline_s() - now_s,
+                self._last_report_mono_s + self._report_interval_s - now_s,
+                MAX_WAIT_S,
+            )
+            readable = transport.wait_readable(timeout_s=wait_s, wake_fd=self._wake_read_fd)
+            data = transport.read(max_bytes=READ_CHUNK_BYTES) if readable else b""
             now_s = time.monotonic()
             if data:
                 session.receive(data, now_s=now_s)
