@@ -90,6 +90,9 @@ class LinkThread:
         self._last_report_mono_s = 0.0
         self.last_progress_s = time.monotonic()
         """Monotonic time of the last loop iteration (the watchdog reads it)."""
+        self._wake_read_fd, self._wake_write_fd = os.pipe()
+        """The thread selects on the read end besides its port; `stop()` writes to the other."""
+        os.set_blocking(self._wake_write_fd, False)
 
     @property
     def name(self) -> str:
@@ -111,10 +114,24 @@ class LinkThread:
             self._stopped()
 
     def _wake(self) -> None:
-        """Interrupt whatever the thread waits in (it then sees the stop)."""
+        """Interrupt the thread's select (it then sees the stop)."""
+        # A byte already waiting (BlockingIOError) or a pipe already closed: the stop is seen either way.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write_fd, b"\0")
 
     def _stopped(self) -> None:
-        """Release what the thread used; called once it has ended."""
+        """Close the wake-up pipe, only once the thread has ended (a closed descriptor may be reused)."""
+        for fd in (self._wake_read_fd, self._wake_write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_read_fd = self._wake_write_fd = -1
+
+    def _wait_s(self, *, deadline_s: float, now_s: float) -> float:
+        """How long the thread may sleep: until `deadline_s`, its next report, at most `MAX_WAIT_S`."""
+        return max(
+            0.0,
+            min(deadline_s - now_s, self._last_report_mono_s + self._report_interval_s - now_s, MAX_WAIT_S),
+        )
 
     def is_alive(self) -> bool:
         """Return whether the thread runs."""
@@ -187,20 +204,6 @@ class DeviceLink(LinkThread):
         self._backoff = backoff
         self._read_timeout_s = read_timeout_s
         self._open_port = open_port
-        self._wake_read_fd, self._wake_write_fd = os.pipe()
-        os.set_blocking(self._wake_write_fd, False)
-
-    def _wake(self) -> None:
-        # A byte already waiting (BlockingIOError) or a pipe already closed: the stop is seen either way.
-        with contextlib.suppress(OSError):
-            os.write(self._wake_write_fd, b"\0")
-
-    def _stopped(self) -> None:
-        # Only once the thread has ended: a descriptor closed under a running select could be reused.
-        for fd in (self._wake_read_fd, self._wake_write_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_read_fd = self._wake_write_fd = -1
 
     def _run(self) -> None:
         next_delay_s = self._backoff.delays_s()
@@ -260,11 +263,7 @@ class DeviceLink(LinkThread):
             self.last_progress_s = now_s
             while outgoing := session.data_to_send():
                 transport.write(outgoing)
-            wait_s = min(
-                session.next_deadline_s() - now_s,
-                self._last_report_mono_s + self._report_interval_s - now_s,
-                MAX_WAIT_S,
-            )
+            wait_s = self._wait_s(deadline_s=session.next_deadline_s(), now_s=now_s)
             readable = transport.wait_readable(timeout_s=wait_s, wake_fd=self._wake_read_fd)
             data = transport.read(max_bytes=READ_CHUNK_BYTES) if readable else b""
             now_s = time.monotonic()
