@@ -1,8 +1,11 @@
 """Byte transports behind one `open_transport(url)`: a device path, `socket://host:port`, `loop://`, `udp://`.
 
 pyserial's `serial_for_url` already understands all three, so the same driver runs on a cable, a TCP
-serial bridge or a pseudo-terminal. Reads block for at most `read_timeout_s` and are meant to run on a
-reader thread, never on the event loop.
+serial bridge or a pseudo-terminal. A reader thread waits in `wait_readable` (a `select` on the port's
+descriptor and the thread's wake-up descriptor, until the session's next deadline) and then reads what
+is waiting: it wakes for data, a deadline or a stop, never on a polling period. Only a port with no
+descriptor (`loop://`) falls back to reads that block for at most `read_timeout_s`. Never on the event
+loop.
 
 A port carries one device's data to one bed, so it is opened by one reader at a time, two ways:
 - in this process, `open_transport` claims the port's identity (`port_identity`: the device path with
@@ -29,10 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import ipaddress
 import logging
 import os
 import re
+import select
 import socket
 import stat
 import termios
@@ -151,6 +156,12 @@ class Transport(Protocol):
 
     url: str
 
+    def wait_readable(self, *, timeout_s: float, wake_fd: int) -> bool:
+        """Wait until a read would not block, `wake_fd` is readable, or timeout_s passed.
+
+        Return True when `read` should be called now (data, or a loss that `read` will raise).
+        """
+
     def read(self, *, max_bytes: int) -> bytes:
         """Return what arrived (possibly nothing after the read time-out); raise TransportError on loss."""
 
@@ -161,6 +172,23 @@ class Transport(Protocol):
         """Release the port; safe to call twice."""
 
 
+def _descriptor(port: Any) -> int | None:
+    """The descriptor to select on: a device path's or a socket://'s; None for loop://."""
+    try:
+        fd = port.fileno()
+    except (AttributeError, io.UnsupportedOperation, OSError, serial.SerialException):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _wait_readable(fd: int, *, wake_fd: int, timeout_s: float, url: str) -> bool:
+    try:
+        ready, _, _ = select.select([fd, wake_fd], [], [], max(0.0, timeout_s))
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"{url}: wait failed: {exc}") from exc
+    return fd in ready
+
+
 class SerialTransport:
     """A pyserial port (device path, pty, socket:// or loop:// URL)."""
 
@@ -168,9 +196,16 @@ class SerialTransport:
         self.url = url
         self._port = port
         self._identity = identity
+        self._fd = _descriptor(port)
+
+    def wait_readable(self, *, timeout_s: float, wake_fd: int) -> bool:
+        """Select on the port and `wake_fd`; a port without a descriptor (loop://) reads at once."""
+        if self._fd is None:
+            return True
+        return _wait_readable(self._fd, wake_fd=wake_fd, timeout_s=timeout_s, url=self.url)
 
     def read(self, *, max_bytes: int) -> bytes:
-        """Read up to max_bytes, waiting at most the port's time-out for the first byte."""
+        """Read what is waiting (at most max_bytes); with nothing waiting, wait the port's time-out."""
         try:
             waiting = self._port.in_waiting
             data: bytes = self._port.read(min(max(waiting, 1), max_bytes))
@@ -206,6 +241,10 @@ class UdpTransport:
         self.url = url
         self._socket = sock
         self._identity = identity
+
+    def wait_readable(self, *, timeout_s: float, wake_fd: int) -> bool:
+        """Select on the socket and `wake_fd`."""
+        return _wait_readable(self._socket.fileno(), wake_fd=wake_fd, timeout_s=timeout_s, url=self.url)
 
     def read(self, *, max_bytes: int) -> bytes:
         """Return the next datagram (b"" after the read time-out); a datagram is never split."""

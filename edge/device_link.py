@@ -1,14 +1,21 @@
 """One reader thread per device: moves bytes between a transport and a sans-I/O driver session.
 
-Serial reads block, so they live here and never on the event loop. The thread owns the transport and
-the session; everything it learns leaves as a `DeviceReport` through `deliver`, which must only enqueue
-(the daemon hands it to the loop with `call_soon_threadsafe`). A lost or unopenable port is retried
-with capped exponential backoff until `stop()`; the loss itself is reported as `LinkDown`.
+Serial reads block, so they live here and never on the event loop. A thread sleeps in `select` on its
+port and a wake-up pipe until data arrives or its session's next deadline (poll, keepalive, time-out)
+comes, at most `MAX_WAIT_S`: an idle device costs about one wake-up a second, not twenty, and a
+frame is read the moment it arrives. `stop()` writes to the pipe, so stopping never waits for a wait.
+
+The thread owns the transport and the session; everything it learns leaves as a `DeviceReport` through
+`deliver`, which must only enqueue (the daemon hands it to the loop with `call_soon_threadsafe`). A
+lost or unopenable port is retried with capped exponential backoff until `stop()`; the loss itself is
+reported as `LinkDown`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +31,8 @@ from edge.twin import DeviceIdentity
 LOGGER = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 4096
+MAX_WAIT_S = 1.0
+"""The longest a reader sleeps with nothing to do: its watchdog beat (the daemon allows 5 s)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +93,9 @@ class LinkThread:
         """Monotonic time of the last loop iteration (the watchdog reads it)."""
         self.raw = RawRing()
         """The recent bytes of both directions (written by this thread; `icu-edge diag bundle` reads it)."""
+        self._wake_read_fd, self._wake_write_fd = os.pipe()
+        """The thread selects on the read end besides its port; `stop()` writes to the other."""
+        os.set_blocking(self._wake_write_fd, False)
 
     @property
     def name(self) -> str:
@@ -97,9 +109,32 @@ class LinkThread:
     def stop(self, *, timeout_s: float = 2.0) -> None:
         """Ask the thread to stop and wait for it."""
         self._stop.set()
+        self._wake()
         self._thread.join(timeout=timeout_s)
         if self._thread.is_alive():
             LOGGER.error("device link %s did not stop within %.1f s", self.name, timeout_s)
+        else:
+            self._stopped()
+
+    def _wake(self) -> None:
+        """Interrupt the thread's select (it then sees the stop)."""
+        # A byte already waiting (BlockingIOError) or a pipe already closed: the stop is seen either way.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write_fd, b"\0")
+
+    def _stopped(self) -> None:
+        """Close the wake-up pipe, only once the thread has ended (a closed descriptor may be reused)."""
+        for fd in (self._wake_read_fd, self._wake_write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_read_fd = self._wake_write_fd = -1
+
+    def _wait_s(self, *, deadline_s: float, now_s: float) -> float:
+        """How long the thread may sleep: until `deadline_s`, its next report, at most `MAX_WAIT_S`."""
+        return max(
+            0.0,
+            min(deadline_s - now_s, self._last_report_mono_s + self._report_interval_s - now_s, MAX_WAIT_S),
+        )
 
     def is_alive(self) -> bool:
         """Return whether the thread runs."""
@@ -232,7 +267,9 @@ class DeviceLink(LinkThread):
             while outgoing := session.data_to_send():
                 transport.write(outgoing)
                 self.raw.add(direction="tx", data=outgoing, now_s=now_s)
-            data = transport.read(max_bytes=READ_CHUNK_BYTES)
+            wait_s = self._wait_s(deadline_s=session.next_deadline_s(), now_s=now_s)
+            readable = transport.wait_readable(timeout_s=wait_s, wake_fd=self._wake_read_fd)
+            data = transport.read(max_bytes=READ_CHUNK_BYTES) if readable else b""
             now_s = time.monotonic()
             if data:
                 self.raw.add(direction="rx", data=data, now_s=now_s)

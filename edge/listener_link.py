@@ -16,8 +16,9 @@ Policies:
 - the device is `LinkUp` when its first sender connects and `LinkDown` once no sender has been
   connected for `linger_s` (senders that connect per message keep the link up between messages).
 
-Threads: the listener thread owns the sockets, the sessions and the counters; `stop()` only sets an
-event the loop checks at least every `select_timeout_s`.
+Threads: the listener thread owns the sockets, the sessions and the counters. It sleeps in its select
+until a socket is ready, a session deadline or report is due (at most `MAX_WAIT_S`), or `stop()`
+writes to its wake-up pipe.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ LINGER_S = 30.0
 ACCEPT_BACKLOG = 16
 BIND_BACKOFF = Backoff(maximum_s=5.0)
 """Retries of a failed bind: a port held by another program is not freed within milliseconds."""
+_WAKE = object()
+"""Selector data of the wake-up pipe (the listening socket's is None, a connection's its state)."""
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -81,7 +84,6 @@ class ListenerLink(LinkThread):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         backoff: Backoff = BIND_BACKOFF,
         linger_s: float = LINGER_S,
-        select_timeout_s: float = 0.05,
         report_interval_s: float = 1.0,
     ) -> None:
         super().__init__(identity=identity, deliver=deliver, report_interval_s=report_interval_s)
@@ -90,7 +92,6 @@ class ListenerLink(LinkThread):
         self._max_connections = max_connections
         self._backoff = backoff
         self._linger_s = linger_s
-        self._select_timeout_s = select_timeout_s
         self._connections: dict[int, _Connection] = {}
         self._selector: selectors.BaseSelector
         """The selector of the current listening socket (set by `_serve`)."""
@@ -201,11 +202,14 @@ class ListenerLink(LinkThread):
         with selectors.DefaultSelector() as selector:
             self._selector = selector
             selector.register(server, selectors.EVENT_READ, data=None)
+            selector.register(self._wake_read_fd, selectors.EVENT_READ, data=_WAKE)
             while not self._stop.is_set():
                 now_s = time.monotonic()
                 self.last_progress_s = now_s
-                timeout_s = max(0.0, min(self._select_timeout_s, self._next_deadline_s() - now_s))
+                timeout_s = self._wait_s(deadline_s=self._next_deadline_s(), now_s=now_s)
                 for key, mask in selector.select(timeout_s):
+                    if key.data is _WAKE:
+                        continue
                     if key.data is None:
                         self._accept(server)
                     else:

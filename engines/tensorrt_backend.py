@@ -6,14 +6,23 @@ and execution is `set_input_shape` + `set_tensor_address` for every tensor + `ex
 
 Plans: one optimization profile for batch 1..MAX_BATCH (opt 8), a timing cache per GPU model and
 TensorRT version, and the plan cache of engines.plan_cache keyed by everything the plan depends on.
-A null build or deserialization is an error carrying the messages TensorRT logged (`_RecordingLogger`).
+A null build or deserialization is an error carrying the messages TensorRT logged.
+
+Logging: TensorRT keeps the first logger any Builder or Runtime is given for the whole process and
+holds a pointer to it. So there is one `_ProcessLogger`, created once and never freed (a second logger
+would record nothing, and freeing the first on a reload would leave TensorRT pointing at freed memory).
+Its `min_severity` filters in TensorRT's C++ before a message costs a Python call (WARNING, or VERBOSE
+when this module logs at DEBUG). An operation takes `mark()` before it starts and reads the reasons
+logged since then.
 
 Threads: a CUDA context is current on one thread at a time, and pycuda allocations, copies and the
 stream belong to the context that was current when they were made. The backend therefore owns one
 dedicated inference thread that retains and pushes the device's primary context (the one the CUDA
 runtime, and so TensorRT, uses), builds or loads the plan, allocates every buffer, and serves `infer`
 calls through a queue; callers (the runtime's executor, the CLI) block on the answer. `close` tears it
-all down on that same thread.
+all down on that same thread, and frees every buffer explicitly (device and page-locked host memory)
+while the context is still current: a buffer left to the garbage collector would be freed after the
+context was popped, with no context or the wrong one current.
 
 FP16: `verify_precisions` builds FP32 and FP16 plans, runs the model's reference windows through both
 and through onnxruntime, and keeps FP16 only when its max abs error stays within FP16_TOLERANCE.
@@ -22,9 +31,11 @@ tensorrt and pycuda are imported inside functions: this module imports fine with
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -152,35 +163,62 @@ def plan_key(
     )
 
 
-def _recording_logger() -> Any:
-    """Return a trt.ILogger that forwards to LOGGER and keeps warnings and errors for error messages."""
+_LOGGED_KEPT = 64
+"""Warnings and errors the process logger keeps for error messages."""
+
+_process_logger: Any = None
+_process_logger_module: Any = None
+_process_logger_lock = threading.Lock()
+
+
+def process_logger() -> Any:
+    """Return the process's one TensorRT logger (created on first use, never freed); see the module doc."""
+    global _process_logger, _process_logger_module
     import tensorrt as trt
 
-    class _RecordingLogger(trt.ILogger):  # type: ignore[misc]
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[str] = []
-            self._lock = threading.Lock()  # TensorRT may log from its own threads
+    with _process_logger_lock:
+        if _process_logger is not None and _process_logger_module is trt:
+            return _process_logger
 
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-                level = logging.ERROR
-            elif severity == trt.ILogger.WARNING:
-                level = logging.WARNING
-            elif severity == trt.ILogger.INFO:
-                level = logging.INFO
-            else:
-                level = logging.DEBUG
-            LOGGER.log(level, "TensorRT: %s", msg)
-            if level >= logging.WARNING:
+        class _ProcessLogger(trt.ILogger):  # type: ignore[misc]
+            """Forwards to LOGGER; keeps the last warnings and errors, numbered, for error messages."""
+
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.min_severity = (
+                    trt.ILogger.VERBOSE if LOGGER.isEnabledFor(logging.DEBUG) else trt.ILogger.WARNING
+                )
+                self._kept: deque[tuple[int, str]] = deque(maxlen=_LOGGED_KEPT)
+                self._numbers = itertools.count(1)
+                self._lock = threading.Lock()  # TensorRT logs from its own threads too
+
+            def log(self, severity: Any, msg: str) -> None:
+                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
+                    level = logging.ERROR
+                elif severity == trt.ILogger.WARNING:
+                    level = logging.WARNING
+                elif severity == trt.ILogger.INFO:
+                    level = logging.INFO
+                else:
+                    level = logging.DEBUG
+                LOGGER.log(level, "TensorRT: %s", msg)
+                if level >= logging.WARNING:
+                    with self._lock:
+                        self._kept.append((next(self._numbers), msg))
+
+            def mark(self) -> int:
+                """A position: `reason(since=mark)` gives what was logged after it."""
                 with self._lock:
-                    self.messages.append(msg)
+                    return self._kept[-1][0] if self._kept else 0
 
-        def reason(self) -> str:
-            with self._lock:
-                return " | ".join(self.messages[-5:]) or "TensorRT logged no reason"
+            def reason(self, *, since: int) -> str:
+                with self._lock:
+                    recent = [msg for number, msg in self._kept if number > since]
+                return " | ".join(recent[-5:]) or "TensorRT logged no reason"
 
-    return _RecordingLogger()
+        # Module references keep it alive for the life of the process, as TensorRT needs.
+        _process_logger, _process_logger_module = _ProcessLogger(), trt
+        return _process_logger
 
 
 def build_plan(
@@ -199,13 +237,16 @@ def build_plan(
 
     device = device_info()
     key = plan_key(model=model, precision=precision, device=device, max_batch=max_batch, opt_batch=opt_batch)
-    logger = _recording_logger()
+    logger = process_logger()
+    since = logger.mark()
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch always; EXPLICIT_BATCH is ignored
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(model.read_onnx()):
         errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
-        raise TensorRtError(f"{model.ref}: ONNX parser failed: " + " | ".join(errors or [logger.reason()]))
+        raise TensorRtError(
+            f"{model.ref}: ONNX parser failed: " + " | ".join(errors or [logger.reason(since=since)])
+        )
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
@@ -241,7 +282,7 @@ def build_plan(
     )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise TensorRtError(f"{model.ref}: TensorRT build failed: {logger.reason()}")
+        raise TensorRtError(f"{model.ref}: TensorRT build failed: {logger.reason(since=since)}")
     plan = bytes(serialized)
     cache.store(key, plan)
     write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
@@ -253,9 +294,9 @@ class _Tensor:
     name: str
     is_input: bool
     host: Any
-    """pycuda page-locked ndarray [max_batch, ...]."""
+    """pycuda page-locked ndarray [max_batch, ...]; `host.base` is its HostAllocation."""
     device: Any
-    """pycuda DeviceAllocation of the same size."""
+    """pycuda DeviceAllocation of the same size (None until allocated)."""
     row_bytes: int
 
 
@@ -268,6 +309,7 @@ class _Engine:
         import pycuda.driver as cuda
 
         self._cuda = cuda
+        self._tensors: dict[str, _Tensor] = {}
         cuda.init()
         self._context = cuda.Device(0).retain_primary_context()
         self._context.push()
@@ -289,7 +331,8 @@ class _Engine:
         key = plan_key(
             model=model, precision=precision, device=device_info(), max_batch=max_batch, opt_batch=opt_batch
         )
-        self._logger = _recording_logger()
+        self._logger = process_logger()
+        since = self._logger.mark()
         self._runtime = trt.Runtime(self._logger)
         plan = cache.lookup(key)
         fresh = plan is None
@@ -300,25 +343,30 @@ class _Engine:
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None and not fresh:
             LOGGER.error(
-                "%s: cached plan does not deserialize (%s); rebuilding once", model.ref, self._logger.reason()
+                "%s: cached plan does not deserialize (%s); rebuilding once",
+                model.ref,
+                self._logger.reason(since=since),
             )
             cache.remove(key)
+            since = self._logger.mark()
             plan = build_plan(
                 model=model, precision=precision, cache=cache, max_batch=max_batch, opt_batch=opt_batch
             )
             self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise TensorRtError(
-                f"{model.ref}: a freshly built plan does not deserialize: {self._logger.reason()}"
+                f"{model.ref}: a freshly built plan does not deserialize: {self._logger.reason(since=since)}"
             )
         self._execution = self._engine.create_execution_context()
         if self._execution is None:
-            raise TensorRtError(f"{model.ref}: cannot create an execution context: {self._logger.reason()}")
+            raise TensorRtError(
+                f"{model.ref}: cannot create an execution context: {self._logger.reason(since=since)}"
+            )
 
         names = [self._engine.get_tensor_name(index) for index in range(self._engine.num_io_tensors)]
         if set(names) != {*INPUT_NAMES, *OUTPUT_NAMES}:
             raise ModelError(f"{model.ref}: plan tensors {sorted(names)} differ from engines.spec")
-        self._tensors: dict[str, _Tensor] = {}
+        self._tensors = {}
         for name in names:
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
@@ -328,14 +376,15 @@ class _Engine:
                     f"{model.ref}: plan tensor {name} has trailing dims {trailing}, "
                     f"expected {TRAILING_DIMS[name]}"
                 )
-            host = cuda.pagelocked_empty((max_batch, *trailing), dtype)
-            self._tensors[name] = _Tensor(
+            tensor = self._tensors[name] = _Tensor(
                 name=name,
                 is_input=is_input,
-                host=host,
-                device=cuda.mem_alloc(host.nbytes),
-                row_bytes=host.nbytes // max_batch,
+                host=cuda.pagelocked_empty((max_batch, *trailing), dtype),
+                device=None,
+                row_bytes=0,
             )
+            tensor.device = cuda.mem_alloc(tensor.host.nbytes)
+            tensor.row_bytes = tensor.host.nbytes // max_batch
         self._stream = cuda.Stream()
 
     def infer(self, batch: BatchInput) -> BatchOutput:
@@ -344,20 +393,24 @@ class _Engine:
         beds = batch.beds
         if beds > self.max_batch:
             raise ValueError(f"batch of {beds} beds exceeds the plan's profile maximum {self.max_batch}")
+        since = self._logger.mark()
         for name, array in arrays.items():
             tensor = self._tensors[name]
             tensor.host[:beds] = array
             if not self._execution.set_input_shape(name, array.shape):
                 raise TensorRtError(
-                    f"set_input_shape({name}, {array.shape}) refused: {self._logger.reason()}"
+                    f"set_input_shape({name}, {array.shape}) refused: {self._logger.reason(since=since)}"
                 )
         for tensor in self._tensors.values():
-            self._execution.set_tensor_address(tensor.name, int(tensor.device))
+            if not self._execution.set_tensor_address(tensor.name, int(tensor.device)):
+                raise TensorRtError(
+                    f"set_tensor_address({tensor.name}) refused: {self._logger.reason(since=since)}"
+                )
         for name in INPUT_NAMES:
             tensor = self._tensors[name]
             cuda.memcpy_htod_async(tensor.device, tensor.host[:beds], self._stream)
         if not self._execution.execute_async_v3(self._stream.handle):
-            raise TensorRtError(f"execute_async_v3 failed: {self._logger.reason()}")
+            raise TensorRtError(f"execute_async_v3 failed: {self._logger.reason(since=since)}")
         for name in OUTPUT_NAMES:
             tensor = self._tensors[name]
             cuda.memcpy_dtoh_async(tensor.host[:beds], tensor.device, self._stream)
@@ -373,9 +426,16 @@ class _Engine:
         self._release()
 
     def _release(self) -> None:
-        """Free buffers, TensorRT objects (context, engine, runtime), then pop and release the context."""
-        for tensor in getattr(self, "_tensors", {}).values():
-            tensor.device.free()
+        """Free buffers, TensorRT objects (context, engine, runtime), then pop and release the context.
+
+        Also after a failed `_load`: whatever it allocated is in `_tensors` already, and is freed here
+        with the context current (a page-locked buffer left to the garbage collector would be freed
+        later, for example when the failure's traceback goes, with no context current).
+        """
+        for tensor in self._tensors.values():
+            if tensor.device is not None:
+                tensor.device.free()
+            tensor.host.base.free()
         self._tensors = {}
         for attribute in ("_stream", "_execution", "_engine", "_runtime"):
             if hasattr(self, attribute):

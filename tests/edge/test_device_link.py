@@ -186,3 +186,74 @@ def test_link_names_of_different_beds_never_collide() -> None:
         deliver=reports.put,
     )
     assert one.name != other.name
+
+
+class _CountingTransport:
+    """The real transport of a pty, counting how often the link waits and reads."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.url = inner.url
+        self._inner = inner
+        self.waits = 0
+        self.reads = 0
+
+    def wait_readable(self, *, timeout_s: float, wake_fd: int) -> bool:
+        self.waits += 1
+        return self._inner.wait_readable(timeout_s=timeout_s, wake_fd=wake_fd)
+
+    def read(self, *, max_bytes: int) -> bytes:
+        self.reads += 1
+        return self._inner.read(max_bytes=max_bytes)
+
+    def write(self, data: bytes) -> None:
+        self._inner.write(data)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.fixture
+def silent_device(tmp_path: Path) -> Iterator[Path]:
+    """A pty whose device side is open and never answers (a device switched to standby)."""
+    import os
+    import pty
+
+    controller, device = pty.openpty()
+    link = tmp_path / "silent"
+    link.symlink_to(os.ttyname(device))
+    yield link
+    os.close(controller)
+    os.close(device)
+
+
+def test_a_silent_device_is_never_read_without_data_and_its_link_sleeps_between_deadlines(
+    silent_device: Path,
+) -> None:
+    """No polling period: the thread reads only when bytes wait, and wakes for deadlines, not every 50 ms."""
+    opened: list[_CountingTransport] = []
+
+    def counting_open(url: str, **kwargs: Any) -> Transport:
+        opened.append(_CountingTransport(open_transport(url, **kwargs)))
+        return opened[-1]
+
+    reports: queue.Queue[DeviceReport] = queue.Queue()
+    link = _link(silent_device, reports, open_port=counting_open)
+    link.start()
+    try:
+        assert wait_for(lambda: bool(opened), timeout_s=5)
+        threading.Event().wait(3.0)
+    finally:
+        link.stop()
+    transport = opened[0]
+    assert transport.reads == 0, "nothing arrived, so nothing was read"
+    # The handshake's retries and the 1 s reports wake it; a 50 ms polling read would be ~60 here.
+    assert transport.waits <= 15, transport.waits
+
+
+def test_stopping_a_link_wakes_its_thread_at_once(silent_device: Path) -> None:
+    reports: queue.Queue[DeviceReport] = queue.Queue()
+    link = _link(silent_device, reports)
+    link.start()
+    assert wait_for(lambda: not reports.empty(), timeout_s=5)
+    link.stop(timeout_s=0.3)
+    assert not link.is_alive(), "stop() must not wait for the thread's select to time out"

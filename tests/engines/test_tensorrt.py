@@ -5,6 +5,7 @@ The `gpu` tests skip with cuda_status()'s reason where tensorrt, pycuda or a CUD
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -398,3 +399,72 @@ def test_a_tampered_cached_plan_is_never_deserialized(
         TensorRtBackend(model=model, precision="fp32", cache=cache)
     assert f"not loading cached plan {plan_path.name}: plan SHA-256 does not match its sidecar" in caplog.text
     assert tensorrt.deserialized == [], "refused and rebuilt, never handed to TensorRT"
+
+
+def _synthetic_input(beds: int) -> BatchInput:
+    return synthetic_batch(beds=beds, seed=3)
+
+
+def test_every_failure_carries_tensorrts_reason_through_the_one_process_logger(
+    fake_gpu_stack: Callable[[str], None], model: InstalledModel, cache: PlanCache
+) -> None:
+    """TensorRT keeps the first logger of the process: a logger per build would record nothing."""
+    fake_gpu_stack("build-fails")
+    for attempt in range(3):
+        with pytest.raises(TensorRtError) as failure:
+            TensorRtBackend(model=model, precision="fp32", cache=cache)
+        assert str(failure.value).endswith(
+            "TensorRT build failed: fake: out of device memory while building (tests)"
+        ), f"attempt {attempt + 1}: {failure.value}"
+        del failure
+        gc.collect()
+
+
+def test_verbose_and_info_messages_are_filtered_before_they_reach_python(
+    fake_gpu_stack: Callable[[str], None], model: InstalledModel, cache: PlanCache
+) -> None:
+    fake_gpu_stack("works")
+    import tensorrt  # the fake
+
+    backend = TensorRtBackend(model=model, precision="fp32", cache=cache)
+    backend.close()
+    severities = {severity for severity, _ in tensorrt.delivered}
+    assert severities <= {
+        tensorrt.ILogger.INTERNAL_ERROR,
+        tensorrt.ILogger.ERROR,
+        tensorrt.ILogger.WARNING,
+    }, tensorrt.delivered[:3]
+
+
+def test_every_page_locked_buffer_is_freed_while_its_context_is_current(
+    fake_gpu_stack: Callable[[str], None], model: InstalledModel, cache: PlanCache
+) -> None:
+    fake_gpu_stack("works")
+    import pycuda.driver as fake_cuda
+
+    backend = TensorRtBackend(model=model, precision="fp32", cache=cache)
+    backend.infer(_synthetic_input(4))
+    backend.close()
+    fake_cuda.fail_next_stream = True  # the next load fails after its buffers were allocated
+    with pytest.raises(fake_cuda.Error, match="cuStreamCreate failed"):
+        TensorRtBackend(model=model, precision="fp32", cache=cache)
+    gc.collect()
+    assert fake_cuda.host_allocations, "the backend allocated page-locked buffers"
+    assert all(allocation.freed for allocation in fake_cuda.host_allocations)
+    assert fake_cuda.freed_without_context == []
+
+
+def test_a_refused_tensor_address_is_an_error_not_a_run_on_old_addresses(
+    fake_gpu_stack: Callable[[str], None], model: InstalledModel, cache: PlanCache
+) -> None:
+    fake_gpu_stack("works")
+    import tensorrt  # the fake
+
+    backend = TensorRtBackend(model=model, precision="fp32", cache=cache)
+    try:
+        backend.infer(_synthetic_input(2))
+        tensorrt.refuse_tensor_address = True
+        with pytest.raises(TensorRtError, match=r"set_tensor_address\(.*\) refused: fake: address of tensor"):
+            backend.infer(_synthetic_input(2))
+    finally:
+        backend.close()

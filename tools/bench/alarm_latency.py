@@ -1,6 +1,6 @@
 """Benchmark (not a test): how long a limit crossing takes to reach a subscriber as an alarm, under load.
 
-The ward of `tools.bench.ward_capacity` (one simulator host serving every bed's MEDIBUS ventilator and
+The ward of `tools.bench.ward` (one simulator host serving every bed's MEDIBUS ventilator and
 IntelliVue monitor on ptys, waves on, engines off, the daemon pinned to CPU 0), with one change: every
 monitor's patient has a heart rate that jumps 70 -> 150/min for `--toggle-s`, then back for as long,
 beds de-phased so the crossings spread evenly. Each bed sets `hr` high = 120, delay 0, hysteresis 2, so
@@ -34,8 +34,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from drivers.scenario import SteadyPatient
-from tools.bench.ward_capacity import (
+from tools.bench.ward import (
     Ward,
+    WardSetup,
     cpu_s,
     parse_time,
     percentile,
@@ -178,7 +179,7 @@ def measure(*, beds: int, alarms: int, warm_up_s: float, toggle_s: float) -> Res
     collect_timeout_s = 30.0 + 3 * alarms / rate_per_s
     with running_ward(
         beds=beds,
-        waves_on=True,
+        setup=WardSetup(engines=False, synchronous="normal"),
         host_argv=host_argv,
         topic_filters={
             "vitals": "icu/v1/+/+/bed/+/vitals",

@@ -20,12 +20,16 @@ def init() -> None:
     """Initialize nothing."""
 
 
+_current: list[_Context] = []
+"""The context stack of the calling threads (the backend uses one thread)."""
+
+
 class _Context:
     def push(self) -> None:
-        pass
+        _current.append(self)
 
     def pop(self) -> None:
-        pass
+        _current.remove(self)
 
     def detach(self) -> None:
         pass
@@ -72,8 +76,18 @@ class DeviceAllocation:
         allocations.pop(self.address, None)
 
 
+fail_next_stream = False
+"""Set by a test: the next `Stream()` fails as cuStreamCreate does when the GPU is out of memory."""
+
+
 class Stream:
     handle = 0
+
+    def __init__(self) -> None:
+        global fail_next_stream
+        if fail_next_stream:
+            fail_next_stream = False
+            raise Error("cuStreamCreate failed: out of memory (tests)")
 
     def synchronize(self) -> None:
         pass
@@ -83,8 +97,33 @@ def mem_alloc(nbytes: int) -> DeviceAllocation:
     return DeviceAllocation(nbytes)
 
 
+freed_without_context: list[str] = []
+"""Page-locked buffers freed with no context current (real pycuda: cuMemFreeHost fails or frees in
+the wrong context): explicitly, or by the garbage collector."""
+host_allocations: list[HostAllocation] = []
+
+
+class HostAllocation(bytearray):
+    """Page-locked host memory; as in pycuda, the `base` of the array `pagelocked_empty` returns."""
+
+    def __init__(self, nbytes: int) -> None:
+        super().__init__(nbytes)
+        self.freed = False
+        host_allocations.append(self)
+
+    def free(self) -> None:
+        if not _current:
+            freed_without_context.append("free() with no context current")
+        self.freed = True
+
+    def __del__(self) -> None:
+        if not self.freed and not _current:
+            freed_without_context.append("garbage-collected with no context current")
+
+
 def pagelocked_empty(shape: tuple[int, ...], dtype: Any) -> Any:
-    return np.empty(shape, dtype)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.ndarray(shape, dtype, buffer=HostAllocation(nbytes))
 
 
 def memcpy_htod_async(dest: DeviceAllocation, src: Any, stream: Stream) -> None:

@@ -28,6 +28,30 @@ _PLAN_MAGIC = b"FAKEPLAN"
 deserialized: list[bytes] = []
 """Every plan handed to Runtime.deserialize_cuda_engine (a test checks a refused plan never is)."""
 
+refuse_tensor_address = False
+"""Set by a test: `set_tensor_address` returns False (TensorRT 10 refuses a misaligned or bad address)."""
+
+delivered: list[tuple[int, str]] = []
+"""Every (severity, message) that reached a Python `log` call (after the min_severity filter)."""
+
+_process_logger: ILogger | None = None
+"""As TensorRT does: the first logger given to a Builder, Runtime or parser receives every message of
+the process, whatever logger later objects are given."""
+
+
+def _emit(severity: int, msg: str) -> None:
+    """Log as TensorRT's C++ side does: to the process logger, filtered by its min_severity first."""
+    if _process_logger is None or severity > _process_logger.min_severity:
+        return
+    delivered.append((severity, msg))
+    _process_logger.log(severity, msg)
+
+
+def _adopt(logger: ILogger) -> None:
+    global _process_logger
+    if _process_logger is None:
+        _process_logger = logger
+
 
 def release_hung_builds() -> None:
     """Let every hanging build return (in-process tests call this in their teardown)."""
@@ -42,7 +66,9 @@ class ILogger:
     VERBOSE = 4
 
     def __init__(self) -> None:
-        pass
+        # TensorRT does not document the default of a Python subclass; the fake lets everything through,
+        # so a test shows the backend sets the filter itself.
+        self.min_severity = ILogger.VERBOSE
 
     def log(self, severity: int, msg: str) -> None:
         pass
@@ -102,7 +128,7 @@ class _Network:
 
 class Builder:
     def __init__(self, logger: ILogger) -> None:
-        self._logger = logger
+        _adopt(logger)
 
     def create_network(self, flags: int) -> _Network:
         return _Network()
@@ -114,6 +140,9 @@ class Builder:
         return _Profile()
 
     def build_serialized_network(self, network: _Network, config: _Config) -> bytes | None:
+        for tactic in range(20):
+            _emit(ILogger.VERBOSE, f"fake: [V] timing tactic {tactic}")
+        _emit(ILogger.INFO, "fake: [I] total build time 0.1 s")
         mode = os.environ.get("FAKE_GPU_STACK", "build-fails")
         hang_file = os.environ.get("FAKE_GPU_STACK_HANG_FILE")
         if mode == "works" and hang_file is not None and os.path.exists(hang_file):
@@ -122,12 +151,13 @@ class Builder:
             return _PLAN_MAGIC + network.onnx
         if mode == "build-hangs":
             _RELEASE.wait(float(os.environ.get("FAKE_GPU_STACK_HANG_S", "3600")))
-        self._logger.log(ILogger.ERROR, "fake: out of device memory while building (tests)")
+        _emit(ILogger.ERROR, "fake: out of device memory while building (tests)")
         return None
 
 
 class OnnxParser:
     def __init__(self, network: _Network, logger: ILogger) -> None:
+        _adopt(logger)
         self.num_errors = 0
         self._network = network
 
@@ -138,7 +168,7 @@ class OnnxParser:
 
 class Runtime:
     def __init__(self, logger: ILogger) -> None:
-        pass
+        _adopt(logger)
 
     def deserialize_cuda_engine(self, plan: bytes) -> _Engine | None:
         deserialized.append(plan)
@@ -189,8 +219,12 @@ class _Execution:
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
         return True
 
-    def set_tensor_address(self, name: str, address: int) -> None:
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        if refuse_tensor_address:
+            _emit(ILogger.ERROR, f"fake: address of tensor {name} is not aligned (tests)")
+            return False
         self._addresses[name] = address
+        return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         from pycuda.driver import allocations

@@ -1,17 +1,20 @@
-"""Benchmark (not a test): how many whole beds one daemon on one core serves with p99 under 20 ms.
+"""Benchmark (not a test): a ward on one box: N beds, one daemon, a real broker, a central station.
 
 Each bed is a MEDIBUS ventilator and an IntelliVue monitor, numerics at 1 Hz, waves on (the monitor's
 ECG, pleth, ABP, CO2 and resp arrays, the ventilator's Paw, flow and volume curves), published in 1 s
-windows. All devices are the real simulator cores on real ptys, served by one simulator-host process
-(one select loop for every pty, so the bench does not need 2 x beds processes); the daemon
-(`icu-edge run`) is pinned to CPU 0, the simulator host, Mosquitto and the subscribers to the others.
+windows; engines on (the default model, onnxruntime) and the outbox at `synchronous = "full"`, as
+shipped. `--no-waves`, `--no-monitors`, `--no-engines` and `--synchronous normal` take parts away. All
+devices are the real simulator cores on real ptys, served by one simulator-host process (one select
+loop for every pty, so the bench does not need 2 x beds processes); the daemon (`icu-edge run`) is
+pinned to CPU 0, the simulator host, Mosquitto and the subscribers to the others.
 
 Latency is frame-to-subscriber: the subscriber's wall clock at arrival minus the observation's
 `received_at`, stamped by the daemon's reader thread right after the frame was decoded (one clock, no
 offset). The daemon's CPU share comes from /proc/PID/stat (user + system) over the measured window,
-its RSS from /proc/PID/status at the end. The first `--warm-up-s` are discarded.
+its RSS from /proc/PID/status at the end. A second subscriber on `icu/v1/#` counts every message and
+payload byte the daemon published, per topic family. The first `--warm-up-s` are discarded.
 
-    python -m tools.bench.ward_capacity --beds 8 16 32 64 --seconds 60
+    python -m tools.bench.ward --beds 1 8 16 32 64 --seconds 60
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ from tools.local_broker import LocalMosquitto
 from tools.mqtt_collector import Received, Subscriber, wait_for
 
 READ_CHUNK_BYTES = 4096
-P99_LIMIT_MS = 20.0
 
 
 class _SimulatorCore(Protocol):
@@ -59,6 +61,7 @@ def serve_ptys(
     stop: threading.Event,
     monitor_patient: Callable[[int], Patient] = lambda _bed: SteadyPatient(),
     start_s: float | None = None,
+    monitors: bool = True,
 ) -> None:
     """Serve `beds` ventilators and monitors on ptys linked as vent-NN / mon-NN until stop is set.
 
@@ -73,7 +76,7 @@ def serve_ptys(
         devices: tuple[tuple[str, _SimulatorCore], ...] = (
             (f"vent-{i:02d}", VentilatorSimulator(scenario=SCENARIOS["steady"](), start_s=start_s)),
             (f"mon-{i:02d}", MonitorSimulator(patient=monitor_patient(i), start_s=start_s)),
-        )
+        )[: 2 if monitors else 1]
         for name, core in devices:
             master, slave = os.openpty()
             tty.setraw(slave)
@@ -105,8 +108,19 @@ def serve_ptys(
             os.close(fd)
 
 
-def daemon_config(*, port: int, workdir: Path, beds: int, waves: bool, bed_extra: str = "") -> str:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WardSetup:
+    """What each bed has and how the daemon runs."""
+
+    waves: bool = True
+    monitors: bool = True
+    engines: bool = True
+    synchronous: str = "full"
+
+
+def daemon_config(*, port: int, workdir: Path, beds: int, setup: WardSetup, bed_extra: str = "") -> str:
     """The daemon's config for `beds` whole beds served from `workdir`; `bed_extra` goes into every bed."""
+    waves = setup.waves
     text = f"""
 [appliance]
 id = "edge-bench"
@@ -121,10 +135,10 @@ insecure = true
 
 [store]
 path = "{workdir / "outbox.db"}"
-synchronous = "normal"
+synchronous = "{setup.synchronous}"
 
 [engines]
-enabled = false
+enabled = {"true" if setup.engines else "false"}
 
 [waves]
 enabled = {"true" if waves else "false"}
@@ -140,7 +154,9 @@ id = "vent-1"
 driver = "medibus"
 port = "{workdir / f"vent-{i:02d}"}"
 options = {{ waves = {"true" if waves else "false"}, poll_interval_s = 1.0 }}
-
+"""
+        if setup.monitors:
+            text += f"""
 [[bed.device]]
 id = "mon-1"
 driver = "intellivue"
@@ -202,7 +218,7 @@ class Ward:
 def running_ward(
     *,
     beds: int,
-    waves_on: bool,
+    setup: WardSetup,
     host_argv: Sequence[str],
     topic_filters: dict[str, str],
     bed_extra: str = "",
@@ -220,7 +236,7 @@ def running_ward(
         broker.start()
         host = subprocess.Popen([*host_argv, str(workdir)])
         (workdir / "config.toml").write_text(
-            daemon_config(port=broker.port, workdir=workdir, beds=beds, waves=waves_on, bed_extra=bed_extra)
+            daemon_config(port=broker.port, workdir=workdir, beds=beds, setup=setup, bed_extra=bed_extra)
         )
         subscribers = {
             label: Subscriber(
@@ -233,7 +249,8 @@ def running_ward(
         try:
             for subscriber in subscribers.values():
                 subscriber.wait_subscribed()
-            if not wait_for(lambda: (workdir / f"mon-{beds - 1:02d}").exists(), timeout_s=30):
+            last_link = workdir / f"{'mon' if setup.monitors else 'vent'}-{beds - 1:02d}"
+            if not wait_for(last_link.exists, timeout_s=30):
                 raise RuntimeError("the simulator host did not open its ptys")
             daemon = subprocess.Popen(
                 [
@@ -266,49 +283,64 @@ def running_ward(
             os.sched_setaffinity(0, set(other_cpus) | {0})
 
 
+_FAMILIES = ("vitals", "twin", "forecast", "wave", "device", "alarm", "events", "status")
+
+
+def topic_family(topic: str) -> str:
+    """The contract's topic family of a topic (`.../bed/07/wave/ecg` -> `wave`)."""
+    levels = topic.split("/")
+    for family in _FAMILIES:
+        if family in levels:
+            return family
+    return "other"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
     beds: int
     latencies_ms: list[float]
-    vitals_per_s: float
-    waves_per_s: float
+    messages_per_s: dict[str, float]
+    """Per topic family, and `all`."""
+    kbytes_per_s: float
     cpu_percent: float
     rss_mib: float
     wave_gaps: int
 
 
-def measure(*, beds: int, seconds: float, warm_up_s: float, waves_on: bool) -> Result:
-    """Run `beds` whole beds for warm-up + seconds and return what the subscriber and /proc saw."""
-    host_argv = [sys.executable, "-m", "tools.bench.ward_capacity", "--beds", str(beds), "--serve-ptys"]
+def measure(*, beds: int, seconds: float, warm_up_s: float, setup: WardSetup) -> Result:
+    """Run `beds` beds for warm-up + seconds and return what the subscribers and /proc saw."""
+    monitors = [] if setup.monitors else ["--no-monitors"]
+    host_argv = [sys.executable, "-m", "tools.bench.ward", "--beds", str(beds), *monitors, "--serve-ptys"]
     with running_ward(
         beds=beds,
-        waves_on=waves_on,
+        setup=setup,
         host_argv=host_argv,
-        topic_filters={"vitals": "icu/v1/+/+/bed/+/vitals", "waves": "icu/v1/+/+/bed/+/wave/+"},
+        topic_filters={"vitals": "icu/v1/+/+/bed/+/vitals", "all": "icu/v1/#"},
     ) as ward:
-        vitals, waves = ward.subscribers["vitals"], ward.subscribers["waves"]
+        vitals, everything = ward.subscribers["vitals"], ward.subscribers["all"]
         time.sleep(warm_up_s)
         measured_from = time.time()
         cpu_before = cpu_s(ward.daemon.pid)
-        vitals_before, waves_before = len(vitals.messages), len(waves.messages)
         time.sleep(seconds)
         cpu_used_s = cpu_s(ward.daemon.pid) - cpu_before
-        vitals_count = len(vitals.messages) - vitals_before
-        waves_count = len(waves.messages) - waves_before
         rss = rss_mib(ward.daemon.pid)
     if not vitals.messages:
         raise RuntimeError(f"no vitals arrived; the daemon's log ends:\n{ward.log_tail}")
+    window = [m for m in everything.messages if measured_from <= m.received_wall_s <= measured_from + seconds]
+    counts = {family: 0 for family in (*_FAMILIES, "other")}
+    for message in window:
+        counts[topic_family(message.topic)] += 1
+    rates = {family: count / seconds for family, count in counts.items()}
+    rates["all"] = len(window) / seconds
     latencies = vitals_latencies_ms(
         vitals.messages, from_wall_s=measured_from, to_wall_s=measured_from + seconds
     )
-    gaps = sum(
-        json.loads(m.payload)["gap_before"] for m in waves.messages if m.received_wall_s >= measured_from
-    )
+    gaps = sum(json.loads(m.payload)["gap_before"] for m in window if topic_family(m.topic) == "wave")
     return Result(
         beds=beds,
         latencies_ms=latencies,
-        vitals_per_s=vitals_count / seconds,
-        waves_per_s=waves_count / seconds,
+        messages_per_s=rates,
+        kbytes_per_s=sum(len(m.payload) for m in window) / seconds / 1000,
         cpu_percent=100.0 * cpu_used_s / seconds,
         rss_mib=rss,
         wave_gaps=gaps,
@@ -318,35 +350,43 @@ def measure(*, beds: int, seconds: float, warm_up_s: float, waves_on: bool) -> R
 def main(argv: list[str] | None = None) -> int:
     """Measure each bed count and print a Markdown table for BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--beds", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--beds", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warm-up-s", type=float, default=10.0)
     parser.add_argument("--no-waves", action="store_true", help="numerics only (waves off)")
+    parser.add_argument("--no-monitors", action="store_true", help="ventilators only")
+    parser.add_argument("--no-engines", action="store_true", help="forecasting engines off")
+    parser.add_argument("--synchronous", choices=["full", "normal"], default="full", help="outbox fsync mode")
     parser.add_argument("--serve-ptys", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_ptys is not None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        serve_ptys(args.serve_ptys, beds=args.beds[0], stop=stop)
+        serve_ptys(args.serve_ptys, beds=args.beds[0], stop=stop, monitors=not args.no_monitors)
         return 0
-    print(f"ward capacity: Python {platform.python_version()}, {platform.platform()}, {os.cpu_count()} CPUs")
+    setup = WardSetup(
+        waves=not args.no_waves,
+        monitors=not args.no_monitors,
+        engines=not args.no_engines,
+        synchronous=args.synchronous,
+    )
+    print(f"ward: Python {platform.python_version()}, {platform.platform()}, {os.cpu_count()} CPUs")
     print(
-        f"{args.seconds:.0f} s measured per bed count after {args.warm_up_s:.0f} s warm-up; daemon on CPU 0\n"
+        f"{args.seconds:.0f} s measured per bed count after {args.warm_up_s:.0f} s warm-up; daemon on CPU 0; "
+        f"{setup}\n"
     )
     print(
-        "| beds | vitals msg/s | wave msg/s | wave gaps | p50 ms | p99 ms | max ms | p99 < 20 ms "
-        "| daemon CPU % | RSS MiB |"
+        "| beds | msg/s | kB/s | vitals/s | twin/s | forecast/s | wave/s | wave gaps | p50 ms | p99 ms "
+        "| max ms | daemon CPU % | RSS MiB |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for beds in args.beds:
-        result = measure(
-            beds=beds, seconds=args.seconds, warm_up_s=args.warm_up_s, waves_on=not args.no_waves
-        )
-        values = result.latencies_ms
+        result = measure(beds=beds, seconds=args.seconds, warm_up_s=args.warm_up_s, setup=setup)
+        values, rates = result.latencies_ms, result.messages_per_s
         print(
-            f"| {beds} | {result.vitals_per_s:.0f} | {result.waves_per_s:.0f} | {result.wave_gaps} | "
+            f"| {beds} | {rates['all']:.0f} | {result.kbytes_per_s:.0f} | {rates['vitals']:.0f} | "
+            f"{rates['twin']:.1f} | {rates['forecast']:.1f} | {rates['wave']:.0f} | {result.wave_gaps} | "
             f"{statistics.median(values):.1f} | {percentile(values, 0.99):.1f} | {values[-1]:.1f} | "
-            f"{'yes' if percentile(values, 0.99) < P99_LIMIT_MS else 'no'} | "
             f"{result.cpu_percent:.0f} | {result.rss_mib:.0f} |",
             flush=True,
         )
