@@ -66,6 +66,7 @@ _PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
     "engines": _module_main("engines.cli"),
     "record": _module_main("drivers.record"),
     "diag": _module_main("tools.diag"),
+    "report": _module_main("tools.report"),
 }
 """Commands with their own argument parsers: everything after the command name goes to them."""
 
@@ -76,6 +77,7 @@ _PASS_THROUGH_HELP = {
     "engines": "forecasting engines: build, list, verify, bench, eval (see: engines --help)",
     "record": "record a device's serial line both ways through a pty (see: record --help)",
     "diag": "field diagnostics: ports, probe, sniff, mqtt, engines, bundle (see: diag --help)",
+    "report": "a bed's vitals, forecasts and alarms over time from the local history (see: report --help)",
 }
 """The one-line help `icu-edge --help` shows for each pass-through command."""
 

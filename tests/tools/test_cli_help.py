@@ -33,6 +33,7 @@ HELP_CASES: list[tuple[list[str], list[str]]] = [
     (["engines", "bench"], [_MODELS_DIR, "(default: auto)", "(default: 1,8,32,64)", "(default: 200)"]),
     (["engines", "manifest"], []),
     (["engines", "eval"], []),
+    (["report"], ["(default: 2h)", "(default: now)", f"(default: {DEFAULT_CONFIG_PATH})"]),
 ]
 
 
