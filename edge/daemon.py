@@ -144,7 +144,10 @@ class Daemon:
         """Created in `run` once the alarm store is open."""
         self._alarm_store: AlarmStore | None = None
         self._history = History(
-            config=config.history, path=config.history_path, beds=[b.id for b in config.bed]
+            config=config.history,
+            path=config.history_path,
+            beds=[b.id for b in config.bed],
+            outbox=config.store,
         )
         self._links: list[LinkThread] = []
         self._forecast_epoch_s = time.time() - time.monotonic()

@@ -25,7 +25,15 @@ builds small immutable rows and hands them to its writer thread through a bounde
 (`queue_max_rows`; when full, the row is dropped and counted: a slow disk never slows the loop). The
 writer thread alone owns the SQLite connection: it opens the file, writes each batch (what arrived in
 `batch_s`) in one transaction, and prunes by age (`retention_h`) and by size (`max_mb`, also enforced
-by `PRAGMA max_page_count`: the database file never grows past it; the WAL adds at most a few MB).
+by `PRAGMA max_page_count`: the database file never grows past it; the WAL adds at most ~1 MB).
+
+Disk space: the history never takes the outbox's room. Before each batch it sets `max_page_count` so
+that the file grows only while its filesystem keeps free the outbox's margin for the rest of the system
+(`edge.outbox.DISK_MARGIN_*`), the WAL's reserve, and, when the outbox lives on the same filesystem,
+all the outbox may still grow to (`[store] max_bytes` less what it occupies). Short of that, rows are
+dropped and counted (the oldest history is not eaten to make room: it may be what a review needs); at
+its own cap (`max_mb`) the oldest rows go instead. A file is not even created with less than
+`OPEN_MIN_BYTES` of such room.
 The counters are plain ints written by one thread and read by others (a stale read is harmless).
 
 Readers (`HistoryReader`) open the file read-only; SQLite's WAL lets them read while the daemon writes.
@@ -37,6 +45,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import queue
 import sqlite3
 import threading
@@ -45,8 +54,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.config import HistoryConfig
+from edge.config import HistoryConfig, StoreConfig
 from edge.model import AlarmBody, ForecastBody, TwinValue
+from edge.outbox import DISK_MARGIN_FRACTION, DISK_MARGIN_MAX_BYTES, DISK_MARGIN_MIN_BYTES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,7 +78,11 @@ SIZE_PRUNE_AT = 0.9
 FULL_RETRIES = 3
 """A batch that does not fit makes room (a tenth each time) and is tried again this often, then dropped."""
 BUSY_TIMEOUT_MS = 1000
-JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+JOURNAL_SIZE_LIMIT_BYTES = 1024 * 1024
+WAL_AUTOCHECKPOINT_PAGES = 256
+WAL_RESERVE_BYTES = 2 * 1024 * 1024
+"""Free space kept for the WAL (checkpointed every ~1 MB, truncated to `JOURNAL_SIZE_LIMIT_BYTES`)."""
+OPEN_MIN_BYTES = 1024 * 1024
 
 _SCHEMA = (
     "CREATE TABLE samples (id INTEGER PRIMARY KEY, bed TEXT NOT NULL, at_s REAL NOT NULL,"
@@ -127,6 +141,7 @@ class HistoryStats:
     """Rows lost: the queue was full (a slow disk) or a write failed (a full disk, a bad file)."""
     pruned: int
     pending: int
+    """Rows waiting for the writer or being written."""
     last_error: str | None
 
 
@@ -143,9 +158,13 @@ class History:
         batch_s: float = BATCH_S,
         queue_max_rows: int = QUEUE_MAX_ROWS,
         prune_interval_s: float = PRUNE_INTERVAL_S,
+        outbox: StoreConfig | None = None,
         max_pages: int | None = None,
     ) -> None:
-        """Prepare (nothing is opened until `start`); `max_pages` caps the file in tests (SQLITE_FULL)."""
+        """Prepare (nothing is opened until `start`); leave `outbox` its room on a shared filesystem.
+
+        `max_pages` caps the file in tests (SQLITE_FULL as at `max_mb`).
+        """
         self._enabled = config.enabled
         self._sample_s = config.sample_s
         self._forecast_s = config.forecast_s
@@ -165,6 +184,7 @@ class History:
             batch_s=batch_s,
             prune_interval_s=prune_interval_s,
             wall=wall,
+            outbox=None if outbox is None else (outbox.path, outbox.max_bytes),
             max_pages=max_pages,
         )
         self._queue_dropped = 0
@@ -198,7 +218,7 @@ class History:
             batches=writer.batches,
             dropped=writer.dropped + self._queue_dropped,
             pruned=writer.pruned,
-            pending=self._queue.qsize(),
+            pending=self._queue.qsize() + writer.in_flight,
             last_error=writer.last_error,
         )
 
@@ -267,9 +287,11 @@ class _Writer(threading.Thread):
         batch_s: float,
         prune_interval_s: float,
         wall: Callable[[], float],
+        outbox: tuple[Path, int] | None,
         max_pages: int | None,
     ) -> None:
         super().__init__(name="history-writer", daemon=True)
+        self._outbox = outbox
         self.path = path
         self._rows = rows
         self._retention_s = retention_s
@@ -283,6 +305,8 @@ class _Writer(threading.Thread):
         self._next_prune_s = 0.0
         self._reasons_logged: set[str] = set()
         self.written = 0
+        self.in_flight = 0
+        """Rows taken from the queue and not yet written or dropped."""
         self.batches = 0
         self.dropped = 0
         self.pruned = 0
@@ -295,6 +319,7 @@ class _Writer(threading.Thread):
             if first is None:
                 break
             batch = [first]
+            self.in_flight = 1
             deadline_s = time.monotonic() + self._batch_s
             while len(batch) < BATCH_MAX_ROWS:
                 try:
@@ -305,7 +330,9 @@ class _Writer(threading.Thread):
                     stop = True
                     break
                 batch.append(row)
+                self.in_flight = len(batch)
             self._write(batch)
+            self.in_flight = 0
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
@@ -318,12 +345,13 @@ class _Writer(threading.Thread):
             if db is None:
                 self.dropped += len(batch)
                 return
+            at_own_cap = self._limit_pages(db)
             for attempt in range(FULL_RETRIES + 1):
                 try:
                     self._insert(db, batch)
                     break
                 except sqlite3.DatabaseError as exc:
-                    if not _is_full(exc) or attempt == FULL_RETRIES:
+                    if not _is_full(exc) or not at_own_cap or attempt == FULL_RETRIES:
                         raise
                     # At the cap (or a full disk): make room from the oldest rows, then try again.
                     self._prune_by_size(db, force=True)
@@ -347,7 +375,13 @@ class _Writer(threading.Thread):
             return None
         self._next_open_s = now_s + REOPEN_INTERVAL_S
         try:
-            self._db = _open_for_writing(self.path, max_bytes=self._max_bytes, max_pages=self._max_pages)
+            room_bytes = self._room_bytes()
+            if room_bytes < OPEN_MIN_BYTES:
+                raise HistoryUnavailable(
+                    f"not created: {max(0, room_bytes)} bytes of room on its filesystem after what the outbox"
+                    " and the rest of the system may need"
+                )
+            self._db = _open_for_writing(self.path)
         except _Corrupt as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._wall())}")
             self._log_once(f"corrupt file ({exc}): moved aside to {aside.name}; starting a new one")
@@ -361,6 +395,41 @@ class _Writer(threading.Thread):
             return None
         LOGGER.info("history %s open", self.path)
         return self._db
+
+    def _limit_pages(self, db: sqlite3.Connection) -> bool:
+        """Let the file grow only within its cap and the room on its disk; return whether the cap binds."""
+        page_size: int = db.execute("PRAGMA page_size").fetchone()[0]
+        pages: int = db.execute("PRAGMA page_count").fetchone()[0]
+        cap_pages = self._max_pages or max(16, self._max_bytes // page_size)
+        disk_pages = pages + max(0, self._room_bytes()) // page_size
+        db.execute(f"PRAGMA max_page_count={min(cap_pages, disk_pages)}")
+        return cap_pages <= disk_pages
+
+    def _room_bytes(self) -> int:
+        """Free bytes the history may take: less the system's margin, the WAL's, and the outbox's growth."""
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError:
+            return OPEN_MIN_BYTES  # a folder not there yet (created at open): no measure, a small start
+        total = fs.f_blocks * fs.f_frsize
+        margin = min(max(int(total * DISK_MARGIN_FRACTION), DISK_MARGIN_MIN_BYTES), DISK_MARGIN_MAX_BYTES)
+        return fs.f_bavail * fs.f_frsize - margin - WAL_RESERVE_BYTES - self._outbox_claim()
+
+    def _outbox_claim(self) -> int:
+        """What the outbox may still grow by, when it shares the history's filesystem."""
+        if self._outbox is None:
+            return 0
+        path, max_bytes = self._outbox
+        try:
+            if path.parent.stat().st_dev != self.path.parent.stat().st_dev:
+                return 0
+        except OSError:
+            return 0
+        used = 0
+        for suffix in ("", "-wal", "-journal", "-shm"):
+            with contextlib.suppress(OSError):
+                used += Path(f"{path}{suffix}").stat().st_size
+        return max(0, max_bytes - used)
 
     def _insert(self, db: sqlite3.Connection, batch: list[_Row]) -> None:
         samples = [(r.bed, r.at_s, _encode(r.values)) for r in batch if isinstance(r, _Sample)]
@@ -448,7 +517,7 @@ class _Corrupt(Exception):
     """The file is not a usable SQLite database (it may be moved aside: it holds only review data)."""
 
 
-def _open_for_writing(path: Path, *, max_bytes: int, max_pages: int | None) -> sqlite3.Connection:
+def _open_for_writing(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
@@ -460,8 +529,7 @@ def _open_for_writing(path: Path, *, max_bytes: int, max_pages: int | None) -> s
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        db.execute(f"PRAGMA max_page_count={int(max_pages or max(16, max_bytes // page_size))}")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         with contextlib.suppress(OSError):
             path.chmod(FILE_MODE)
     except sqlite3.DatabaseError as exc:

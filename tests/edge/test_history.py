@@ -19,7 +19,7 @@ from broker import wait_for
 from disks import fill, tmpfs
 
 from drivers.base import AlarmPriority
-from edge.config import HistoryConfig
+from edge.config import HistoryConfig, StoreConfig
 from edge.history import History, HistoryReader, HistoryUnavailable
 from edge.model import (
     AlarmBody,
@@ -31,6 +31,7 @@ from edge.model import (
     SignalForecast,
     TwinValue,
 )
+from edge.outbox import DISK_MARGIN_MIN_BYTES
 
 T0 = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
 BEDS = ["bed-01", "bed-02", "bed-03", "bed-04"]
@@ -341,7 +342,7 @@ def test_a_full_disk_never_raises_into_the_caller_and_writing_resumes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Rule 3 on a real full filesystem: rows are dropped and counted, logged once, and kept again later."""
-    with tmpfs(tmp_path / "disk", size="2m") as disk:
+    with tmpfs(tmp_path / "disk", size="8m") as disk:
         history = _history(disk / "history.db", batch_s=0.05, prune_interval_s=0.0)
         history.start()
         _run_ticks(history, ticks=4)
@@ -350,7 +351,7 @@ def test_a_full_disk_never_raises_into_the_caller_and_writing_resumes(
         fill(hog)
         calls_returned = threading.Event()
         big = {f"k{i:03d}": _value(float(i) + 0.123456789) for i in range(100)}
-        for i in range(400):  # ~1 MB of rows at a full disk
+        for i in range(400):  # ~4 MB of rows at a full disk
             history.tick(now_mono_s=2000.0 + i, values_of=lambda bed: big)
         calls_returned.set()
         assert wait_for(lambda: history.stats().dropped > 0, timeout_s=30), history.stats()
@@ -362,6 +363,36 @@ def test_a_full_disk_never_raises_into_the_caller_and_writing_resumes(
         os.unlink(hog)
         _run_ticks(history, ticks=8, start_s=3000.0)
         assert wait_for(lambda: history.stats().written > written, timeout_s=30), history.stats()
+        assert wait_for(lambda: history.stats().pending == 0, timeout_s=30), history.stats()
         assert history.stats().last_error is None
         history.close()
         assert calls_returned.is_set()
+
+
+def test_the_history_leaves_the_outbox_its_room(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """On the outbox's filesystem the history grows only while all the outbox may still need stays free."""
+    big = {f"k{i:03d}": _value(float(i) + 0.123456789) for i in range(100)}
+    with tmpfs(tmp_path / "disk", size="8m") as disk:
+        # an outbox that may grow to 16 MB: no room at all, the file is not even created
+        history = _history(disk / "history.db", batch_s=0.05, outbox=StoreConfig(path=disk / "outbox.db"))
+        history.start()
+        _run_ticks(history, ticks=8)
+        assert wait_for(lambda: history.stats().dropped == 8, timeout_s=20), history.stats()
+        history.close()
+        assert not (disk / "history.db").exists()
+        assert sum("not created" in r.getMessage() for r in caplog.records) == 1
+        # an outbox capped at 1 MB: the history takes what is left above it and the margins, then drops
+        outbox = StoreConfig(path=disk / "outbox.db", max_bytes=1024 * 1024)
+        history = _history(disk / "history.db", batch_s=0.05, prune_interval_s=0.0, outbox=outbox)
+        history.start()
+        for i in range(800):  # ~8 MB of rows offered
+            history.tick(now_mono_s=float(i), values_of=lambda bed: big)
+            if i % 10 == 0:
+                assert wait_for(lambda: history.stats().pending == 0, timeout_s=30)
+                fs = os.statvfs(disk)
+                assert fs.f_bavail * fs.f_frsize >= outbox.max_bytes + DISK_MARGIN_MIN_BYTES
+        history.close()
+        stats = history.stats()
+        assert stats.written > 0, stats
+        assert stats.dropped > 0, stats
+        assert stats.pruned == 0, "the disk's limit drops new rows; it does not eat the history"
