@@ -176,11 +176,7 @@ def draw(record: BedRecord) -> Figure:
     figure = Figure(figsize=(12, sum(heights) + 1.0), dpi=100, layout="constrained")
     axes = figure.subplots(len(heights), 1, sharex=True, squeeze=False, height_ratios=heights)[:, 0]
     figure.suptitle(f"Bed {record.bed}: {_iso(record.since)} to {_iso(record.until)} (UTC)")
-    right = record.until
-    for headline in record.forecasts:
-        for rows in headline.signals.values():
-            end = datetime.fromtimestamp(headline.at_s, tz=UTC) + timedelta(minutes=max(h for h, *_ in rows))
-            right = max(right, end)
+    left, right = _time_axis(record)
     for axis, (title, keys) in zip(axes, panels, strict=False):
         for key in keys:
             times, values = record.series(key)
@@ -212,16 +208,37 @@ def draw(record: BedRecord) -> Figure:
             va="center",
             fontsize=8,
         )
-    lane.set_xlim(record.since, right)
-    lane.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))  # type: ignore[no-untyped-call]
+    lane.set_xlim(left, right)
+    lane.xaxis.set_major_formatter(
+        mdates.DateFormatter(  # type: ignore[no-untyped-call]
+            "%H:%M:%S" if right - left < timedelta(minutes=10) else "%H:%M", tz=UTC
+        )
+    )
     lane.set_xlabel("time (UTC)")
     return figure
+
+
+def _time_axis(record: BedRecord) -> tuple[datetime, datetime]:
+    """From the first thing recorded in the range to its end, plus some of the last forecasts' horizon.
+
+    The forecasts made at the end reach up to 15 min past it: the axis shows at most a quarter of the
+    range beyond the end, so a short range is not squeezed to the left by the horizon.
+    """
+    firsts = [at_s for at_s, _ in record.samples[:1]]
+    firsts += [f.at_s for f in record.forecasts[:1]] + [a.onset_s for a in record.alarms]
+    left = max(record.since, datetime.fromtimestamp(min(firsts), tz=UTC)) if firsts else record.since
+    horizon = record.until
+    for headline in record.forecasts:
+        for rows in headline.signals.values():
+            end = datetime.fromtimestamp(headline.at_s, tz=UTC) + timedelta(minutes=max(h for h, *_ in rows))
+            horizon = max(horizon, end)
+    return left, min(horizon, record.until + (record.until - left) / 4)
 
 
 def _draw_forecasts(axis: Any, forecasts: list[ForecastHeadline], *, key: str, colour: str) -> None:
     """Each forecast from the time it was made: the median (dashed) and the 10-90 % band."""
     labelled = False
-    alpha = max(0.03, min(0.15, 1.5 / max(1, len(forecasts))))  # many bands: each fainter
+    alpha = max(0.02, min(0.15, 0.4 / max(1, len(forecasts))))  # many bands: each fainter
     for headline in forecasts:
         rows = headline.signals.get(key)
         if not rows:
