@@ -91,6 +91,8 @@ class BedRecord:
     samples: list[tuple[float, dict[str, float]]]
     forecasts: list[ForecastHeadline]
     alarms: list[AlarmSpan]
+    recorded_until: datetime
+    """The bed's last sample, or `until`: an alarm not ended is drawn up to here (later is unknown)."""
     panels: list[str] = field(default_factory=list)
 
     def series(self, key: str) -> tuple[list[datetime], list[float]]:
@@ -146,10 +148,12 @@ def _iso(moment: datetime) -> str:
 def read_record(reader: HistoryReader, *, bed: str, since: datetime, until: datetime) -> BedRecord:
     """Read one bed's history in [since, until]."""
     since_s, until_s = since.timestamp(), until.timestamp()
+    _, last_s = reader.beds().get(bed, (until_s, until_s))
     return BedRecord(
         bed=bed,
         since=since,
         until=until,
+        recorded_until=min(until, datetime.fromtimestamp(last_s, tz=UTC)),
         samples=reader.samples(bed=bed, since_s=since_s, until_s=until_s),
         forecasts=reader.forecasts(bed=bed, since_s=since_s, until_s=until_s),
         alarms=reader.alarms(bed=bed, since_s=since_s, until_s=until_s),
@@ -265,7 +269,7 @@ def _draw_forecasts(axis: Any, forecasts: list[ForecastHeadline], *, key: str, c
 
 def _span_times(span: AlarmSpan, record: BedRecord) -> tuple[datetime, datetime]:
     start = datetime.fromtimestamp(span.onset_s, tz=UTC)
-    end = record.until if span.ended_s is None else datetime.fromtimestamp(span.ended_s, tz=UTC)
+    end = record.recorded_until if span.ended_s is None else datetime.fromtimestamp(span.ended_s, tz=UTC)
     return start, max(end, start + timedelta(seconds=1))
 
 
