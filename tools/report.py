@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.plausibility import TABLE
 from edge.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
-from edge.history import AlarmSpan, ForecastHeadline, HistoryReader, HistoryUnavailable
+from edge.history_file import AlarmSpan, ForecastHeadline, HistoryReader, HistoryUnavailable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -20,7 +20,8 @@ from disks import fill, tmpfs
 
 from drivers.base import AlarmPriority
 from edge.config import HistoryConfig, StoreConfig
-from edge.history import History, HistoryReader, HistoryUnavailable
+from edge.history import History
+from edge.history_file import HistoryReader, HistoryUnavailable
 from edge.model import (
     AlarmBody,
     AlarmKind,

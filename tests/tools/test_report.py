@@ -20,7 +20,8 @@ from ward import REPO_ROOT, Ward, WardLayout
 
 from drivers.base import AlarmPriority
 from edge.config import HistoryConfig
-from edge.history import History, HistoryReader, HistoryUnavailable
+from edge.history import History
+from edge.history_file import HistoryReader, HistoryUnavailable
 from edge.model import (
     AlarmBody,
     AlarmKind,
