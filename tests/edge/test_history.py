@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from broker import wait_for
+from broker import MosquittoBroker, Subscriber, wait_for
 from disks import fill, tmpfs
+from ward import Ward, WardLayout, bed_topic
 
 from drivers.base import AlarmPriority
 from edge.config import HistoryConfig, StoreConfig
@@ -397,3 +398,37 @@ def test_the_history_leaves_the_outbox_its_room(tmp_path: Path, caplog: pytest.L
         assert stats.written > 0, stats
         assert stats.dropped > 0, stats
         assert stats.pruned == 0, "the disk's limit drops new rows; it does not eat the history"
+
+
+@pytest.mark.integration
+def test_a_daemon_with_a_corrupt_history_file_delivers_vitals_and_starts_a_new_one(
+    tmp_path: Path, broker: MosquittoBroker, subscribe: Callable[..., Subscriber]
+) -> None:
+    """Rule 3 end to end: the daemon never stops for its history; the bad file is kept aside."""
+    ward = Ward(workdir=tmp_path, broker=broker, layout=WardLayout(extra_toml="[history]\nsample_s = 0.5"))
+    (tmp_path / "history.db").write_bytes(b"not a database: a torn write from another life\n" * 200)
+    station = subscribe(f"{bed_topic('bed-01')}/vitals")
+    try:
+        ward.start_simulators()
+        ward.start_daemon()
+        assert wait_for(lambda: len(station.on_topic(f"{bed_topic('bed-01')}/vitals")) >= 3, timeout_s=60), (
+            ward.log("daemon")
+        )
+
+        def sampled() -> bool:
+            try:
+                reader = HistoryReader(tmp_path / "history.db")
+            except HistoryUnavailable:
+                return False
+            try:
+                return len(reader.samples(bed="bed-01", since_s=0, until_s=2e9)) >= 3
+            finally:
+                reader.close()
+
+        assert wait_for(sampled, timeout_s=60), ward.log("daemon")
+        assert len(list(tmp_path.glob("history.db.corrupt-*"))) == 1
+        assert ward.stop_daemon() == 0, ward.log("daemon")
+        assert ward.log("daemon").count("corrupt file") == 1
+        assert "Traceback" not in ward.log("daemon")
+    finally:
+        ward.close()
