@@ -7,8 +7,8 @@ daemon writes.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +20,8 @@ from edge.outbox import is_disk_full, transaction
 APPLICATION_ID = 0x49434548
 """`PRAGMA application_id` of a history file ("ICEH"): tells our file from another program's."""
 SCHEMA_VERSION = 1
-FILE_MODE = 0o640
+FILE_MODE = 0o600
+"""The history holds patient vitals: readable by the service user only, like the alarm store."""
 BUSY_TIMEOUT_MS = 1000
 JOURNAL_SIZE_LIMIT_BYTES = 1024 * 1024
 WAL_AUTOCHECKPOINT_PAGES = 256
@@ -54,7 +55,10 @@ class CorruptFile(Exception):
 def open_for_writing(path: Path) -> sqlite3.Connection:
     """Open (or create) the file for the writer; raise CorruptFile or HistoryUnavailable saying why."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            # created private: SQLite gives the WAL and shm files the database's mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
     except (OSError, sqlite3.Error) as exc:
         raise HistoryUnavailable(f"cannot open: {exc}") from exc
@@ -65,8 +69,6 @@ def open_for_writing(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
         db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-        with contextlib.suppress(OSError):
-            path.chmod(FILE_MODE)
     except sqlite3.DatabaseError as exc:
         db.close()
         if is_corrupt(exc):

@@ -432,3 +432,15 @@ def test_a_daemon_with_a_corrupt_history_file_delivers_vitals_and_starts_a_new_o
         assert "Traceback" not in ward.log("daemon")
     finally:
         ward.close()
+
+
+def test_the_file_is_private(tmp_path: Path) -> None:
+    """Patient vitals: readable by the service user only, whatever the umask (like the alarm store)."""
+    history = _history(tmp_path / "history.db", batch_s=0.05)
+    history.start()
+    _run_ticks(history, ticks=4)
+    assert wait_for(lambda: history.stats().written == 4, timeout_s=20)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("history.db*")}
+    history.close()
+    assert modes["history.db"] == 0o600, modes
+    assert set(modes.values()) == {0o600}, modes
