@@ -49,6 +49,7 @@ import queue
 import sqlite3
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,7 @@ class History:
         )
         self._queue_dropped = 0
         self._queue_full_logged = False
+        self._bugs_logged: set[str] = set()
 
     @property
     def path(self) -> Path:
@@ -214,6 +216,12 @@ class History:
         """Sample the beds whose time has come: their valid, fresh numeric values, one row each."""
         if not self._enabled:
             return
+        try:
+            self._tick(now_mono_s=now_mono_s, values_of=values_of)
+        except Exception as exc:  # noqa: BLE001 (rule 3: see _bug)
+            self._bug(exc)
+
+    def _tick(self, *, now_mono_s: float, values_of: Callable[[str], Mapping[str, TwinValue]]) -> None:
         if self._started_s is None:
             self._started_s = now_mono_s
         elapsed_s = now_mono_s - self._started_s
@@ -240,12 +248,32 @@ class History:
         if last_s is not None and now_mono_s - last_s < self._forecast_s:
             return
         self._last_forecast_s[bed] = now_mono_s
-        self._offer(_Forecast(bed, body.made_at.timestamp(), body))
+        try:
+            self._offer(_Forecast(bed, body.made_at.timestamp(), body))
+        except Exception as exc:  # noqa: BLE001 (rule 3: see _bug)
+            self._bug(exc)
 
     def alarm(self, bed: str, transition: str, alarm: AlarmBody) -> None:
         """Keep one alarm transition (raised, state changed, escalated, ended)."""
-        if self._enabled:
+        if not self._enabled:
+            return
+        try:
             self._offer(_Transition(bed, self._wall(), transition, alarm))
+        except Exception as exc:  # noqa: BLE001 (rule 3: see _bug)
+            self._bug(exc)
+
+    def _bug(self, exc: Exception) -> None:
+        """A bug here must not stop the vitals (rule 3): log it with its traceback once per place; count it."""
+        self._queue_dropped += 1
+        frames = traceback.extract_tb(exc.__traceback__)
+        kind = type(exc).__name__ + "".join(f" at {f.filename}:{f.lineno}" for f in frames[-1:])
+        if kind not in self._bugs_logged:
+            self._bugs_logged.add(kind)
+            LOGGER.error(
+                "history %s: a bug lost a row (the vitals go on); counting further ones",
+                self.path,
+                exc_info=exc,
+            )
 
     def _offer(self, row: _Row) -> None:
         try:

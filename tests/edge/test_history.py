@@ -444,3 +444,20 @@ def test_the_file_is_private(tmp_path: Path) -> None:
     history.close()
     assert modes["history.db"] == 0o600, modes
     assert set(modes.values()) == {0o600}, modes
+
+
+def test_a_bug_behind_the_history_never_reaches_the_caller(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rule 3 against our own mistakes: the loop's call returns, the loss is counted, logged once."""
+
+    def broken(bed: str) -> dict[str, TwinValue]:
+        raise KeyError(bed)
+
+    history = _history(tmp_path / "history.db")
+    for i in range(8):
+        history.tick(now_mono_s=i * 0.25, values_of=broken)
+    assert history.stats().dropped == 8  # every bed twice (4 beds, 2 s at sample_s 1)
+    errors = [r for r in caplog.records if "a bug lost a row" in r.getMessage()]
+    assert len(errors) == 1  # once per kind and place, whatever the message
+    assert all(r.exc_info is not None for r in errors)
