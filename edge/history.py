@@ -263,7 +263,7 @@ class History:
             self._bug(exc)
 
     def _bug(self, exc: Exception) -> None:
-        """A bug here must not stop the vitals (rule 3): log it with its traceback once per place; count it."""
+        """A bug here must not stop the vitals (rule 3): logged with its traceback once per place, counted."""
         self._queue_dropped += 1
         frames = traceback.extract_tb(exc.__traceback__)
         kind = type(exc).__name__ + "".join(f" at {f.filename}:{f.lineno}" for f in frames[-1:])
