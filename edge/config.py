@@ -429,6 +429,25 @@ class StoreConfig(_Section):
     )
 
 
+class HistoryConfig(_Section):
+    """`[history]`: a bounded local history of each bed for `icu-edge report` (review data only)."""
+
+    enabled: bool = Field(default=True, description="keep the history (never slows or stops the vitals)")
+    path: AbsolutePath | None = Field(
+        default=None, description="the history file (SQLite); default: history.db next to the outbox"
+    )
+    retention_h: float = Field(default=24.0, gt=0, le=24 * 90, description="rows older than this are pruned")
+    max_mb: int = Field(
+        default=256, ge=1, le=1_000_000, description="size cap of the file: the oldest rows go first"
+    )
+    sample_s: float = Field(
+        default=5.0, ge=0.25, le=3600, description="one row per bed this often: the twin's valid values"
+    )
+    forecast_s: float = Field(
+        default=60.0, ge=1, le=3600, description="at most one forecast headline per bed this often"
+    )
+
+
 class EnginesConfig(_Section):
     """Forecasting engines: which backend and model, and how often every bed is forecast."""
 
@@ -490,12 +509,18 @@ class AppConfig(_Section):
     publish: PublishConfig = PublishConfig()
     waves: WavesConfig = WavesConfig()
     alarms: AlarmsConfig = AlarmsConfig()
+    history: HistoryConfig = HistoryConfig()
     bed: list[BedConfig] = Field(min_length=1)
 
     @property
     def alarm_state_path(self) -> Path:
         """Where the alarm store lives: `[alarms] state_path`, else alarms.db next to the outbox."""
         return self.alarms.state_path or self.store.path.with_name("alarms.db")
+
+    @property
+    def history_path(self) -> Path:
+        """Where the history lives: `[history] path`, else history.db next to the outbox."""
+        return self.history.path or self.store.path.with_name("history.db")
 
     @model_validator(mode="after")
     def _one_bed_per_id_one_device_per_port(self) -> AppConfig:

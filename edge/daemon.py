@@ -30,6 +30,7 @@ from edge.contract import Topics
 from edge.device_link import DeviceLink, DeviceReport, LinkThread
 from edge.diagnostics import SNAPSHOT_SCHEMA, DiagnosticsServer, socket_path
 from edge.forecasting import forecast_body
+from edge.history import History
 from edge.listener_link import ListenerLink
 from edge.model import DeviceStatusBody, EventBody, EventKind, TwinBody, TwinValue, VitalsBody, utc_now
 from edge.outbox import DeliveryPriority, OutboxError
@@ -152,6 +153,12 @@ class Daemon:
         self._alarms: AlarmSystem | None = None
         """Created in `run` once the alarm store is open."""
         self._alarm_store: AlarmStore | None = None
+        self._history = History(
+            config=config.history,
+            path=config.history_path,
+            beds=[b.id for b in config.bed],
+            outbox=config.store,
+        )
         self._links: list[LinkThread] = []
         self._forecast_epoch_s = time.time() - time.monotonic()
         """Epoch seconds of monotonic 0: the engines' clock is monotonic + this, read once, so a wall
@@ -194,12 +201,15 @@ class Daemon:
             topics=self._topics,
             republish_bed=self._republish_bed,
             mark_twin_dirty=self._mark_twin_dirty,
+            on_transition=self._history.alarm,
         )
+        self._history.start()
         try:
             await self._publisher.start()
         except OutboxError as exc:
             LOGGER.error("cannot open the outbox: %s", exc)
             self._alarm_store.close()
+            self._history.close()
             return EX_UNAVAILABLE
         for bed in self._bed_state:
             self._alarms.republish(bed)
@@ -300,6 +310,7 @@ class Daemon:
             await self._publisher.stop(flush_timeout_s=self._config.publish.shutdown_flush_s)
             if self._alarm_store is not None:
                 self._alarm_store.close()
+            await loop.run_in_executor(None, self._history.close)
         return status
 
     async def _consume_reports(self) -> None:
@@ -476,6 +487,9 @@ class Daemon:
     def _current_values(self, bed: str, keys: Sequence[str]) -> dict[str, TwinValue]:
         return self._twin.values(bed=bed, now_mono_s=time.monotonic(), keys=keys)
 
+    def _all_values(self, bed: str) -> dict[str, TwinValue]:
+        return self._twin.values(bed=bed, now_mono_s=time.monotonic())
+
     def _mark_twin_dirty(self, bed: str) -> None:
         self._bed_state[bed].dirty = True
 
@@ -517,6 +531,7 @@ class Daemon:
             if self._alarms is not None:
                 self._alarms.tick(stats=self._publisher.stats(), values_of=self._current_values)
             self._publish_twins()
+            self._history.tick(now_mono_s=time.monotonic(), values_of=self._all_values)
             if self._waves is not None:
                 for window in self._waves.flush_idle(now_mono_s=time.monotonic()):
                     self._submit_wave(window)
@@ -579,6 +594,7 @@ class Daemon:
                 for forecast in await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic()):
                     body = forecast_body(forecast)
                     self._twin.set_forecast(bed=forecast.bed, forecast=body)
+                    self._history.forecast(bed=forecast.bed, body=body, now_mono_s=time.monotonic())
                     if self._alarms is not None:
                         self._alarms.forecast(bed=forecast.bed, forecast=body)
                     self._bed_state[forecast.bed].dirty = True

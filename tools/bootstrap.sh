@@ -7,7 +7,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-EXTRAS="${1:-cpu,dev}"  # package extras: the demo needs cpu, the tests cpu,dev
+EXTRAS="${1:-cpu,dev}"  # package extras: the demo needs cpu, the tests cpu,dev (dev holds report's matplotlib)
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.icu-edge-installed"

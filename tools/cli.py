@@ -67,6 +67,7 @@ _PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
     "record": _module_main("drivers.record"),
     "diag": _module_main("tools.diag"),
     "provision": _module_main("tools.provision"),
+    "report": _module_main("tools.report"),
 }
 """Commands with their own argument parsers: everything after the command name goes to them."""
 
@@ -78,6 +79,7 @@ _PASS_THROUGH_HELP = {
     "record": "record a device's serial line both ways through a pty (see: record --help)",
     "diag": "field diagnostics: ports, probe, sniff, mqtt, engines, bundle (see: diag --help)",
     "provision": "installer: ports, broker check, config, engines, systemd unit (see: provision --help)",
+    "report": "a bed's vitals, forecasts and alarms over time from the local history (see: report --help)",
 }
 """The one-line help `icu-edge --help` shows for each pass-through command."""
 

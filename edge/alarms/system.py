@@ -98,8 +98,11 @@ class AlarmSystem:
         topics: Topics,
         republish_bed: Callable[[str], None],
         mark_twin_dirty: Callable[[str], None],
+        on_transition: Callable[[str, str, AlarmBody], None] | None = None,
     ) -> None:
-        """`republish_bed`: publish a bed's retained state again (cmd/rebirth)."""
+        """`republish_bed`: publish a bed's retained state again (cmd/rebirth); `on_transition(bed,
+        kind, alarm)`: told each transition after it was saved and published (the history); must not raise.
+        """
         alarms = config.alarms
         self._config = config
         self._store = store
@@ -107,6 +110,7 @@ class AlarmSystem:
         self._topics = topics
         self._republish_bed = republish_bed
         self._mark_twin_dirty = mark_twin_dirty
+        self._on_transition = on_transition
         self._beds = [b.id for b in config.bed]
         limits = {b.id: effective_limits(ward=alarms.limits, bed=b.alarm_limits) for b in config.bed}
         for bed, by_key in store.limits().items():
@@ -528,6 +532,8 @@ class AlarmSystem:
             if transition.kind == EventKind.ALARM_ENDED:
                 self._publisher.submit_clear(topic=topic, bed=bed)
             self._mark_twin_dirty(bed)
+            if self._on_transition is not None:
+                self._on_transition(bed, transition.kind.value, alarm)
         self._publish_birth_state()
 
     def _publish_birth_state(self) -> None:

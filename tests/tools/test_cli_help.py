@@ -34,6 +34,7 @@ HELP_CASES: list[tuple[list[str], list[str]]] = [
     (["engines", "manifest"], []),
     (["engines", "eval"], []),
     (["provision"], ["(default: ask)", "(default: /)", "(default: 10.0)"]),
+    (["report"], ["(default: 2h)", "(default: now)", f"(default: {DEFAULT_CONFIG_PATH})"]),
 ]
 
 
