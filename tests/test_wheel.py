@@ -47,12 +47,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
     dist = work / "dist"
+    # What an installer runs (`python -m build --wheel`), offline: no isolated build environment, the
+    # build backend of this venv.
     subprocess.run(
-        [*_PIP, "wheel", "--no-index", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
         cwd=work,
         env=_ENV,
         check=True,
         timeout=300,
+        capture_output=True,
     )
     (wheel,) = dist.glob("icu_edge-*.whl")
     venv = work / "venv"
