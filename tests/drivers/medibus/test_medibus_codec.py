@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,26 @@ def test_nested_command_start_at_full_cap_overflows_instead_of_growing() -> None
     decoder.feed(b"\x1b")
     assert decoder.buffered_bytes == 0
     assert decoder.counters.overflows == 1
+
+
+@pytest.mark.parametrize("payload_bytes", [0, 1, 508, 509, 510, 511, 600, 4000])
+def test_long_frames_of_the_largest_payload_byte_check_their_sum_exactly(payload_bytes: int) -> None:
+    """The decoder sums frames up to 515 bytes with Adler-32 and longer ones directly: both exact."""
+    frame = Response(code=CommandCode.MEASURED_CP1, data=b"\x7f" * payload_bytes)
+    raw = frame.to_bytes()
+    decoder = MedibusDecoder(cap_bytes=4096 + 8)
+    assert decoder.feed(raw) == [frame]
+    wrong = raw[:-3] + checksum(raw[:-3] + b"\x01") + b"\r"
+    assert decoder.feed(wrong) == []
+    assert (decoder.counters.frames_in, decoder.counters.checksum_errors) == (1, 1)
+
+
+def test_dropped_frame_and_overflow_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="drivers.medibus.codec")
+    decoder = MedibusDecoder(cap_bytes=16)
+    decoder.feed(b"\x1bQ6D\r" + b"\x01$" + b"7" * 20)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "dropped MEDIBUS frame b'\\x1bQ6D\\r': checksum mismatch: got b'6D', computed b'6C'",
+        "MEDIBUS receive buffer passed 16 bytes; discarded",
+    ]
