@@ -48,6 +48,8 @@ LINK_MAX_SILENCE_S = 5.0
 PUBLISHER_MAX_SILENCE_S = 5.0
 ENGINES_MIN_SILENCE_S = 10.0
 """An inference that has not completed a tick for this long (or 3 ticks) is hung."""
+FORECAST_SPREAD = 0.5
+"""A tick's forecasts (a body each, published, shown in the twin) are spread over this part of the tick."""
 
 
 class PublisherFailed(Exception):
@@ -557,7 +559,12 @@ class Daemon:
                     reload = asyncio.create_task(
                         runtime.reload(force=runtime.needs_fallback), name="model-reload"
                     )
-                for forecast in await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic()):
+                forecasts = await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic())
+                # Spread over part of the tick, not 64 at once into the publisher's queue.
+                pause_s = engines.tick_s * FORECAST_SPREAD / max(1, len(forecasts))
+                for index, forecast in enumerate(forecasts):
+                    if index:
+                        await asyncio.sleep(pause_s)
                     body = forecast_body(forecast)
                     self._twin.set_forecast(bed=forecast.bed, forecast=body)
                     if self._alarms is not None:
