@@ -6,10 +6,10 @@ model once for all beds, turn the outputs into per-bed forecasts, and build each
 runtimes ticked one after the other. Each bed gets 30 min of realistic minute values for all five
 signals (two samples a minute).
 
-The whole tick is timed around `ForecastRuntime.tick` plus `forecast_body` for every bed. Inside it,
-inference is timed by wrapping the backend's `infer` and bodies around the `forecast_body` calls; the
-rest is the windows and outlooks (and the hop to the inference thread). The JSON encoding (the
-publisher's thread) is left out.
+The whole tick is timed around `ForecastRuntime.tick` plus `forecast_body` for every bed; inside it,
+windows, inference and outlooks come from the runtime's own phase times (`ForecastRuntime.last_tick`)
+and bodies from around the `forecast_body` calls. The JSON encoding (the publisher's thread) is left
+out.
 
     python -m tools.bench.forecast_tick --beds 1,8,32,64 --repeats 200
 """
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.forecasting import forecast_body
-from engines.backend import BatchInput, BatchOutput
 from engines.runtime import ForecastRuntime
 from engines.spec import SIGNALS, STEP_S, WINDOW_STEPS
 
@@ -56,25 +55,10 @@ class _Samples:
     """Milliseconds per repeat, by phase."""
 
     tick: list[float] = field(default_factory=list)
+    windows: list[float] = field(default_factory=list)
     inference: list[float] = field(default_factory=list)
+    outlooks: list[float] = field(default_factory=list)
     bodies: list[float] = field(default_factory=list)
-
-
-class _TimedInference:
-    """Wraps a runtime's backend `infer` and adds up its time (the runtime calls it once per batch)."""
-
-    def __init__(self, runtime: ForecastRuntime) -> None:
-        backend = runtime.backend
-        self._infer = backend.infer
-        self.elapsed_ns = 0
-        backend.infer = self  # type: ignore[method-assign]
-
-    def __call__(self, batch: BatchInput) -> BatchOutput:
-        started = time.perf_counter_ns()
-        try:
-            return self._infer(batch)
-        finally:
-            self.elapsed_ns += time.perf_counter_ns() - started
 
 
 async def _tick_with_bodies(runtime: ForecastRuntime) -> int:
@@ -89,23 +73,31 @@ async def _tick_with_bodies(runtime: ForecastRuntime) -> int:
 async def _time_ticks(runtimes: list[ForecastRuntime], *, repeats: int) -> _Samples:
     for runtime in runtimes:
         await _tick_with_bodies(runtime)  # warm-up
-    timers = [_TimedInference(runtime) for runtime in runtimes]
     samples = _Samples()
     for _ in range(repeats):
-        for timer in timers:
-            timer.elapsed_ns = 0
-        bodies_ns = 0
+        windows_ns = inference_ns = outlooks_ns = bodies_ns = 0
         started = time.perf_counter_ns()
         for runtime in runtimes:
             bodies_ns += await _tick_with_bodies(runtime)
+            phases = runtime.last_tick
+            assert phases is not None
+            windows_ns += phases.windows_ns
+            inference_ns += phases.inference_ns
+            outlooks_ns += phases.outlooks_ns
         samples.tick.append((time.perf_counter_ns() - started) / 1e6)
-        samples.inference.append(sum(t.elapsed_ns for t in timers) / 1e6)
+        samples.windows.append(windows_ns / 1e6)
+        samples.inference.append(inference_ns / 1e6)
+        samples.outlooks.append(outlooks_ns / 1e6)
         samples.bodies.append(bodies_ns / 1e6)
     return samples
 
 
 def _p50(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def _minus(totals: list[float], parts: list[float]) -> list[float]:
+    return [total - part for total, part in zip(totals, parts, strict=True)]
 
 
 def _p99(values: list[float]) -> float:
@@ -134,14 +126,15 @@ async def _measure(beds: int, *, repeats: int, model: str | None) -> dict[str, f
         "beds": beds,
         "batched_p50_ms": _p50(batched.tick),
         "batched_p99_ms": _p99(batched.tick),
+        "windows_p50_ms": _p50(batched.windows),
         "inference_p50_ms": _p50(batched.inference),
+        "outlooks_p50_ms": _p50(batched.outlooks),
         "bodies_p50_ms": _p50(batched.bodies),
-        "rest_p50_ms": _p50(
-            [t - i - b for t, i, b in zip(batched.tick, batched.inference, batched.bodies, strict=True)]
-        ),
         "per_bed_p50_ms": _p50(per_bed.tick),
         "per_bed_p99_ms": _p99(per_bed.tick),
         "ratio": _p50(per_bed.tick) / _p50(batched.tick),
+        "ratio_without_bodies": _p50(_minus(per_bed.tick, per_bed.bodies))
+        / _p50(_minus(batched.tick, batched.bodies)),
         "backend": together.choice_reason,
         "model": model_ref,
     }
@@ -169,20 +162,24 @@ def main(argv: list[str] | None = None) -> int:
         f"model {rows[0]['model']}"
     )
     print(f"backend: {rows[0]['backend']}; {args.repeats} repeats after a warm-up tick\n")
-    print("| beds | batched tick p50 ms | p99 ms | one bed per call p50 ms | p99 ms | ratio |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| beds | batched tick p50 ms | p99 ms | one bed per call p50 ms | p99 ms | ratio "
+        "| ratio without bodies |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row['beds']} | {row['batched_p50_ms']:.2f} | {row['batched_p99_ms']:.2f} | "
-            f"{row['per_bed_p50_ms']:.2f} | {row['per_bed_p99_ms']:.2f} | {row['ratio']:.1f} |"
+            f"{row['per_bed_p50_ms']:.2f} | {row['per_bed_p99_ms']:.2f} | {row['ratio']:.1f} "
+            f"| {row['ratio_without_bodies']:.1f} |"
         )
     print("\nbatched tick by phase, p50 ms:\n")
-    print("| beds | inference | windows + outlooks + thread hop | bodies |")
-    print("|---:|---:|---:|---:|")
+    print("| beds | windows | inference | outlooks | bodies |")
+    print("|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
-            f"| {row['beds']} | {row['inference_p50_ms']:.2f} | {row['rest_p50_ms']:.2f} | "
-            f"{row['bodies_p50_ms']:.2f} |"
+            f"| {row['beds']} | {row['windows_p50_ms']:.2f} | {row['inference_p50_ms']:.2f} | "
+            f"{row['outlooks_p50_ms']:.2f} | {row['bodies_p50_ms']:.2f} |"
         )
     return 0
 
