@@ -397,7 +397,9 @@ class _Outputs:
     def empty(cls, *, beds: int) -> _Outputs:
         return cls(
             ran=np.zeros(beds, dtype=np.bool_),
-            quantiles=np.zeros((beds, len(SIGNALS), len(HORIZONS_MIN), 3), dtype=np.float32),
+            quantiles=np.zeros(
+                (beds, len(SIGNALS), len(HORIZONS_MIN), len(_REPORTED_QUANTILES)), dtype=np.float32
+            ),
             events=np.zeros((beds, len(EVENTS), len(HORIZONS_MIN)), dtype=np.float32),
         )
 
@@ -434,8 +436,9 @@ def _outlooks(
 ) -> list[BedForecast]:
     """Turn a tick's outputs into per-bed forecasts: array operations for all beds, then plain lists.
 
-    Values are rounded here, in float64 (a float32 value times 10**decimals is exact there, so this
-    equals Python's `round` of each value without a call per value).
+    Values are rounded here for all beds, in float64: a float32 value times 10**decimals is exact
+    there, so a rounded forecast, last value or probability equals Python's `round` of it (an age, a
+    float64 sum, may differ from it by one in its last digit at a near-tie).
     """
     steps_ago = windows.last_valid_steps_ago()
     last_rows = np.where(steps_ago >= 0, WINDOW_STEPS - 1 - steps_ago, 0)
