@@ -2,9 +2,9 @@
 
 A tick builds one body per bed, 64 at a ward's full size, on the event loop: each body is one plain
 dict validated by pydantic in one call (its core builds the nested models), not a constructor call
-per nested model; the parts every bed of a tick shares (the model reference, the horizons, the event
-descriptions) are built once, and the runtime has already rounded and clamped every number for all
-beds at once.
+per nested model. The parts every bed of a tick shares (the model reference, the timestamp, the
+horizons, the event descriptions) are built once, and the runtime has already rounded and clamped
+every number, for all beds at once.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ _VALIDATE = ForecastBody.model_validate
 def _model_ref(model_id: str, version: str, kind: str, backend: str, precision: str) -> ForecastModelRef:
     """Return the (immutable) model reference shared by every body of the same model and backend."""
     return ForecastModelRef(id=model_id, version=version, kind=kind, backend=backend, precision=precision)
+
+
+@lru_cache(maxsize=4)
+def _made_at(made_at_s: float) -> datetime:
+    """Return the (immutable) timestamp every bed of a tick shares."""
+    return datetime.fromtimestamp(made_at_s, tz=UTC)
 
 
 def forecast_body(forecast: BedForecast) -> ForecastBody:
@@ -55,7 +61,7 @@ def forecast_body(forecast: BedForecast) -> ForecastBody:
     return _VALIDATE(
         {
             "model": _model_ref(card.id, card.version, card.kind, forecast.backend, forecast.precision),
-            "made_at": datetime.fromtimestamp(forecast.made_at_s, tz=UTC),
+            "made_at": _made_at(forecast.made_at_s),
             "horizons_min": HORIZONS_MIN,
             "signals": signals,
             "events": events,
