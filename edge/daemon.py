@@ -48,8 +48,9 @@ LINK_MAX_SILENCE_S = 5.0
 PUBLISHER_MAX_SILENCE_S = 5.0
 ENGINES_MIN_SILENCE_S = 10.0
 """An inference that has not completed a tick for this long (or 3 ticks) is hung."""
-FORECAST_SPREAD = 0.5
-"""A tick's forecasts (a body each, published, shown in the twin) are spread over this part of the tick."""
+FORECAST_SPREAD_S = 0.5
+"""A tick's forecasts (a body each, published, shown in the twin) are spread over this long, at most
+half the tick: not all beds at once into the publisher's queue, and a predictive alarm waits no more."""
 
 
 class PublisherFailed(Exception):
@@ -560,8 +561,7 @@ class Daemon:
                         runtime.reload(force=runtime.needs_fallback), name="model-reload"
                     )
                 forecasts = await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic())
-                # Spread over part of the tick, not 64 at once into the publisher's queue.
-                pause_s = engines.tick_s * FORECAST_SPREAD / max(1, len(forecasts))
+                pause_s = min(FORECAST_SPREAD_S, engines.tick_s / 2) / max(1, len(forecasts))
                 for index, forecast in enumerate(forecasts):
                     if index:
                         await asyncio.sleep(pause_s)
