@@ -54,6 +54,9 @@ ENGINES_MIN_SILENCE_S = 10.0
 _NOT_IN_SNAPSHOT = frozenset({"dropped", "last_progress_s"})
 """Publisher stats the diagnostics snapshot shows in another form."""
 """An inference that has not completed a tick for this long (or 3 ticks) is hung."""
+FORECAST_SPREAD_S = 0.5
+"""A tick's forecasts (a body each, published, shown in the twin) are spread over this long, at most
+half the tick: not all beds at once into the publisher's queue, and a predictive alarm waits no more."""
 
 
 class PublisherFailed(Exception):
@@ -591,7 +594,11 @@ class Daemon:
                     reload = asyncio.create_task(
                         runtime.reload(force=runtime.needs_fallback), name="model-reload"
                     )
-                for forecast in await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic()):
+                forecasts = await runtime.tick(now_s=self._forecast_epoch_s + time.monotonic())
+                pause_s = min(FORECAST_SPREAD_S, engines.tick_s / 2) / max(1, len(forecasts))
+                for index, forecast in enumerate(forecasts):
+                    if index:
+                        await asyncio.sleep(pause_s)
                     body = forecast_body(forecast)
                     self._twin.set_forecast(bed=forecast.bed, forecast=body)
                     self._history.forecast(bed=forecast.bed, body=body, now_mono_s=time.monotonic())

@@ -1,7 +1,8 @@
 """Feature windows: the last WINDOW_STEPS steps of every signal, with masks, in canonical units.
 
-Two producers, one shape. At run time `BedHistory` is fed each observation as it arrives and keeps a
-ring of per-step sums, so building a window each tick costs O(window), never a rescan of history.
+Two producers, one shape. At run time `WardHistory` is fed each observation as it arrives and keeps
+one ring of per-step sums for all beds, so building every bed's window each tick is a few array
+operations, never a rescan of history nor a loop over beds.
 For training and evaluation, `windows_from_grid` slices a per-minute grid (a WFDB numerics record, a
 synthetic patient). In both, a step's value is the mean of its valid observations; a value in an
 unknown unit or outside the signal's plausible range is counted and masked, never fed to a model.
@@ -12,7 +13,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -53,112 +55,127 @@ def plausible(signal: Signal, value: float) -> bool:
     return math.isfinite(value) and signal.minimum <= value <= signal.maximum
 
 
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+
+
 @dataclass(frozen=True, slots=True)
-class FeatureWindow:
-    """One bed's model input: rows are steps (oldest first, the last row is the step holding 'now')."""
+class FeatureWindows:
+    """Every bed's model input at one tick: rows are beds, then steps (oldest first, the last holds 'now')."""
 
     values: FloatArray
-    """[WINDOW_STEPS, len(SIGNALS)], 0 where masked."""
+    """[beds, WINDOW_STEPS, len(SIGNALS)], 0 where masked."""
     mask: FloatArray
     context: FloatArray
-    """[WINDOW_STEPS, len(CONTEXT)]."""
+    """[beds, WINDOW_STEPS, len(CONTEXT)]."""
     context_mask: FloatArray
 
-    def fresh_signals(self, *, within_steps: int = FRESH_WITHIN_STEPS) -> dict[str, bool]:
-        """Return, per signal key, whether it has a valid value within the last `within_steps` steps."""
-        recent = self.mask[-within_steps:]
-        return {signal.key: bool(recent[:, index].any()) for index, signal in enumerate(SIGNALS)}
+    @property
+    def beds(self) -> int:
+        """Return how many beds the windows hold."""
+        return int(self.values.shape[0])
 
-    def last_valid_age_steps(self) -> dict[str, int | None]:
-        """Return, per signal key, how many steps ago its last valid value was (None: none in window)."""
-        ages: dict[str, int | None] = {}
-        for index, signal in enumerate(SIGNALS):
-            valid = np.flatnonzero(self.mask[:, index])
-            ages[signal.key] = None if valid.size == 0 else int(self.mask.shape[0] - 1 - valid[-1])
-        return ages
+    def fresh(self, *, within_steps: int = FRESH_WITHIN_STEPS) -> BoolArray:
+        """Return [beds, len(SIGNALS)]: whether the signal has a valid value within the last steps."""
+        return np.asarray(self.mask[:, -within_steps:, :].any(axis=1))
 
+    def last_valid_steps_ago(self) -> IntArray:
+        """Return [beds, len(SIGNALS)]: how many steps ago the last valid value was (-1: none in window)."""
+        valid = self.mask > 0
+        from_end = np.argmax(valid[:, ::-1, :], axis=1)
+        return np.where(valid.any(axis=1), from_end, -1).astype(np.int64)
 
-@dataclass(slots=True)
-class _Channel:
-    signal: Signal
-    sums: npt.NDArray[np.float64]
-    counts: npt.NDArray[np.int64]
-    steps: npt.NDArray[np.int64]
-    """Absolute step number held in each ring slot (-1: empty)."""
+    def valid_steps(self) -> IntArray:
+        """Return [beds, len(SIGNALS)]: how many steps of the window hold a valid value."""
+        return np.asarray(np.count_nonzero(self.mask, axis=1), dtype=np.int64)
 
 
-def _channel(signal: Signal, steps: int) -> _Channel:
-    return _Channel(
-        signal=signal,
-        sums=np.zeros(steps, dtype=np.float64),
-        counts=np.zeros(steps, dtype=np.int64),
-        steps=np.full(steps, -1, dtype=np.int64),
-    )
+_CHANNELS: tuple[Signal, ...] = (*SIGNALS, *CONTEXT)
+"""The ring's channel axis: the forecast signals, then the ventilator context."""
+_CHANNEL_INDEX = {signal.key: (index, signal) for index, signal in enumerate(_CHANNELS)}
 
 
-@dataclass(slots=True)
-class BedHistory:
-    """The recent history of one bed, kept as a ring of per-step sums (incremental, bounded)."""
+class WardHistory:
+    """The recent history of every bed, kept as one ring of per-step sums [beds, channels, steps].
 
-    step_s: float = STEP_S
-    steps: int = WINDOW_STEPS
-    rejected: Counter[str] = field(default_factory=Counter)
-    """Observations not used, by reason (`unit`, `implausible`, `invalid`, `late`)."""
-    _channels: dict[str, _Channel] = field(init=False)
+    `observe` adds one observation to its bed's slot (incremental, bounded); `windows` reads every
+    bed's window at once with one gather per ring array, so a tick costs a few array operations
+    whatever the number of beds. Each bed keeps its own counters of rejected observations.
+    """
 
-    def __post_init__(self) -> None:
-        self._channels = {s.key: _channel(s, self.steps) for s in (*SIGNALS, *CONTEXT)}
+    def __init__(self, *, beds: Iterable[str], step_s: float = STEP_S, steps: int = WINDOW_STEPS) -> None:
+        self.beds = tuple(beds)
+        if len(set(self.beds)) != len(self.beds):
+            raise ValueError(f"bed ids must be unique: {self.beds}")
+        self.step_s = step_s
+        self.steps = steps
+        self._bed_index = {bed: index for index, bed in enumerate(self.beds)}
+        shape = (len(self.beds), len(_CHANNELS), steps)
+        self._sums = np.zeros(shape, dtype=np.float64)
+        self._counts = np.zeros(shape, dtype=np.int64)
+        self._held = np.full(shape, -1, dtype=np.int64)
+        """Absolute step number held in each ring slot (-1: empty)."""
+        self._rejected = [Counter[str]() for _ in self.beds]
 
-    def observe(self, *, key: str, value: float | None, unit: str, valid: bool, at_s: float) -> bool:
-        """Add one observation taken at wall time at_s (epoch seconds); return whether it was used."""
-        channel = self._channels.get(key)
+    def rejected(self, *, bed: str) -> Counter[str]:
+        """Return the bed's observations not used, by reason (`unit`, `implausible`, `invalid`, `late`)."""
+        return self._rejected[self._bed_index[bed]]
+
+    def observe(
+        self, *, bed: str, key: str, value: float | None, unit: str, valid: bool, at_s: float
+    ) -> bool:
+        """Add one observation of a bed at wall time at_s (epoch seconds); return whether it was used."""
+        row = self._bed_index[bed]
+        channel = _CHANNEL_INDEX.get(key)
         if channel is None:
             return False
+        column, signal = channel
+        rejected = self._rejected[row]
         if not valid or value is None:
-            self.rejected["invalid"] += 1
+            rejected["invalid"] += 1
             return False
-        canonical = to_canonical(channel.signal, value=value, unit=unit)
+        canonical = to_canonical(signal, value=value, unit=unit)
         if canonical is None:
-            self.rejected["unit"] += 1
-            LOGGER.debug("%s in unit %r is not convertible to %s", key, unit, channel.signal.unit)
+            rejected["unit"] += 1
+            LOGGER.debug("%s in unit %r is not convertible to %s", key, unit, signal.unit)
             return False
-        if not plausible(channel.signal, canonical):
-            self.rejected["implausible"] += 1
+        if not plausible(signal, canonical):
+            rejected["implausible"] += 1
             return False
         step = math.floor(at_s / self.step_s)
-        slot = step % self.steps
-        held = int(channel.steps[slot])
+        slot = (row, column, step % self.steps)
+        held = int(self._held[slot])
         if held > step:
-            self.rejected["late"] += 1
+            rejected["late"] += 1
             return False
         if held != step:
-            channel.steps[slot] = step
-            channel.sums[slot] = 0.0
-            channel.counts[slot] = 0
-        channel.sums[slot] += canonical
-        channel.counts[slot] += 1
+            self._held[slot] = step
+            self._sums[slot] = 0.0
+            self._counts[slot] = 0
+        self._sums[slot] += canonical
+        self._counts[slot] += 1
         return True
 
-    def window(self, *, now_s: float) -> FeatureWindow:
-        """Return the window ending with the step that holds now_s."""
+    def windows(self, *, now_s: float) -> FeatureWindows:
+        """Return every bed's window ending with the step that holds now_s."""
         last_step = math.floor(now_s / self.step_s)
         wanted = np.arange(last_step - self.steps + 1, last_step + 1, dtype=np.int64)
         slots = wanted % self.steps
+        counts = self._counts[:, :, slots]
+        present = (self._held[:, :, slots] == wanted) & (counts > 0)
+        means = np.divide(self._sums[:, :, slots], counts, out=np.zeros(counts.shape), where=present)
+        split = len(SIGNALS)
 
-        def grid(signals: tuple[Signal, ...]) -> tuple[FloatArray, FloatArray]:
-            values = np.zeros((self.steps, len(signals)), dtype=np.float32)
-            mask = np.zeros((self.steps, len(signals)), dtype=np.float32)
-            for column, signal in enumerate(signals):
-                channel = self._channels[signal.key]
-                present = (channel.steps[slots] == wanted) & (channel.counts[slots] > 0)
-                counts = np.where(present, channel.counts[slots], 1)
-                values[:, column] = np.where(present, channel.sums[slots] / counts, 0.0)
-                mask[:, column] = present
-            return values, mask
+        def rows(grid: npt.NDArray[np.generic], channels: slice) -> FloatArray:
+            """[beds, channels, steps] -> contiguous float32 [beds, steps, channels]."""
+            return np.ascontiguousarray(grid[:, channels].transpose(0, 2, 1), dtype=np.float32)
 
-        values, mask = grid(SIGNALS)
-        context, context_mask = grid(CONTEXT)
-        return FeatureWindow(values=values, mask=mask, context=context, context_mask=context_mask)
+        return FeatureWindows(
+            values=rows(means, slice(None, split)),
+            mask=rows(present, slice(None, split)),
+            context=rows(means, slice(split, None)),
+            context_mask=rows(present, slice(split, None)),
+        )
 
 
 def clean_grid(values: npt.ArrayLike, signals: tuple[Signal, ...]) -> tuple[FloatArray, FloatArray]:

@@ -1,10 +1,17 @@
-"""The forecasting runtime: every tick, one batched inference for all beds, off the event loop.
+"""The forecasting runtime: every tick, one batched inference for all beds.
+
+A tick is a few array operations whatever the number of beds: every bed's window comes from one ring
+(`WardHistory`) in one gather, the model runs once per MAX_BATCH beds, and the outlooks (freshness,
+last values, the NaN/Infinity checks) are computed for all beds at once; only the assembly of each
+bed's `BedForecast` from plain Python lists is per bed.
 
 Threads (who owns what):
 - The event loop (the caller) owns the bed histories, builds the windows at each tick and swaps
-  backends; it never waits for a load.
-- One inference thread (the single-worker executor `engines`) runs every forward pass and closes
-  backends that were swapped out.
+  backends; it never waits for a load. It runs onnxruntime's forward pass itself: on the CPU a
+  64-bed pass takes well under a millisecond, less than the hop to a thread and back.
+- One inference thread (the single-worker executor `engines`) runs every TensorRT forward pass (a GPU
+  stack that hangs must never stop the loop, and with it the vitals) and closes backends that were
+  swapped out.
 - Each load (`start`, `reload`) runs on a daemon thread of its own (`engines-load`): the catalog scan
   with its hashing, the onnxruntime session, the TensorRT plan build or deserialization. A load that
   hangs therefore never stops a tick, and never keeps the process from exiting. The CUDA rule holds:
@@ -22,24 +29,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple, cast
 
 import numpy as np
+import numpy.typing as npt
 
-from engines.backend import BackendName, BatchInput, BatchOutput, EngineBackend
+from engines.backend import BackendName, BatchInput, EngineBackend
 from engines.backends import abandon, close_quietly, in_daemon_thread, open_backend
 from engines.catalog import SHIPPED_MODELS_DIR, InstalledModel, ModelError, scan_models, select_model
-from engines.features import BedHistory, FeatureWindow
+from engines.features import FeatureWindows, IntArray, WardHistory
 from engines.onnx_backend import OnnxRuntimeBackend
-from engines.spec import EVENTS, FRESH_WITHIN_STEPS, HORIZONS_MIN, MAX_BATCH, QUANTILES, SIGNALS, STEP_S
+from engines.spec import (
+    EVENTS,
+    FRESH_WITHIN_STEPS,
+    HORIZONS_MIN,
+    MAX_BATCH,
+    QUANTILES,
+    SIGNAL_KEYS,
+    SIGNALS,
+    STEP_S,
+    WINDOW_STEPS,
+)
 from engines.tensorrt_backend import describe
 
 LOGGER = logging.getLogger(__name__)
 
-_P10, _P50, _P90 = (QUANTILES.index(q) for q in (0.1, 0.5, 0.9))
+_REPORTED_QUANTILES = [QUANTILES.index(q) for q in (0.1, 0.5, 0.9)]
+"""Where p10, p50 and p90 sit on the model's quantile axis."""
+_EVENT_SIGNALS = [SIGNAL_KEYS.index(event.signal) for event in EVENTS]
+VALUE_DECIMALS = 3
+"""Forecasts and last values are reported to 0.001 of their unit (float32 carries ~7 digits, the rest
+is arithmetic noise); ages to 0.1 s, probabilities to 0.0001."""
+AGE_DECIMALS = 1
+PROBABILITY_DECIMALS = 4
+_INLINE_BACKENDS = frozenset({"onnxruntime"})
+"""Backends whose forward pass runs on the event loop: CPU only, nothing that can hang in a driver."""
 
 DEFAULT_LOAD_TIMEOUT_S = 600.0
 """How long one TensorRT load may take (two plan builds on a Jetson) before onnxruntime runs instead."""
@@ -51,9 +80,8 @@ class EnginesUnavailable(Exception):
     """No model could be loaded (the message says why); the daemon runs without forecasts."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SignalOutlook:
-    """One signal's forecast for one bed."""
+class SignalOutlook(NamedTuple):
+    """One signal's forecast for one bed (a named tuple: immutable, and cheap at 5 per bed per tick)."""
 
     key: str
     unit: str
@@ -61,7 +89,7 @@ class SignalOutlook:
     last_age_s: float
     valid_minutes: int
     quantiles: tuple[tuple[float, float, float], ...]
-    """(p10, p50, p90) per horizon, in HORIZONS_MIN order."""
+    """(p10, p50, p90) per horizon, in HORIZONS_MIN order (VALUE_DECIMALS)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,8 +104,18 @@ class BedForecast:
     precision: str
     signals: tuple[SignalOutlook, ...]
     events: dict[str, tuple[float, ...]]
-    """Event key -> probability per horizon (only events whose signal is fresh)."""
+    """Event key -> probability in [0, 1] per horizon (only events whose signal is fresh)."""
     unavailable: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TickPhases:
+    """How long the phases of the last tick took, in nanoseconds (for the benchmark and diagnostics)."""
+
+    windows_ns: int
+    inference_ns: int
+    """Every forward pass, with the hop to the inference thread where there is one."""
+    outlooks_ns: int
 
 
 _Loaded = tuple[EngineBackend, str] | None
@@ -97,7 +135,7 @@ class ForecastRuntime:
         cache_dir: Path | None = None,
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
     ) -> None:
-        self._histories = {bed: BedHistory() for bed in beds}
+        self._history = WardHistory(beds=beds)
         self._backend_choice: BackendName = backend
         self._model_ref = model_ref
         self._extra_models_dir = extra_models_dir
@@ -113,6 +151,7 @@ class ForecastRuntime:
         self.choice_reason = ""
         self.status = "loading"
         """One line for the daemon's status: loading, running (model, backend, why) or unavailable."""
+        self.last_tick: TickPhases | None = None
 
     @property
     def backend(self) -> EngineBackend:
@@ -265,11 +304,11 @@ class ForecastRuntime:
         self, *, bed: str, key: str, value: float | None, unit: str, valid: bool, at_s: float
     ) -> None:
         """Feed one observation of a bed (wall-clock epoch seconds)."""
-        self._histories[bed].observe(key=key, value=value, unit=unit, valid=valid, at_s=at_s)
+        self._history.observe(bed=bed, key=key, value=value, unit=unit, valid=valid, at_s=at_s)
 
     def rejected(self, *, bed: str) -> dict[str, int]:
         """Return how many observations of a bed were not used, by reason."""
-        return dict(self._histories[bed].rejected)
+        return dict(self._history.rejected(bed=bed))
 
     async def tick(self, *, now_s: float) -> list[BedForecast]:
         """Forecast every bed with one batched inference per MAX_BATCH beds.
@@ -277,43 +316,56 @@ class ForecastRuntime:
         A forward pass that raises is no crash: its beds get no forecast this tick, the reason says
         why, and a TensorRT failure makes `needs_fallback` true.
         """
+        started_ns = time.perf_counter_ns()
         async with self._swap_lock:
             backend = self.backend
-            windows = {bed: history.window(now_s=now_s) for bed, history in self._histories.items()}
-            fresh = {bed: window.fresh_signals() for bed, window in windows.items()}
-            to_run = [bed for bed in windows if any(fresh[bed].values())]
-            outputs: dict[str, tuple[BatchOutput, int]] = {}
-            failed: str | None = None
-            loop = asyncio.get_running_loop()
-            for start in range(0, len(to_run), MAX_BATCH):
-                chunk = to_run[start : start + MAX_BATCH]
-                batch = _stack([windows[bed] for bed in chunk])
-                try:
+            windows = self._history.windows(now_s=now_s)
+            fresh = windows.fresh()
+            windowed_ns = time.perf_counter_ns()
+            outputs = await self._infer(backend, windows=windows, rows=np.flatnonzero(fresh.any(axis=1)))
+            inferred_ns = time.perf_counter_ns()
+        forecasts = _outlooks(
+            beds=self._history.beds,
+            windows=windows,
+            fresh=fresh,
+            outputs=outputs,
+            now_s=now_s,
+            backend=backend,
+        )
+        self.last_tick = TickPhases(
+            windows_ns=windowed_ns - started_ns,
+            inference_ns=inferred_ns - windowed_ns,
+            outlooks_ns=time.perf_counter_ns() - inferred_ns,
+        )
+        return forecasts
+
+    async def _infer(self, backend: EngineBackend, *, windows: FeatureWindows, rows: IntArray) -> _Outputs:
+        """Run the beds in rows, MAX_BATCH at a time; stop at the first forward pass that fails."""
+        outputs = _Outputs.empty(beds=windows.beds)
+        inline = backend.name in _INLINE_BACKENDS
+        loop = asyncio.get_running_loop()
+        for start in range(0, rows.size, MAX_BATCH):
+            chunk = rows[start : start + MAX_BATCH]
+            batch = _batch(windows, chunk)
+            try:
+                if inline:
+                    output = backend.infer(batch)
+                else:
                     output = await loop.run_in_executor(self._executor, backend.infer, batch)
-                except Exception as exc:  # noqa: BLE001 - logged with its traceback in _report
-                    failed = describe(exc)
-                    self._report(
-                        logging.ERROR,
-                        f"{backend.name} inference of {backend.model.ref} failed: {failed}",
-                        exc_info=exc,
-                    )
-                    if backend.name == "tensorrt":
-                        self._tensorrt_failed = failed
-                    break
-                for row, bed in enumerate(chunk):
-                    outputs[bed] = (output, row)
-        return [
-            _bed_forecast(
-                bed=bed,
-                window=window,
-                fresh=fresh[bed],
-                output=outputs.get(bed),
-                now_s=now_s,
-                backend=backend,
-                failed=failed,
-            )
-            for bed, window in windows.items()
-        ]
+            except Exception as exc:  # noqa: BLE001 - logged with its traceback in _report
+                outputs.failed = describe(exc)
+                self._report(
+                    logging.ERROR,
+                    f"{backend.name} inference of {backend.model.ref} failed: {outputs.failed}",
+                    exc_info=exc,
+                )
+                if backend.name == "tensorrt":
+                    self._tensorrt_failed = outputs.failed
+                break
+            outputs.ran[chunk] = True
+            outputs.quantiles[chunk] = output.quantiles[:, :, : len(HORIZONS_MIN)][..., _REPORTED_QUANTILES]
+            outputs.events[chunk] = output.event_probability
+        return outputs
 
     async def close(self) -> None:
         """Release the backend and stop the inference thread (a load still running is discarded)."""
@@ -325,83 +377,142 @@ class ForecastRuntime:
         self._executor.shutdown(wait=True)
 
 
-def _stack(windows: list[FeatureWindow]) -> BatchInput:
+_Quantiles = tuple[tuple[float, float, float], ...]
+
+
+@dataclass(slots=True, kw_only=True)
+class _Outputs:
+    """One tick's model outputs for every bed (rows of beds that did not run stay unset)."""
+
+    ran: npt.NDArray[np.bool_]
+    """[beds]: whether the bed's forward pass ran."""
+    quantiles: npt.NDArray[np.float32]
+    """[beds, signals, horizons, (p10, p50, p90)]."""
+    events: npt.NDArray[np.float32]
+    """[beds, events, horizons]."""
+    failed: str | None = None
+    """Why a forward pass failed (the beds after it did not run)."""
+
+    @classmethod
+    def empty(cls, *, beds: int) -> _Outputs:
+        return cls(
+            ran=np.zeros(beds, dtype=np.bool_),
+            quantiles=np.zeros(
+                (beds, len(SIGNALS), len(HORIZONS_MIN), len(_REPORTED_QUANTILES)), dtype=np.float32
+            ),
+            events=np.zeros((beds, len(EVENTS), len(HORIZONS_MIN)), dtype=np.float32),
+        )
+
+
+def _batch(windows: FeatureWindows, rows: IntArray) -> BatchInput:
+    if rows.size == windows.beds:  # every bed (rows are sorted and unique): no copy
+        return BatchInput(
+            values=windows.values,
+            mask=windows.mask,
+            context=windows.context,
+            context_mask=windows.context_mask,
+        )
     return BatchInput(
-        values=np.stack([w.values for w in windows]),
-        mask=np.stack([w.mask for w in windows]),
-        context=np.stack([w.context for w in windows]),
-        context_mask=np.stack([w.context_mask for w in windows]),
+        values=windows.values[rows],
+        mask=windows.mask[rows],
+        context=windows.context[rows],
+        context_mask=windows.context_mask[rows],
     )
 
 
-def _bed_forecast(
+def _as_lists(array: npt.NDArray[Any]) -> Any:
+    """Return an array as nested Python lists of Python scalars (numpy converts in one call)."""
+    return array.tolist()
+
+
+def _outlooks(
     *,
-    bed: str,
-    window: FeatureWindow,
-    fresh: dict[str, bool],
-    output: tuple[BatchOutput, int] | None,
+    beds: tuple[str, ...],
+    windows: FeatureWindows,
+    fresh: npt.NDArray[np.bool_],
+    outputs: _Outputs,
     now_s: float,
     backend: EngineBackend,
-    failed: str | None,
-) -> BedForecast:
-    unavailable: dict[str, str] = {}
-    signals: list[SignalOutlook] = []
-    events: dict[str, tuple[float, ...]] = {}
-    ages = window.last_valid_age_steps()
-    step_offset_s = now_s % STEP_S
-    for index, signal in enumerate(SIGNALS):
-        if fresh[signal.key] and output is None and failed is not None:
-            unavailable[signal.key] = f"inference failed: {failed}"
-            continue
-        if not fresh[signal.key] or output is None:
-            age = ages[signal.key]
-            unavailable[signal.key] = (
-                f"no valid {signal.key} in the last {window.mask.shape[0]} min"
-                if age is None
-                else f"last valid {signal.key} is {age} min old (needs one within {FRESH_WITHIN_STEPS} min)"
-            )
-            continue
-        batch_output, row = output
-        valid_rows = np.flatnonzero(window.mask[:, index])
-        last_row = int(valid_rows[-1])
-        quantiles = batch_output.quantiles[row, index]
-        if not np.all(np.isfinite(quantiles[: len(HORIZONS_MIN)])):
-            # An overflowing engine (FP16) must not put NaN or Infinity on the wire: JSON has neither.
-            unavailable[signal.key] = f"the model gave a non-finite {signal.key} forecast"
-            continue
-        signals.append(
-            SignalOutlook(
-                key=signal.key,
-                unit=signal.unit,
-                last_value=float(window.values[last_row, index]),
-                last_age_s=float((window.mask.shape[0] - 1 - last_row) * STEP_S + step_offset_s),
-                valid_minutes=int(valid_rows.size),
-                quantiles=tuple(
-                    (float(q[_P10]), float(q[_P50]), float(q[_P90])) for q in quantiles[: len(HORIZONS_MIN)]
-                ),
+) -> list[BedForecast]:
+    """Turn a tick's outputs into per-bed forecasts: array operations for all beds, then plain lists.
+
+    Values are rounded here for all beds, in float64: a float32 value times 10**decimals is exact
+    there, so a rounded forecast, last value or probability equals Python's `round` of it (an age, a
+    float64 sum, may differ from it by one in its last digit at a near-tie).
+    """
+    steps_ago = windows.last_valid_steps_ago()
+    last_rows = np.where(steps_ago >= 0, WINDOW_STEPS - 1 - steps_ago, 0)
+    last_values = np.take_along_axis(windows.values, last_rows[:, None, :], axis=1)[:, 0, :]
+    last_ages_s = np.round(steps_ago * STEP_S + now_s % STEP_S, AGE_DECIMALS)
+    finite_signals = np.asarray(np.isfinite(outputs.quantiles).all(axis=(2, 3)))
+    finite_events = np.asarray(np.isfinite(outputs.events).all(axis=2))
+    quantiles = np.round(outputs.quantiles.astype(np.float64), VALUE_DECIMALS)
+    probabilities = np.round(np.clip(outputs.events.astype(np.float64), 0.0, 1.0), PROBABILITY_DECIMALS)
+    # One conversion to Python objects per array, never one per scalar in the loop below.
+    fresh_rows: list[list[bool]] = _as_lists(fresh)
+    ran_rows: list[bool] = _as_lists(outputs.ran)
+    steps_ago_rows: list[list[int]] = _as_lists(steps_ago)
+    last_value_rows: list[list[float]] = _as_lists(np.round(last_values.astype(np.float64), VALUE_DECIMALS))
+    last_age_rows: list[list[float]] = _as_lists(last_ages_s)
+    valid_steps_rows: list[list[int]] = _as_lists(windows.valid_steps())
+    quantile_rows: list[list[list[list[float]]]] = _as_lists(quantiles)
+    finite_signal_rows: list[list[bool]] = _as_lists(finite_signals)
+    finite_event_rows: list[list[bool]] = _as_lists(finite_events)
+    event_rows: list[list[list[float]]] = _as_lists(probabilities)
+    failed = outputs.failed
+    forecasts: list[BedForecast] = []
+    for row, bed in enumerate(beds):
+        unavailable: dict[str, str] = {}
+        signals: list[SignalOutlook] = []
+        events: dict[str, tuple[float, ...]] = {}
+        ran, bed_fresh = ran_rows[row], fresh_rows[row]
+        for index, signal in enumerate(SIGNALS):
+            key = signal.key
+            if bed_fresh[index] and not ran and failed is not None:
+                unavailable[key] = f"inference failed: {failed}"
+            elif not bed_fresh[index] or not ran:
+                age = steps_ago_rows[row][index]
+                unavailable[key] = (
+                    f"no valid {key} in the last {WINDOW_STEPS} min"
+                    if age < 0
+                    else f"last valid {key} is {age} min old (needs one within {FRESH_WITHIN_STEPS} min)"
+                )
+            elif not finite_signal_rows[row][index]:
+                # An overflowing engine (FP16) must not put NaN or Infinity on the wire: JSON has neither.
+                unavailable[key] = f"the model gave a non-finite {key} forecast"
+            else:
+                signals.append(
+                    SignalOutlook(
+                        key=key,
+                        unit=signal.unit,
+                        last_value=last_value_rows[row][index],
+                        last_age_s=last_age_rows[row][index],
+                        valid_minutes=valid_steps_rows[row][index],
+                        quantiles=cast(_Quantiles, tuple(map(tuple, quantile_rows[row][index]))),
+                    )
+                )
+        for index, event in enumerate(EVENTS):
+            signal_fresh = bed_fresh[_EVENT_SIGNALS[index]]
+            if not ran or not signal_fresh:
+                unavailable[event.key] = (
+                    f"inference failed: {failed}"
+                    if signal_fresh and failed is not None
+                    else f"needs a fresh {event.signal}"
+                )
+            elif not finite_event_rows[row][index]:
+                unavailable[event.key] = f"the model gave a non-finite {event.key} probability"
+            else:
+                events[event.key] = tuple(event_rows[row][index])
+        forecasts.append(
+            BedForecast(
+                bed=bed,
+                made_at_s=now_s,
+                model=backend.model,
+                backend=backend.name,
+                precision=backend.precision,
+                signals=tuple(signals),
+                events=events,
+                unavailable=unavailable,
             )
         )
-    for index, event in enumerate(EVENTS):
-        if output is None or not fresh[event.signal]:
-            unavailable[event.key] = (
-                f"inference failed: {failed}"
-                if fresh[event.signal] and failed is not None
-                else f"needs a fresh {event.signal}"
-            )
-            continue
-        batch_output, row = output
-        probabilities = batch_output.event_probability[row, index]
-        if not np.all(np.isfinite(probabilities)):
-            unavailable[event.key] = f"the model gave a non-finite {event.key} probability"
-            continue
-        events[event.key] = tuple(float(p) for p in probabilities)
-    return BedForecast(
-        bed=bed,
-        made_at_s=now_s,
-        model=backend.model,
-        backend=backend.name,
-        precision=backend.precision,
-        signals=tuple(signals),
-        events=events,
-        unavailable=unavailable,
-    )
+    return forecasts

@@ -1,13 +1,23 @@
-"""Feature windows: BedHistory at run time and windows_from_grid for training agree, with masks."""
+"""Feature windows: WardHistory at run time and windows_from_grid for training agree, with masks."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.features import MBAR_PER_CMH2O, MMHG_PER_KPA, BedHistory, clean_grid, windows_from_grid
+from engines.features import (
+    MBAR_PER_CMH2O,
+    MMHG_PER_KPA,
+    FeatureWindows,
+    WardHistory,
+    clean_grid,
+    to_canonical,
+    windows_from_grid,
+)
 from engines.spec import CONTEXT, CONTEXT_KEYS, FRESH_WITHIN_STEPS, SIGNAL_KEYS, SIGNALS, STEP_S, WINDOW_STEPS
 
 HR, SPO2, MAP, RR, ETCO2 = (SIGNAL_KEYS.index(k) for k in ("hr", "spo2", "map", "rr", "etco2"))
@@ -20,8 +30,31 @@ def at(step: int, offset_s: float = 1.0) -> float:
     return T0 + step * STEP_S + offset_s
 
 
+class OneBed:
+    """A WardHistory of one bed, read as that bed's window (what most tests below look at)."""
+
+    def __init__(self) -> None:
+        self.ward = WardHistory(beds=["bed"])
+
+    def observe(self, *, key: str, value: float | None, unit: str, valid: bool, at_s: float) -> bool:
+        return self.ward.observe(bed="bed", key=key, value=value, unit=unit, valid=valid, at_s=at_s)
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return self.ward.rejected(bed="bed")
+
+    def window(self, *, now_s: float) -> FeatureWindows:
+        windows = self.ward.windows(now_s=now_s)
+        return FeatureWindows(
+            values=windows.values[0],
+            mask=windows.mask[0],
+            context=windows.context[0],
+            context_mask=windows.context_mask[0],
+        )
+
+
 def test_gaps_are_masked_steps() -> None:
-    history = BedHistory()
+    history = OneBed()
     for step in range(WINDOW_STEPS):
         if not 10 <= step < 15:
             assert history.observe(key="hr", value=70.0 + step, unit="/min", valid=True, at_s=at(step))
@@ -34,7 +67,7 @@ def test_gaps_are_masked_steps() -> None:
 
 
 def test_invalid_and_none_values_are_rejected() -> None:
-    history = BedHistory()
+    history = OneBed()
     assert not history.observe(key="hr", value=80.0, unit="/min", valid=False, at_s=at(0))
     assert not history.observe(key="hr", value=None, unit="/min", valid=True, at_s=at(0))
     assert history.rejected["invalid"] == 2
@@ -43,7 +76,7 @@ def test_invalid_and_none_values_are_rejected() -> None:
 
 
 def test_units_are_converted_to_canonical() -> None:
-    history = BedHistory()
+    history = OneBed()
     assert history.observe(key="etco2", value=5.0, unit="kPa", valid=True, at_s=at(0))
     assert history.observe(key="peep", value=10.0, unit="cm[H2O]", valid=True, at_s=at(0))
     assert history.observe(key="map", value=72.0, unit="mmHg", valid=True, at_s=at(0))
@@ -57,7 +90,7 @@ def test_units_are_converted_to_canonical() -> None:
 
 
 def test_unknown_unit_is_rejected_and_counted() -> None:
-    history = BedHistory()
+    history = OneBed()
     assert not history.observe(key="hr", value=1.2, unit="Hz", valid=True, at_s=at(0))
     assert not history.observe(key="spo2", value=0.95, unit="1", valid=True, at_s=at(0))
     assert history.rejected["unit"] == 2
@@ -65,7 +98,7 @@ def test_unknown_unit_is_rejected_and_counted() -> None:
 
 
 def test_implausible_values_are_rejected() -> None:
-    history = BedHistory()
+    history = OneBed()
     assert not history.observe(key="hr", value=277.0, unit="/min", valid=True, at_s=at(0))
     assert not history.observe(key="spo2", value=36.0, unit="%", valid=True, at_s=at(0))
     assert not history.observe(key="map", value=float("nan"), unit="mm[Hg]", valid=True, at_s=at(0))
@@ -74,7 +107,7 @@ def test_implausible_values_are_rejected() -> None:
 
 
 def test_late_observation_after_the_slot_moved_on() -> None:
-    history = BedHistory()
+    history = OneBed()
     assert history.observe(key="hr", value=80.0, unit="/min", valid=True, at_s=at(WINDOW_STEPS + 3))
     # Step 3 shares the ring slot with step WINDOW_STEPS + 3, which already holds newer data.
     assert not history.observe(key="hr", value=60.0, unit="/min", valid=True, at_s=at(3))
@@ -87,7 +120,7 @@ def test_late_observation_after_the_slot_moved_on() -> None:
 
 
 def test_step_value_is_the_mean_of_its_observations() -> None:
-    history = BedHistory()
+    history = OneBed()
     for offset_s, value in ((0.5, 60.0), (20.0, 70.0), (59.0, 80.0)):
         history.observe(key="hr", value=value, unit="/min", valid=True, at_s=at(5, offset_s))
     history.observe(key="hr", value=90.0, unit="/min", valid=True, at_s=at(6, 0.0))  # next step
@@ -97,7 +130,7 @@ def test_step_value_is_the_mean_of_its_observations() -> None:
 
 
 def test_ring_wraps_over_many_steps() -> None:
-    history = BedHistory()
+    history = OneBed()
     steps = 3 * WINDOW_STEPS + 7
     for step in range(steps):
         history.observe(key="map", value=50.0 + step, unit="mm[Hg]", valid=True, at_s=at(step))
@@ -112,7 +145,7 @@ def test_ring_wraps_over_many_steps() -> None:
 
 
 def test_window_is_aligned_on_the_step_holding_now() -> None:
-    history = BedHistory()
+    history = OneBed()
     history.observe(key="hr", value=75.0, unit="/min", valid=True, at_s=at(50, 59.0))
     history.observe(key="hr", value=99.0, unit="/min", valid=True, at_s=at(51, 0.0))  # after now
     window = history.window(now_s=at(50, 59.5))
@@ -124,21 +157,41 @@ def test_window_is_aligned_on_the_step_holding_now() -> None:
 
 
 def test_fresh_signals_and_last_valid_age() -> None:
-    history = BedHistory()
-    history.observe(key="hr", value=80.0, unit="/min", valid=True, at_s=at(29))
-    history.observe(key="spo2", value=97.0, unit="%", valid=True, at_s=at(29 - FRESH_WITHIN_STEPS + 1))
-    history.observe(key="map", value=70.0, unit="mm[Hg]", valid=True, at_s=at(29 - FRESH_WITHIN_STEPS))
-    window = history.window(now_s=at(29))
-    fresh = window.fresh_signals()
-    assert fresh == {"hr": True, "spo2": True, "map": False, "rr": False, "etco2": False}
-    ages = window.last_valid_age_steps()
-    assert ages == {
-        "hr": 0,
-        "spo2": FRESH_WITHIN_STEPS - 1,
-        "map": FRESH_WITHIN_STEPS,
-        "rr": None,
-        "etco2": None,
-    }
+    history = WardHistory(beds=["a", "b"])
+    history.observe(bed="a", key="hr", value=80.0, unit="/min", valid=True, at_s=at(29))
+    history.observe(
+        bed="a", key="spo2", value=97.0, unit="%", valid=True, at_s=at(29 - FRESH_WITHIN_STEPS + 1)
+    )
+    history.observe(
+        bed="a", key="map", value=70.0, unit="mm[Hg]", valid=True, at_s=at(29 - FRESH_WITHIN_STEPS)
+    )
+    history.observe(bed="b", key="rr", value=14.0, unit="/min", valid=True, at_s=at(20))
+    history.observe(bed="b", key="rr", value=15.0, unit="/min", valid=True, at_s=at(27))
+    windows = history.windows(now_s=at(29))
+    assert windows.fresh().tolist() == [
+        [True, True, False, False, False],
+        [False, False, False, True, False],
+    ]
+    assert windows.last_valid_steps_ago().tolist() == [
+        [0, FRESH_WITHIN_STEPS - 1, FRESH_WITHIN_STEPS, -1, -1],
+        [-1, -1, -1, 2, -1],
+    ]
+    assert windows.valid_steps().tolist() == [[1, 1, 1, 0, 0], [0, 0, 0, 2, 0]]
+
+
+def test_beds_never_share_a_slot() -> None:
+    history = WardHistory(beds=["a", "b"])
+    history.observe(bed="a", key="hr", value=80.0, unit="/min", valid=True, at_s=at(3))
+    assert not history.observe(bed="b", key="hr", value=300.0, unit="/min", valid=True, at_s=at(3))
+    windows = history.windows(now_s=at(3))
+    assert windows.values[:, -1, HR].tolist() == [80.0, 0.0]
+    assert windows.mask[:, -1, HR].tolist() == [1.0, 0.0]
+    assert history.rejected(bed="a") == Counter()
+    assert history.rejected(bed="b") == Counter(implausible=1)
+    with pytest.raises(KeyError):
+        history.observe(bed="c", key="hr", value=80.0, unit="/min", valid=True, at_s=at(3))
+    with pytest.raises(ValueError, match="unique"):
+        WardHistory(beds=["a", "a"])
 
 
 def test_windows_from_grid_pads_before_the_start() -> None:
@@ -186,7 +239,7 @@ def test_windows_from_grid_equals_bed_history(
     case: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int],
 ) -> None:
     values, mask, context, context_mask, end = case
-    history = BedHistory()
+    history = OneBed()
     for step in range(end + 1):
         for column, signal in enumerate(SIGNALS):
             if mask[step, column]:
@@ -214,3 +267,99 @@ def test_windows_from_grid_equals_bed_history(
     np.testing.assert_array_equal(m[0], window.mask)
     np.testing.assert_array_equal(c[0], window.context)
     np.testing.assert_array_equal(cm[0], window.context_mask)
+
+
+_KEYS = (*SIGNAL_KEYS, *CONTEXT_KEYS)
+_BY_KEY = {signal.key: signal for signal in (*SIGNALS, *CONTEXT)}
+_OTHER_UNITS = {"etco2": "kPa", "peep": "cm[H2O]", "map": "mmHg", "hr": "Hz"}
+
+
+Feed = tuple[list[str], list[tuple[str, str, float | None, str, bool, float]], float]
+
+
+@st.composite
+def ward_feeds(draw: st.DrawFn) -> Feed:
+    """Beds, observations in arrival order (late, future, invalid, implausible, other units), and now.
+
+    Few distinct steps (0-3, each WINDOW_STEPS * 0-3 later), so ring slots are shared often.
+    """
+    rng = np.random.default_rng(draw(st.integers(min_value=0, max_value=2**32 - 1)))
+    beds = [f"bed-{i}" for i in range(draw(st.integers(min_value=1, max_value=3)))]
+    keys = (*_KEYS, "not-a-signal")
+    feed: list[tuple[str, str, float | None, str, bool, float]] = []
+    for _ in range(draw(st.sampled_from((0, 1, 5, 20, 60, 150)))):
+        key = str(rng.choice(("hr", "peep", *keys)))
+        signal = _BY_KEY.get(key, SIGNALS[0])
+        kind = rng.random()
+        value: float | None = (
+            None
+            if kind < 0.1
+            else float(rng.uniform(signal.minimum - 20, signal.maximum + 20))
+            if kind < 0.25
+            else float(rng.uniform(signal.minimum, signal.maximum))
+        )
+        unit = _OTHER_UNITS.get(key, signal.unit) if rng.random() < 0.15 else signal.unit
+        step = int(rng.integers(0, 4) + WINDOW_STEPS * rng.integers(0, 4))
+        at_s = at(step, float(rng.uniform(0.0, STEP_S)))
+        feed.append((str(rng.choice(beds)), key, value, unit, bool(rng.random() < 0.9), at_s))
+    now_s = at(int(rng.integers(0, 3 * WINDOW_STEPS + 4)), float(rng.uniform(0.0, STEP_S)))
+    return beds, feed, now_s
+
+
+@settings(max_examples=150, deadline=None)
+@given(ward_feeds())
+def test_the_ward_ring_equals_a_straightforward_reference(feed: Feed) -> None:
+    """Every bed's window from the one ring equals the mean of the bed's accepted observations per step.
+
+    The reference keeps every accepted observation in a list; an observation is late when the same
+    bed and key already accepted a newer step that shares its ring slot (a step WINDOW_STEPS apart),
+    and a step in the window is empty when a newer step (after now) took its slot.
+    """
+    beds, observations, now_s = feed
+    history = WardHistory(beds=beds)
+    accepted: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    rejected = {bed: Counter[str]() for bed in beds}
+    for bed, key, value, unit, valid, at_s in observations:
+        used = history.observe(bed=bed, key=key, value=value, unit=unit, valid=valid, at_s=at_s)
+        signal = _BY_KEY.get(key)
+        expected_used = False
+        if signal is None:
+            pass
+        elif not valid or value is None:
+            rejected[bed]["invalid"] += 1
+        elif (canonical := to_canonical(signal, value=value, unit=unit)) is None:
+            rejected[bed]["unit"] += 1
+        elif not signal.minimum <= canonical <= signal.maximum:
+            rejected[bed]["implausible"] += 1
+        else:
+            step = int(at_s // STEP_S)
+            kept = accepted.setdefault((bed, key), [])
+            if any(s > step and (s - step) % WINDOW_STEPS == 0 for s, _ in kept):
+                rejected[bed]["late"] += 1
+            else:
+                kept.append((step, canonical))
+                expected_used = True
+        assert used == expected_used
+    for bed in beds:
+        assert history.rejected(bed=bed) == rejected[bed]
+
+    windows = history.windows(now_s=now_s)
+    last_step = int(now_s // STEP_S)
+    for row, bed in enumerate(beds):
+        for signals, values, mask in (
+            (SIGNALS, windows.values, windows.mask),
+            (CONTEXT, windows.context, windows.context_mask),
+        ):
+            for column, signal in enumerate(signals):
+                kept = accepted.get((bed, signal.key), [])
+                for index, step in enumerate(range(last_step - WINDOW_STEPS + 1, last_step + 1)):
+                    same = [v for s, v in kept if s == step]
+                    overwritten = any(s > step and (s - step) % WINDOW_STEPS == 0 for s, _ in kept)
+                    if same and not overwritten:
+                        total = 0.0
+                        for v in same:
+                            total += v
+                        expected = np.float32(total / len(same))
+                        assert (values[row, index, column], mask[row, index, column]) == (expected, 1.0)
+                    else:
+                        assert (values[row, index, column], mask[row, index, column]) == (0.0, 0.0)

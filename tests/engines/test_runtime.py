@@ -6,16 +6,30 @@ import asyncio
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engines.backend import BatchInput, BatchOutput
 from engines.catalog import ModelError, sha256_file, write_manifest
+from engines.features import FeatureWindows, WardHistory
 from engines.onnx_backend import OnnxRuntimeBackend
-from engines.runtime import EnginesUnavailable, ForecastRuntime
+from engines.runtime import BedForecast, EnginesUnavailable, ForecastRuntime
+from engines.spec import (
+    CONTEXT,
+    EVENTS,
+    FRESH_WITHIN_STEPS,
+    HORIZONS_MIN,
+    MAX_BATCH,
+    QUANTILES,
+    SIGNALS,
+    WINDOW_STEPS,
+)
 from engines.testing import build_test_model
 
 NOW_S = 1_764_000_000.0 + 30.0
@@ -303,3 +317,194 @@ async def test_a_non_finite_model_output_is_unavailable_never_a_number(
     assert forecast.unavailable["hr"] == "the model gave a non-finite hr forecast"
     assert forecast.events == {}
     assert forecast.unavailable["spo2_below_90"] == "the model gave a non-finite spo2_below_90 probability"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    build_test_model(root, model_id="runtime-test", default=False)
+    return root
+
+
+def _reference_forecast(
+    *,
+    bed: str,
+    window: FeatureWindows,
+    row: int,
+    output: BatchOutput | None,
+    failed: str | None,
+    now_s: float,
+) -> dict[str, object]:
+    """One bed's forecast computed the straightforward way: Python loops and Python's round per value."""
+    values, mask = window.values[row], window.mask[row]
+    fresh = {s.key: bool(mask[-FRESH_WITHIN_STEPS:, i].any()) for i, s in enumerate(SIGNALS)}
+    signals: list[tuple[object, ...]] = []
+    events: dict[str, tuple[float, ...]] = {}
+    unavailable: dict[str, str] = {}
+    p10, p50, p90 = (QUANTILES.index(q) for q in (0.1, 0.5, 0.9))
+    for index, signal in enumerate(SIGNALS):
+        valid_rows = [r for r in range(WINDOW_STEPS) if mask[r, index]]
+        if fresh[signal.key] and output is None and failed is not None:
+            unavailable[signal.key] = f"inference failed: {failed}"
+        elif not fresh[signal.key] or output is None:
+            unavailable[signal.key] = (
+                f"no valid {signal.key} in the last {WINDOW_STEPS} min"
+                if not valid_rows
+                else f"last valid {signal.key} is {WINDOW_STEPS - 1 - valid_rows[-1]} min old "
+                f"(needs one within {FRESH_WITHIN_STEPS} min)"
+            )
+        elif not np.isfinite(output.quantiles[index]).all():
+            unavailable[signal.key] = f"the model gave a non-finite {signal.key} forecast"
+        else:
+            last = valid_rows[-1]
+            signals.append(
+                (
+                    signal.key,
+                    signal.unit,
+                    round(float(values[last, index]), 3),
+                    round((WINDOW_STEPS - 1 - last) * 60 + now_s % 60, 1),
+                    len(valid_rows),
+                    tuple(
+                        (round(float(q[p10]), 3), round(float(q[p50]), 3), round(float(q[p90]), 3))
+                        for q in output.quantiles[index]
+                    ),
+                )
+            )
+    for index, event in enumerate(EVENTS):
+        if output is None or not fresh[event.signal]:
+            unavailable[event.key] = (
+                f"inference failed: {failed}"
+                if fresh[event.signal] and failed is not None
+                else f"needs a fresh {event.signal}"
+            )
+        elif not np.isfinite(output.event_probability[index]).all():
+            unavailable[event.key] = f"the model gave a non-finite {event.key} probability"
+        else:
+            events[event.key] = tuple(
+                round(min(1.0, max(0.0, float(p))), 4) for p in output.event_probability[index]
+            )
+    return {"bed": bed, "signals": signals, "events": events, "unavailable": unavailable}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    beds=st.sampled_from((1, 3, 64, 70, 130)),
+    fail_batch=st.sampled_from((None, 0, 1)),
+)
+def test_a_tick_equals_a_per_bed_reference(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, seed: int, beds: int, fail_batch: int | None
+) -> None:
+    """The vectorized tick says, for every bed, what a per-bed loop with Python arithmetic says.
+
+    Random histories (gaps, stale and empty beds), random model outputs with NaN and Infinity and
+    probabilities outside [0, 1], and a forward pass that may fail for one batch of MAX_BATCH beds.
+    Ages are on a 1/8 s grid, where numpy's rounding and Python's agree exactly.
+    """
+    rng = np.random.default_rng(seed)
+    names = [f"bed-{i:03d}" for i in range(beds)]
+    now_s = NOW_S + rng.integers(0, 480) / 8
+    feed = []
+    for name in names:
+        for signal in (*SIGNALS, *CONTEXT):
+            present = rng.random()
+            for minutes_ago in range(WINDOW_STEPS + 5):
+                if rng.random() < present * 0.7:
+                    value = rng.uniform(signal.minimum, signal.maximum)
+                    feed.append((name, signal.key, float(value), signal.unit, now_s - 60 * minutes_ago))
+    batches: list[BatchOutput | None] = []
+
+    def infer(batch: BatchInput) -> BatchOutput:
+        if fail_batch == len(batches):
+            batches.append(None)
+            raise RuntimeError("the forward pass failed")
+        shape = (batch.beds, len(SIGNALS), len(HORIZONS_MIN), len(QUANTILES))
+        quantiles = rng.normal(80, 40, size=shape).astype(np.float32)
+        quantiles[rng.random(shape) < 0.01] = np.nan
+        quantiles[rng.random(shape) < 0.01] = np.inf
+        events = rng.uniform(-0.1, 1.1, size=(batch.beds, len(EVENTS), len(HORIZONS_MIN))).astype(np.float32)
+        events[rng.random(events.shape) < 0.02] = np.nan
+        batches.append(BatchOutput(quantiles=quantiles, event_probability=events))
+        return batches[-1]
+
+    async def tick() -> list[BedForecast]:
+        runtime = _runtime(model_dir, names)
+        await runtime.start()
+        try:
+            monkeypatch.setattr(runtime.backend, "infer", infer)
+            for name, key, value, unit, at_s in feed:
+                runtime.observe(bed=name, key=key, value=value, unit=unit, valid=True, at_s=at_s)
+            return await runtime.tick(now_s=now_s)
+        finally:
+            await runtime.close()
+
+    forecasts = asyncio.run(tick())
+    history = WardHistory(beds=names)
+    for name, key, value, unit, at_s in feed:
+        history.observe(bed=name, key=key, value=value, unit=unit, valid=True, at_s=at_s)
+    windows = history.windows(now_s=now_s)
+    runnable = [row for row in range(beds) if windows.mask[row, -FRESH_WITHIN_STEPS:].any()]
+    outputs: dict[int, BatchOutput] = {}
+    failed = None
+    for number, start in enumerate(range(0, len(runnable), MAX_BATCH)):
+        if number == fail_batch:
+            failed = "RuntimeError: the forward pass failed"
+            break
+        for offset, row in enumerate(runnable[start : start + MAX_BATCH]):
+            output = batches[number]
+            assert output is not None
+            outputs[row] = BatchOutput(
+                quantiles=output.quantiles[offset], event_probability=output.event_probability[offset]
+            )
+    chunks = -(-len(runnable) // MAX_BATCH)
+    assert len(batches) == (chunks if fail_batch is None or fail_batch >= chunks else fail_batch + 1), (
+        "one forward pass per MAX_BATCH beds, none after a failed one"
+    )
+    assert [f.bed for f in forecasts] == names
+    for row, forecast in enumerate(forecasts):
+        expected = _reference_forecast(
+            bed=names[row], window=windows, row=row, output=outputs.get(row), failed=failed, now_s=now_s
+        )
+        assert {
+            "bed": forecast.bed,
+            "signals": [tuple(s) for s in forecast.signals],
+            "events": forecast.events,
+            "unavailable": forecast.unavailable,
+        } == expected
+        assert forecast.made_at_s == now_s
+
+
+async def test_onnxruntime_runs_on_the_loop_and_tensorrt_on_the_inference_thread(
+    tmp_path: Path, fake_gpu_stack: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU forward pass needs no thread hop; a GPU one keeps its thread (a hung driver never stops
+    the loop, and with it the vitals)."""
+    fake_gpu_stack("works")
+    build_test_model(tmp_path, model_id="runtime-test", default=False)
+    threads: dict[str, str] = {}
+    for choice in ("onnxruntime", "auto"):
+        runtime = ForecastRuntime(
+            beds=["bed-07"],
+            backend="auto" if choice == "auto" else "onnxruntime",
+            model_ref="runtime-test",
+            extra_models_dir=tmp_path,
+            cache_dir=tmp_path / "engines",
+        )
+        await runtime.start()
+        try:
+            backend = runtime.backend
+
+            def recording(
+                batch: BatchInput, name: str = backend.name, real: Callable[..., BatchOutput] = backend.infer
+            ) -> BatchOutput:
+                threads[name] = threading.current_thread().name
+                return real(batch)
+
+            monkeypatch.setattr(backend, "infer", recording)
+            _feed(runtime, "bed-07", key="rr", unit="/min", values=[14, 15], end_s=NOW_S)
+            (forecast,) = await runtime.tick(now_s=NOW_S)
+            assert [s.key for s in forecast.signals] == ["rr"]
+            assert runtime.last_tick is not None
+        finally:
+            await runtime.close()
+    assert threads == {"onnxruntime": threading.current_thread().name, "tensorrt": "engines_0"}
