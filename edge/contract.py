@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from pydantic_core import to_json
 
 from edge.model import Body, format_rfc3339_ms
 
@@ -78,22 +81,70 @@ class Topics:
 def encode_message(
     body: Body, *, appliance: str, bed: str | None, session: int, seq: int, ts: datetime
 ) -> bytes:
-    """Stamp the envelope on a body and return the JSON bytes a subscriber receives."""
-    envelope = {
-        "schema": body.SCHEMA,
-        "appliance": appliance,
-        "bed": bed,
-        "session": session,
-        "seq": seq,
-        "ts": format_rfc3339_ms(ts),
-    }
-    return encode_document(envelope | body.model_dump(mode="json"))
+    """Stamp the envelope on a body and return the JSON bytes a subscriber receives.
+
+    The body is serialized by pydantic's Rust serializer in one call; the envelope goes first and the
+    body's fields follow it in the same object.
+    """
+    envelope = to_json(
+        {
+            "schema": body.SCHEMA,
+            "appliance": appliance,
+            "bed": bed,
+            "session": session,
+            "seq": seq,
+            "ts": format_rfc3339_ms(ts),
+        }
+    )
+    fields = body.__pydantic_serializer__.to_json(body)
+    if fields != b"{}":
+        envelope = envelope[:-1] + b"," + fields[1:]
+    return _finish(envelope)
 
 
 def encode_document(document: dict[str, Any]) -> bytes:
-    """Return the JSON bytes of a payload document, compact, UTF-8.
+    """Return the JSON bytes of a payload document, compact, UTF-8 (the same encoder as `encode_message`).
 
-    allow_nan=False: NaN and Infinity are not JSON; a body carrying one is refused here (the publisher
+    NaN and Infinity are not JSON: a body carrying one is refused here (ValueError; the publisher
     counts and logs it) rather than breaking every central station's parser.
     """
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _finish(to_json(document, inf_nan_mode="constants"))
+
+
+_NON_FINITE = (b"NaN", b"Infinity")
+# pydantic writes a UTC instant as `"2026-11-25T20:23:32.123456Z"`, or without the fraction when the
+# microseconds are 0. The patterns run over the REVERSED bytes, where each starts with the literal `"Z`
+# (the closing quote first), which the regex engine finds fast; the replacements are literal, so no
+# Python code runs per instant. Only a string value that is exactly an instant matches.
+_MICROSECONDS_REVERSED = re.compile(rb'"Z\d{3}(?=\d{3}\.\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}")')
+"""The closing `Z"` and the last three fraction digits (dropped: truncation, as `format_rfc3339_ms`)."""
+_WHOLE_SECOND_REVERSED = re.compile(rb'"Z(?=\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}")')
+"""The closing `Z"` of an instant without a fraction (`.000` goes in)."""
+_OFFSET_REVERSED = re.compile(rb'"\d\d:\d\d[+-](?:\d{6}\.)?\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}"')
+"""An instant with a UTC offset other than zero (a device clock's zone)."""
+_WITH_OFFSET = re.compile(rb'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{6})?[+-]\d\d:\d\d)"')
+
+
+def _finish(encoded: bytes) -> bytes:
+    """Refuse non-finite numbers and write every instant as RFC 3339 UTC with milliseconds.
+
+    The common case is three C-level regex passes over the bytes (see the patterns above). The rare
+    cases take a slower exact path: a `NaN`/`Infinity` text (which may sit inside a string: only a
+    number token is refused), an instant with a non-zero offset (rewritten in UTC).
+    """
+    if any(constant in encoded for constant in _NON_FINITE):
+        json.loads(encoded, parse_constant=_refuse_constant)
+    backwards = _MICROSECONDS_REVERSED.sub(b'"Z', encoded[::-1])
+    backwards = _WHOLE_SECOND_REVERSED.sub(b'"Z000.', backwards)
+    if _OFFSET_REVERSED.search(backwards) is None:
+        return backwards[::-1]
+    return _WITH_OFFSET.sub(_as_utc, backwards[::-1])
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"Out of range float values are not JSON compliant: {name}")
+
+
+def _as_utc(match: re.Match[bytes]) -> bytes:
+    moment = datetime.fromisoformat(match.group(1).decode("ascii"))
+    return f'"{format_rfc3339_ms(moment)}"'.encode("ascii")
