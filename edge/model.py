@@ -530,7 +530,9 @@ Body = (
 class Envelope(_Frozen):
     """Fields every payload carries."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, ser_json_inf_nan="constants")
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, ser_json_inf_nan="constants"
+    )
     SCHEMA: ClassVar[str]
     schema_id: str = Field(alias="schema", description="payload schema, e.g. icu-edge/twin/1")
     appliance: str
