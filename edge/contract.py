@@ -59,6 +59,19 @@ class Topics:
         """Return the retained topic of one alarm (cleared after it ends)."""
         return f"{self.root}/bed/{bed}/alarm/{alarm_id}"
 
+    def is_bulk_state(self, topic: str) -> bool:
+        """Whether `topic` carries bulk retained state (twin, forecast, device status), not vitals or alarms.
+
+        A function of the topic alone, so every message of one topic takes the same publisher lane.
+        """
+        prefix = f"{self.root}/bed/"
+        if not topic.startswith(prefix):
+            return False
+        parts = topic[len(prefix) :].split("/")
+        return (len(parts) == 2 and parts[1] in ("twin", "forecast")) or (
+            len(parts) == 3 and parts[1] == "device"
+        )
+
     def command_result(self, bed: str) -> str:
         """Return the topic the appliance answers commands on."""
         return f"{self.root}/bed/{bed}/cmd-result"
