@@ -6,11 +6,12 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
+from pydantic import BaseModel
 from pydantic_core import to_json
 
-from edge.model import Body, format_rfc3339_ms
+from edge.model import Body, Timestamp, format_rfc3339_ms
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,18 +125,64 @@ def encode_document(document: dict[str, Any]) -> bytes:
     return _finish(to_json(document, inf_nan_mode="constants"))
 
 
+_INSTANT_TYPES: set[object] = {Timestamp, datetime}
+
+
+def _instant_fields() -> frozenset[str]:
+    """Return the names of every instant field of every payload (the envelope's `ts` included).
+
+    The encoder rewrites instants by their key, so a name must mean an instant wherever it appears:
+    a payload field of another type with the same name is a programming error, refused at import.
+    """
+    instants = {"ts"}
+    others: set[str] = set()
+    seen: set[type[BaseModel]] = set()
+    pending: list[object] = list(get_args(Body))
+    while pending:
+        node = pending.pop()
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if node in seen:
+                continue
+            seen.add(node)
+            for name, info in node.model_fields.items():
+                annotation = info.annotation
+                members = set(get_args(annotation)) - {type(None)}
+                if annotation in _INSTANT_TYPES or (members and members <= _INSTANT_TYPES):
+                    instants.add(name)
+                else:
+                    others.add(name)
+                    pending.append(annotation)
+        else:
+            pending.extend(get_args(node))
+    if clash := instants & others:
+        raise RuntimeError(f"payload fields named like instants but of another type: {sorted(clash)}")
+    return frozenset(instants)
+
+
 _NON_FINITE = (b"NaN", b"Infinity")
-# pydantic writes a UTC instant as `"2026-11-25T20:23:32.123456Z"`, or without the fraction when the
-# microseconds are 0. The patterns run over the REVERSED bytes, where each starts with the literal `"Z`
-# (the closing quote first), which the regex engine finds fast; the replacements are literal, so no
-# Python code runs per instant. Only a string value that is exactly an instant matches.
-_MICROSECONDS_REVERSED = re.compile(rb'"Z\d{3}(?=\d{3}\.\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}")')
+# pydantic writes an instant in UTC as `"2026-11-25T20:23:32.123456Z"`, or without the fraction when
+# the microseconds are 0, and with the offset otherwise (`+01:00`). The patterns run over the
+# REVERSED bytes, where each starts with the literal `"Z` (the closing quote first), which the regex
+# engine finds fast, and the replacements are literal, so no Python code runs per instant. Each
+# pattern also requires the key of an instant field right before the value (`{"at":"...` or
+# `,"at":"...`), so a string that merely looks like an instant (a device's text) is never touched.
+_KEYS_REVERSED = b"|".join(re.escape(name[::-1].encode()) for name in sorted(_instant_fields()))
+_VALUE_START_REVERSED = rb'":"(?:' + _KEYS_REVERSED + rb')"[{,]'
+_MICROSECONDS_REVERSED = re.compile(
+    rb'"Z\d{3}(?=\d{3}\.\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}' + _VALUE_START_REVERSED + rb")"
+)
 """The closing `Z"` and the last three fraction digits (dropped: truncation, as `format_rfc3339_ms`)."""
-_WHOLE_SECOND_REVERSED = re.compile(rb'"Z(?=\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}")')
+_WHOLE_SECOND_REVERSED = re.compile(rb'"Z(?=\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}' + _VALUE_START_REVERSED + rb")")
 """The closing `Z"` of an instant without a fraction (`.000` goes in)."""
-_OFFSET_REVERSED = re.compile(rb'"\d\d:\d\d[+-](?:\d{6}\.)?\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}"')
+_OFFSET_REVERSED = re.compile(
+    rb'"\d\d:\d\d[+-](?:\d{6}\.)?\d\d:\d\d:\d\dT\d\d-\d\d-\d{4}' + _VALUE_START_REVERSED
+)
 """An instant with a UTC offset other than zero (a device clock's zone)."""
-_WITH_OFFSET = re.compile(rb'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{6})?[+-]\d\d:\d\d)"')
+_WITH_OFFSET = re.compile(
+    rb'([{,]"(?:'
+    + b"|".join(re.escape(name.encode()) for name in sorted(_instant_fields()))
+    + rb')":)"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{6})?[+-]\d\d:\d\d)"'
+)
 
 
 def _finish(encoded: bytes) -> bytes:
@@ -159,5 +206,5 @@ def _refuse_constant(name: str) -> float:
 
 
 def _as_utc(match: re.Match[bytes]) -> bytes:
-    moment = datetime.fromisoformat(match.group(1).decode("ascii"))
-    return f'"{format_rfc3339_ms(moment)}"'.encode("ascii")
+    moment = datetime.fromisoformat(match.group(2).decode("ascii"))
+    return match.group(1) + f'"{format_rfc3339_ms(moment)}"'.encode("ascii")

@@ -432,7 +432,7 @@ class Outbox:
         """Bound what one transaction adds to the files: its WAL frames and the pages it may add."""
         pages, frames = self._new_pages(rows)
         if deletes:
-            frames += deletes * _DELETE_FRAMES_PER_ROW + _TRANSACTION_EXTRA_PAGES
+            frames += deletes * _DELETE_FRAMES_PER_ROW + (0 if rows else _TRANSACTION_EXTRA_PAGES)
         return pages * self._page_size + frames * (self._page_size + _WAL_FRAME_HEADER_BYTES)
 
     def _refresh_fast_budget(self, *, cap: int, usage: int) -> None:
