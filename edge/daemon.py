@@ -604,7 +604,8 @@ class Daemon:
                     self._history.forecast(bed=forecast.bed, body=body, now_mono_s=time.monotonic())
                     if self._alarms is not None:
                         self._alarms.forecast(bed=forecast.bed, forecast=body)
-                    self._bed_state[forecast.bed].dirty = True
+                    # No twin for a forecast (it has its own retained topic): the twin's `forecast`
+                    # rides the next twin the rate limit lets out.
                     self._publisher.submit(
                         topic=self._topics.forecast(forecast.bed),
                         bed=forecast.bed,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from drivers.base import AlarmPriority
 
@@ -24,12 +24,18 @@ def format_rfc3339_ms(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-Timestamp = Annotated[AwareDatetime, PlainSerializer(format_rfc3339_ms, return_type=str, when_used="json")]
-"""A wall-clock instant; serialized as RFC 3339 UTC with milliseconds."""
+Timestamp = AwareDatetime
+"""A wall-clock instant; on the wire RFC 3339 UTC with milliseconds.
+
+pydantic serializes it natively (no Python call per instant); `edge.contract.encode_message` brings
+the text to that form (`Z`, exactly three fraction digits) on the encoded bytes.
+"""
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and Infinity come out as the JSON-breaking constants, never as a silent null: the encoder
+    # refuses them (edge.contract), the alarm store reads them back as they were.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 class InvalidReason(enum.StrEnum):
@@ -524,7 +530,9 @@ Body = (
 class Envelope(_Frozen):
     """Fields every payload carries."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, ser_json_inf_nan="constants"
+    )
     SCHEMA: ClassVar[str]
     schema_id: str = Field(alias="schema", description="payload schema, e.g. icu-edge/twin/1")
     appliance: str

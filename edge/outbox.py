@@ -10,9 +10,20 @@ Durability (fsync policy): the database runs with `journal_mode=WAL` and `synchr
 * `normal`: the WAL is fsynced only at checkpoints. A crash of the process loses nothing; a power cut
   may lose the last commits since the previous checkpoint, but never corrupts the database.
 
-The publisher stores each batch of submissions with `store()`, one transaction per chunk of at most
-the WAL budget (one chunk for a usual batch), so `full` costs one fsync per chunk, not per message.
-Deletes after PUBACK are batched the same way.
+The publisher commits each worker step with `store_and_delete()`: the step's new rows and the rows
+acknowledged since the last step, in ONE transaction, so `full` costs one fsync per step, not per
+message, nor one for the inserts and another for the deletes. When that is not allowed (see below) it
+falls back to `store()`, one transaction per chunk of at most the WAL budget (one chunk for a usual
+batch), and `delete()`.
+
+Size bookkeeping is not paid per step: `store_and_delete()` runs without looking at the files (no
+stat, no statvfs, no size PRAGMAs) while a budget measured at the last careful pass lasts: at most
+`FAST_STEPS_MAX` transactions and half the room that pass left under the cap in force, counted with
+the same pessimistic estimate of the WAL frames and pages a transaction writes that the cap uses
+(deletes at 2 frames a row). Past either bound it returns None and the caller takes the careful path,
+which measures, sheds and sets a fresh budget. So the files never grow by more than half the room
+measured at the last check before the next one, and another writer that fills the disk is seen at
+most `FAST_STEPS_MAX` steps later (or at once, as SQLITE_FULL, which also ends the budget).
 
 Disk cap: the cap bounds what the outbox occupies ON DISK: the database file, its `-wal`, `-journal`
 and `-shm` files together (`disk_usage()`). The cap in force (`effective_cap_bytes()`) is the smaller
@@ -83,6 +94,9 @@ _TRANSACTION_EXTRA_PAGES = 24
 _TRANSACTION_EXTRA_FRACTION = 0.125
 """...and per new page: pointer-map and freelist pages touched by allocating it (measured: 5-20 %)."""
 _SHED_BATCH_ROWS = 500
+FAST_STEPS_MAX = 64
+"""`store_and_delete` transactions between two measurements of the files and the free space, at most."""
+_DELETE_FRAMES_PER_ROW = 2
 _DELETE_MIN_BATCH_ROWS = 8
 _SQLITE_FULL = 13
 
@@ -215,6 +229,10 @@ class Outbox:
         self._wal_budget_bytes = WAL_BUDGET_MIN_BYTES
         self._cap_bytes = max_bytes
         """The cap in force at the last `store`/`enforce_cap` (deletes keep their WAL within it)."""
+        self._fast_budget_bytes = 0
+        """What `store_and_delete` may still add to the files before the next careful pass."""
+        self._fast_steps_left = 0
+        self._commits = 0
 
     @property
     def path(self) -> Path:
@@ -225,6 +243,11 @@ class Outbox:
     def max_bytes(self) -> int:
         """The configured disk cap."""
         return self._max_bytes
+
+    @property
+    def commits(self) -> int:
+        """Transactions `store_and_delete` committed so far (one per publisher step on the fast path)."""
+        return self._commits
 
     @property
     def wal_budget_bytes(self) -> int:
@@ -357,6 +380,65 @@ class Outbox:
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox {self._path}: cannot start a session: {exc}") from exc
         return session
+
+    def store_and_delete(
+        self, rows: Sequence[NewRow], delete_ids: Sequence[int]
+    ) -> tuple[list[int], int] | None:
+        """Append rows and delete acknowledged ones in ONE transaction, without size bookkeeping.
+
+        Return (ids of the new rows in delivery order, rows deleted), or None when the budget of the
+        last careful pass is spent or the disk is full (nothing was written): the caller then uses
+        `store` and `delete`, which measure, shed and refresh the budget (module docstring).
+        """
+        growth = self._growth_bytes(rows, len(delete_ids))
+        if self._fast_steps_left <= 0 or growth > self._fast_budget_bytes:
+            return None
+        db = self._conn()
+        ids: list[int] = []
+        deleted = 0
+        try:
+            with transaction(db):
+                if delete_ids:
+                    deleted = db.executemany(
+                        "DELETE FROM messages WHERE id = ?", [(row_id,) for row_id in delete_ids]
+                    ).rowcount
+                for row in rows:
+                    cursor = db.execute(
+                        "INSERT INTO messages (topic, payload, qos, retain, priority, created_wall)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            row.topic,
+                            row.payload,
+                            row.qos,
+                            int(row.retain),
+                            int(row.priority),
+                            row.created_wall,
+                        ),
+                    )
+                    if cursor.lastrowid is None:
+                        raise OutboxError(f"outbox {self._path}: insert returned no row id")
+                    ids.append(cursor.lastrowid)
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            self._fast_budget_bytes = 0
+            return None
+        self._commits += 1
+        self._fast_budget_bytes -= growth
+        self._fast_steps_left -= 1
+        return ids, deleted
+
+    def _growth_bytes(self, rows: Sequence[NewRow], deletes: int) -> int:
+        """Bound what one transaction adds to the files: its WAL frames and the pages it may add."""
+        pages, frames = self._new_pages(rows)
+        if deletes:
+            frames += deletes * _DELETE_FRAMES_PER_ROW + (0 if rows else _TRANSACTION_EXTRA_PAGES)
+        return pages * self._page_size + frames * (self._page_size + _WAL_FRAME_HEADER_BYTES)
+
+    def _refresh_fast_budget(self, *, cap: int, usage: int) -> None:
+        """After a careful pass: `store_and_delete` may add half the room left under the cap."""
+        self._fast_budget_bytes = max(0, cap - usage) // 2
+        self._fast_steps_left = FAST_STEPS_MAX
 
     def append_many(self, rows: Sequence[NewRow]) -> list[int]:
         """Append rows in one transaction, without looking at the cap; return their ids (delivery order)."""
@@ -687,6 +769,7 @@ class Outbox:
             size_after_bytes=self.disk_usage().total_bytes,
             cap_bytes=cap,
         )
+        self._refresh_fast_budget(cap=cap, usage=report.size_after_bytes)
         if report.total:
             LOGGER.debug(
                 "outbox %s: %d bytes on disk with a cap of %d: dropped %d rows (%s), now %d bytes",

@@ -22,8 +22,22 @@ Threads and who owns what:
   counters (behind their own lock, shared with the loop thread); `_ConnectionPolicy` and the map of
   SUBSCRIBE ids to filters are touched by that thread only.
 
-In-flight and reconnect policy: at most `IN_FLIGHT_WINDOW` rows are handed to paho at a time, in id
-order; a row is deleted from the outbox only on a successful PUBACK. When the connection drops, the
+Lanes: a worker step first encodes what was submitted on every topic but bulk state (vitals, events,
+alarms, command results, clears), then at most `BULK_STEP_ROWS` bulk rows (twin, forecast and device
+status topics, `Topics.is_bulk_state`) within `BULK_STEP_S`, and commits all of them, with the
+deletes of the rows acknowledged since the last step, in ONE transaction (`Outbox.store_and_delete`).
+The bulk rows wait in memory (`_bulk`, in submission order) until the step that takes them; while
+connected a step takes them only when every stored row has been handed and the in-flight window has
+room for them behind the step's other rows, so a burst of twins and forecasts never sits in the
+outbox ahead of a vitals message submitted after it: a vitals message waits at most for one bounded
+step's bulk rows. Offline, or past `BULK_BACKLOG_MAX` waiting, bulk rows are stored
+`BULK_STEP_ROWS` a step whatever the window says (memory stays bounded, nothing is held back from
+the disk for long); at stop every waiting row is stored. The lane is a function of the topic alone,
+so two messages of one topic never change order; rows of different topics may.
+
+In-flight and reconnect policy: at most `IN_FLIGHT_WINDOW` rows (less when the broker's Receive
+Maximum says so) are handed to paho at a time, in id order; a row is deleted from the outbox only on a
+successful PUBACK. When the connection drops, the
 rows paho holds stay with paho: paho re-sends them (DUP set) in the order they were published, right
 after the next CONNACK (see `Client._handle_connack` and `_messages_reconnect_reset_out` in paho-mqtt
 2.x), and the worker never hands them again. New rows follow from the highest id handed so far. So
@@ -148,8 +162,16 @@ from edge.outbox import DeliveryPriority, DropReport, NewRow, Outbox, OutboxErro
 
 LOGGER = logging.getLogger(__name__)
 
-IN_FLIGHT_WINDOW = 64
-"""Rows handed to paho and not yet acknowledged, at most."""
+IN_FLIGHT_WINDOW = 256
+"""Rows handed to paho and not yet acknowledged, at most (was 64: a 64-bed forecast tick filled it)."""
+STATUS_IN_FLIGHT = 8
+"""paho's in-flight limit is the window plus this, for the birth and `offline` (not outbox rows)."""
+BULK_STEP_ROWS = 16
+"""Bulk rows (twins, forecasts, device status) encoded and stored per worker step, at most."""
+BULK_STEP_S = 0.005
+"""...and the time a step spends encoding them, at most (at least one row a step is encoded)."""
+BULK_BACKLOG_MAX = 1024
+"""Bulk rows waiting in memory past which they are stored whether or not the window has room."""
 WAKE_INTERVAL_S = 0.2
 """The worker loops at least this often, so `last_progress_s` moves even when nothing happens."""
 BATCH_MAX = 500
@@ -257,6 +279,8 @@ class _Acked:
 class _LinkUp:
     session_present: bool
     birth_seq: int
+    receive_maximum: int | None = None
+    """The broker's MQTT v5 Receive Maximum (None: not given, 65535)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -500,6 +524,18 @@ def _as_history(payload: bytes) -> bytes:
         return payload
 
 
+def _clear_row(event: _Clear) -> NewRow:
+    """Return the outbox row of a clear: zero-length, retained, QoS 1."""
+    return NewRow(
+        topic=event.topic,
+        payload=b"",
+        qos=1,
+        retain=True,
+        priority=event.priority,
+        created_wall=format_rfc3339_ms(event.ts),
+    )
+
+
 def _as_history_row(row: NewRow) -> NewRow:
     """Return a spilled row marked as history (alarm priority and above; others unchanged)."""
     if row.priority < DeliveryPriority.ALARM:
@@ -658,6 +694,10 @@ class Publisher:
         self._link_up = False
         self._in_flight: dict[int, tuple[int | None, DeliveryPriority]] = {}
         """paho mid -> (outbox row id, or None for a row sent from the spill; priority)."""
+        self._window = IN_FLIGHT_WINDOW
+        """The in-flight window of the current connection (the broker's Receive Maximum may narrow it)."""
+        self._bulk: deque[_Submission | _Clear] = deque()
+        """The bulk lane: submissions on bulk state topics not yet encoded and stored, in order."""
         self._cursor = 0
         self._last_stored_id = 0
         """The highest outbox row id stored so far (this session or an earlier one)."""
@@ -961,7 +1001,7 @@ class Publisher:
             min_delay=config.reconnect_min_s,  # type: ignore[arg-type]  # paho annotates int, uses float
             max_delay=config.reconnect_max_s,  # type: ignore[arg-type]
         )
-        client.max_inflight_messages_set(IN_FLIGHT_WINDOW + 8)
+        client.max_inflight_messages_set(IN_FLIGHT_WINDOW + STATUS_IN_FLIGHT)
         # the Will is set in on_pre_connect, before every attempt (the first one included)
         client.on_pre_connect = self._on_pre_connect
         client.on_socket_open = self._on_socket_open
@@ -976,7 +1016,8 @@ class Publisher:
     def _serve(self) -> None:
         while self._stop_request is None:
             try:
-                self._step(wait_s=0.0 if self._waves else WAKE_INTERVAL_S)
+                busy = self._waves or self._bulk_limit(fast_rows=0) > 0
+                self._step(wait_s=0.0 if busy else WAKE_INTERVAL_S)
             except (sqlite3.Error, OutboxError) as exc:
                 if not is_disk_full(exc):
                     self._fail(exc)
@@ -996,7 +1037,7 @@ class Publisher:
     def _publish_snapshot(self, *, last_progress_s: float | None = None) -> None:
         self._snapshot = _WorkerSnapshot(
             connected=self._link_up,
-            pending=self._pending,
+            pending=self._pending + len(self._bulk),
             in_flight=len(self._in_flight),
             acked=self._acked,
             dropped=dict(self._dropped),
@@ -1031,6 +1072,8 @@ class Publisher:
             )
 
     def _fail(self, exc: BaseException) -> None:
+        self._dropped.update(Counter(event.priority for event in self._bulk))
+        self._bulk.clear()
         self._errors += 1
         self._fatal_error = f"outbox failed: {exc}"
         self._last_error = self._fatal_error
@@ -1069,19 +1112,12 @@ class Publisher:
         link_ups = 0
         for event in self._drain(wait_s=wait_s):
             match event:
+                case _Submission() | _Clear() if self._topics.is_bulk_state(event.topic):
+                    self._bulk.append(event)
                 case _Submission():
                     self._take_submission(event, new_rows)
-                case _Clear(topic=topic, priority=priority, ts=ts):
-                    new_rows.append(
-                        NewRow(
-                            topic=topic,
-                            payload=b"",
-                            qos=1,
-                            retain=True,
-                            priority=priority,
-                            created_wall=format_rfc3339_ms(ts),
-                        )
-                    )
+                case _Clear():
+                    new_rows.append(_clear_row(event))
                 case _Acked(mid=mid, failure=failure):
                     self._take_ack(mid=mid, failure=failure, acked_ids=acked_ids)
                 case _LinkUp() | _LinkDown() | _LinkRefused() | _ConnectFailed():
@@ -1123,14 +1159,66 @@ class Publisher:
             self._mark_history_boundary()
             for _ in range(link_ups):
                 self._notify_link_up()
-        if new_rows or disk_retry:
-            self._store(outbox, new_rows, retry=disk_retry)
-        if acked_ids or disk_retry:
-            self._delete(outbox, acked_ids)
+        self._take_bulk(new_rows)
+        if not self._commit_step(outbox, new_rows, acked_ids, disk_retry=disk_retry):
+            if new_rows or disk_retry:
+                self._store(outbox, new_rows, retry=disk_retry)
+            if acked_ids or disk_retry:
+                self._delete(outbox, acked_ids)
         if self._link_up and self._sending:
             self._fill_window(outbox)
         self._flush_loss_reports()
         self._send_waves()
+
+    def _bulk_limit(self, *, fast_rows: int) -> int:
+        """How many waiting bulk rows this step may encode and store (module docstring, 'Lanes')."""
+        if not self._bulk:
+            return 0
+        if self._stop_request is not None:
+            return len(self._bulk)
+        connected = self._link_up and self._sending and not len(self._spill)
+        if not connected or len(self._bulk) > BULK_BACKLOG_MAX:
+            return min(len(self._bulk), BULK_STEP_ROWS)
+        if self._cursor < self._last_stored_id:
+            return 0  # stored rows still wait for the window: the bulk rows would queue behind them
+        return max(0, min(len(self._bulk), BULK_STEP_ROWS, self._window - len(self._in_flight) - fast_rows))
+
+    def _take_bulk(self, new_rows: list[NewRow]) -> None:
+        """Encode bulk rows after the step's other rows: at most `_bulk_limit`, within `BULK_STEP_S`."""
+        limit = self._bulk_limit(fast_rows=len(new_rows))
+        if limit <= 0:
+            return
+        stopping = self._stop_request is not None
+        deadline_s = self._clock() + BULK_STEP_S
+        for taken in range(limit):
+            if taken and not stopping and self._clock() >= deadline_s:
+                return
+            event = self._bulk.popleft()
+            if isinstance(event, _Clear):
+                new_rows.append(_clear_row(event))
+            else:
+                self._take_submission(event, new_rows)
+
+    def _commit_step(
+        self, outbox: Outbox, new_rows: list[NewRow], acked_ids: list[int], *, disk_retry: bool
+    ) -> bool:
+        """Store the step's rows and delete its acked rows in one transaction; False: take the careful path.
+
+        The careful path (`_store`, `_delete`) handles the spill, a full disk and the cap; it runs when
+        the disk was full lately or the outbox's size budget is spent (see edge/outbox.py).
+        """
+        if not (new_rows or acked_ids):
+            return not disk_retry
+        if disk_retry or len(self._spill) or self._undeleted or self._disk_full_logged:
+            return False
+        done = outbox.store_and_delete(new_rows, acked_ids)
+        if done is None:
+            return False
+        ids, deleted = done
+        if ids:
+            self._last_stored_id = max(self._last_stored_id, ids[-1])
+        self._pending += len(ids) - deleted
+        return True
 
     def _mark_history_boundary(self) -> None:
         """A connection came up: the alarm rows waiting now (outbox and spill) are sent as history.
@@ -1234,6 +1322,8 @@ class Publisher:
         match event:
             case _LinkUp(session_present=session_present, birth_seq=birth_seq):
                 self._link_up = True
+                receive_maximum = event.receive_maximum or IN_FLIGHT_WINDOW + STATUS_IN_FLIGHT
+                self._window = max(1, min(IN_FLIGHT_WINDOW, receive_maximum - STATUS_IN_FLIGHT))
                 self._link_birth_seq = birth_seq
                 self._connect_failures = 0
                 self._connect_reasons_logged.clear()
@@ -1385,7 +1475,7 @@ class Publisher:
     def _fill_window(self, outbox: Outbox) -> None:
         client = self._client
         assert client is not None
-        room = IN_FLIGHT_WINDOW - len(self._in_flight)
+        room = self._window - len(self._in_flight)
         if room <= 0:
             return
         rows = outbox.pending(after_id=self._cursor, limit=room)
@@ -1404,6 +1494,9 @@ class Publisher:
                 continue
             # MQTT_ERR_NO_CONN: paho keeps the message and sends it after the next CONNACK.
             self._in_flight[info.mid] = (row.id, row.priority)
+        if len(rows) < room:
+            # Every stored row is handed (ids up to the last stored one that the answer lacks were shed).
+            self._cursor = max(self._cursor, self._last_stored_id)
         if len(rows) < room and len(self._spill):
             # Every stored row is handed: the spilled rows (newer than all of them) follow, from memory,
             # after the stored ones of this pass, so each topic keeps its order.
@@ -1483,7 +1576,7 @@ class Publisher:
         assert self._stop_request is not None
         if self._fatal_error is None:
             deadline = self._clock() + self._stop_request.flush_timeout_s
-            while self._pending > 0 and self._link_up and self._clock() < deadline:
+            while (self._pending or self._bulk) and self._link_up and self._clock() < deadline:
                 self._safe_step()
                 if self._fatal_error is not None:
                     break
@@ -1580,7 +1673,14 @@ class Publisher:
                 self._subscribe(client, self._central_station_topic)
             server_keepalive = getattr(properties, "ServerKeepAlive", None)
             self._policy.connected(server_keepalive_s=server_keepalive)
-            self._events.put(_LinkUp(session_present=flags.session_present, birth_seq=birth_seq))
+            receive_maximum = getattr(properties, "ReceiveMaximum", None)
+            self._events.put(
+                _LinkUp(
+                    session_present=flags.session_present,
+                    birth_seq=birth_seq,
+                    receive_maximum=receive_maximum if isinstance(receive_maximum, int) else None,
+                )
+            )
         except Exception as exc:
             LOGGER.exception("on_connect failed")
             self._events.put(_CallbackFailed(where="on_connect", error=repr(exc)))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import DeliveryPriority, NewRow, Outbox, OutboxError, Spill
+from edge.outbox import FAST_STEPS_MAX, DeliveryPriority, NewRow, Outbox, OutboxError, Spill
 
 CAP_BYTES = 256 * 1024
 
@@ -330,3 +330,72 @@ def test_spill_keeps_the_newest_state_per_topic_and_sheds_lowest_priority_first(
         ("b/alarm", 1),
     ]
     assert len(spill) == 0
+
+
+def test_store_and_delete_is_one_transaction_without_size_bookkeeping(tmp_path: Path) -> None:
+    """A publisher step: new rows in, acked rows out, one COMMIT, no stat of the files nor size PRAGMA."""
+    outbox = Outbox(path=tmp_path / "outbox.db", max_bytes=16 * 1024 * 1024)
+    outbox.open()
+    acked = outbox.store(
+        [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, tag=i) for i in range(5)]
+    ).ids
+    statements: list[str] = []
+    db = outbox._conn()
+    db.set_trace_callback(statements.append)
+    done = outbox.store_and_delete(
+        [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, tag=10 + i) for i in range(3)], acked[:4]
+    )
+    db.set_trace_callback(None)
+    assert done is not None
+    ids, deleted = done
+    assert deleted == 4
+    assert ids == sorted(ids)
+    assert ids[0] > acked[-1]
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert not [s for s in statements if s.startswith("PRAGMA")]
+    left = outbox.pending(after_id=0, limit=10)
+    assert [int.from_bytes(r.payload[:4], "big") for r in left] == [4, 10, 11, 12]
+    assert outbox.commits == 1
+    outbox.close()
+
+
+def test_store_and_delete_hands_over_to_the_careful_path_before_the_cap(tmp_path: Path) -> None:
+    """The size budget of the last careful pass ends the fast path before the files can pass the cap,
+    and after at most FAST_STEPS_MAX transactions however small; the careful pass renews it."""
+    roomy = Outbox(path=tmp_path / "roomy.db", max_bytes=64 * 1024 * 1024)
+    roomy.open()
+    try:
+        roomy.store([])
+        small = 0
+        while roomy.store_and_delete([_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=10)], []):
+            small += 1
+            assert small <= FAST_STEPS_MAX
+        assert small == FAST_STEPS_MAX
+        roomy.store([])  # a careful pass: a fresh budget
+        assert (
+            roomy.store_and_delete([_row("b/vitals", priority=DeliveryPriority.OBSERVATION)], []) is not None
+        )
+    finally:
+        roomy.close()
+    cap = 1024 * 1024
+    box = Outbox(path=tmp_path / "outbox.db", max_bytes=cap)
+    box.open()
+    try:
+        box.store([])
+        fast = 0
+        while box.store_and_delete(
+            [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=3000) for _ in range(10)], []
+        ):
+            fast += 1
+            assert box.disk_usage().total_bytes <= cap
+        assert fast < FAST_STEPS_MAX  # the bytes ran out first
+        dropped = 0
+        for _ in range(20):  # the careful path sheds to keep the cap
+            dropped += box.store(
+                [_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=3000) for _ in range(20)]
+            ).dropped.total
+            box.store_and_delete([_row("b/vitals", priority=DeliveryPriority.OBSERVATION, size=3000)], [])
+            assert box.disk_usage().total_bytes <= cap
+        assert dropped > 0
+    finally:
+        box.close()

@@ -35,7 +35,7 @@ from edge.model import (
     VitalsMessage,
 )
 from edge.outbox import DeliveryPriority, OutboxError
-from edge.publisher import Publisher
+from edge.publisher import IN_FLIGHT_WINDOW, STATUS_IN_FLIGHT, Publisher
 
 TOPICS = Topics(prefix="icu/v1", site="site1", ward="icu3", appliance="edge7")
 BED = "bed1"
@@ -302,7 +302,7 @@ async def test_broker_outage_of_10_s_loses_nothing(
     # the restart may add a retained copy of a birth, so compare the set
     assert {b.seq for b in online} == {0, 2}
     duplicates = len(arrived) - total
-    assert duplicates <= 64 + 8
+    assert duplicates <= IN_FLIGHT_WINDOW + STATUS_IN_FLIGHT
 
 
 async def test_daemon_restart_replays_old_session_first(

@@ -77,10 +77,13 @@ async def test_a_wave_burst_never_goes_ahead_of_observations(
     sub = subscribe(f"{TOPICS.root}/#")
     await asyncio.to_thread(sub.wait_subscribed)
     await until(lambda: publisher.stats().connected, timeout_s=10)
+    # Bodies built first: the 50 observations are submitted within microseconds of the waves (building
+    # them in between gave a fast worker room to send more than one wave burst while they trickled in).
+    observations = [vitals(i) for i in range(50)]
     for i in range(WAVE_QUEUE_MAX):
         publisher.submit_wave(topic=ECG, bed=BED, body=ecg_window(i))
-    for i in range(50):
-        publisher.submit(topic=VITALS, bed=BED, body=vitals(i), priority=DeliveryPriority.OBSERVATION)
+    for body in observations:
+        publisher.submit(topic=VITALS, bed=BED, body=body, priority=DeliveryPriority.OBSERVATION)
     messages = await received(sub, lambda m: len(on(m, VITALS)) >= 50 and len(on(m, ECG)) >= 1, timeout_s=15)
     order = [m.topic for m in messages if m.topic in (VITALS, ECG)]
     # 256 waves were queued before the 50 observations: the worker may be inside one wave burst when
