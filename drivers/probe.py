@@ -31,8 +31,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import serial
-
 from drivers.base import DeviceSession, LinkCounters, LinkUp, ReleasingSession, SerialSettings
 from drivers.datex.codec import EXTRA_BAD_ESCAPES, EXTRA_BAD_LENGTHS, DatexDecoder
 from drivers.datex.records import phdb_request
@@ -40,7 +38,15 @@ from drivers.intellivue import messages as ivm
 from drivers.intellivue.framing import EXTRA_ABORTS, EXTRA_BAD_HEADERS, FrameDecoder, encode_frame
 from drivers.medibus.codec import MedibusDecoder, Response
 from drivers.registry import get_driver
-from drivers.transport import PortBusy, SerialTransport, Transport, TransportError, is_pty, open_transport
+from drivers.transport import (
+    PortBusy,
+    SerialTransport,
+    Transport,
+    TransportError,
+    is_pty,
+    open_serial_port,
+    open_transport,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -342,22 +348,7 @@ def _open(path: str, line: SerialSettings, *, force: bool) -> Transport:
     """Open path as the daemon would (claimed and locked), or without the lock when forced."""
     if not force:
         return open_transport(path, line=line, read_timeout_s=READ_TIMEOUT_S)
-    if is_pty(path):
-        line = SerialSettings(baud=line.baud, bytesize=8, parity="N", stopbits=line.stopbits)
-    try:
-        port = serial.serial_for_url(
-            path,
-            baudrate=line.baud,
-            bytesize=line.bytesize,
-            parity=line.parity,
-            stopbits=line.stopbits,
-            timeout=READ_TIMEOUT_S,
-            write_timeout=2.0,
-            xonxoff=False,
-            rtscts=line.rtscts,
-        )
-    except (serial.SerialException, OSError, ValueError) as exc:
-        raise TransportError(f"{path}: cannot open: {exc}") from exc
+    port = open_serial_port(path, line=line, read_timeout_s=READ_TIMEOUT_S, exclusive=False)
     return SerialTransport(url=path, port=port)
 
 

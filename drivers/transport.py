@@ -320,7 +320,7 @@ def open_transport(url: str, *, line: SerialSettings, read_timeout_s: float = 0.
     identity = port_identity(url)
     _claim(identity, url=url)
     try:
-        port = _open_exclusive(url, line=line, read_timeout_s=read_timeout_s)
+        port = open_serial_port(url, line=line, read_timeout_s=read_timeout_s)
     except BaseException:
         _release(identity)
         raise
@@ -352,7 +352,9 @@ def _line_for(url: str, line: SerialSettings) -> SerialSettings:
     return line
 
 
-def _open_exclusive(url: str, *, line: SerialSettings, read_timeout_s: float) -> Any:
+def open_serial_port(url: str, *, line: SerialSettings, read_timeout_s: float, exclusive: bool = True) -> Any:
+    """Open url with pyserial (a pty's line settings adjusted); a device path `flock`ed unless not
+    `exclusive` (`diag probe --force`: a port another program holds). No claim: see `open_transport`."""
     line = _line_for(url, line)
     try:
         port = serial.serial_for_url(
@@ -365,7 +367,7 @@ def _open_exclusive(url: str, *, line: SerialSettings, read_timeout_s: float) ->
             write_timeout=2.0,
             xonxoff=False,
             rtscts=line.rtscts,
-            exclusive=True if url.startswith("/") else None,
+            exclusive=True if exclusive and url.startswith("/") else None,
         )
     except (*_PORT_ERRORS, ValueError) as exc:
         if getattr(exc, "errno", None) in _BUSY_ERRNOS:

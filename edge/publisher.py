@@ -596,8 +596,12 @@ class _ClosingSSLSocket(ssl.SSLSocket):
             raise
 
 
-def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """Return the client's TLS context: TLS 1.2 or newer, the broker's certificate and name verified."""
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Return the client's TLS context: TLS 1.2 or newer, the broker's certificate and name verified.
+
+    The one context of every client of the appliance's broker (the daemon, `provision`, `diag mqtt`),
+    so a tool's verdict on the TLS material is the daemon's.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.sslsocket_class = _ClosingSSLSocket
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -982,7 +986,7 @@ class Publisher:
             password = read_secret(config.password_file) if config.password_file is not None else None
             client.username_pw_set(config.username, password)
         if config.tls is not None:
-            client.tls_set_context(_tls_context(config.tls))
+            client.tls_set_context(tls_context(config.tls))
             client.tls_insecure_set(config.tls.insecure_skip_hostname_check)
             if config.tls.insecure_skip_hostname_check:
                 LOGGER.warning(

@@ -39,9 +39,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.config import DEFAULT_CONFIG_PATH, AppConfig, ConfigError, TlsConfig, check_config, read_secret
+from edge.config import DEFAULT_CONFIG_PATH, AppConfig, ConfigError, check_config, read_secret
 from edge.contract import Topics
 from edge.diagnostics import read_snapshot, socket_path
+from edge.publisher import tls_context
 
 HELP = "the broker with the daemon's config: TLS details, round-trip latency, ACL verdicts"
 DESCRIPTION = (
@@ -77,18 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="connect with the appliance's client certificate although the daemon runs (a broker with "
         "use_username_as_clientid then drops the daemon's connection for the check's duration)",
     )
-
-
-def tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """The daemon's TLS context: TLS 1.2+, the broker's certificate (and name unless told not) checked."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cafile=str(tls.ca))
-    if tls.cert is not None and tls.key is not None:
-        context.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
-    context.check_hostname = not tls.insecure_skip_hostname_check
-    return context
 
 
 def _name(parts: Any) -> str:

@@ -27,7 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.config import AppConfig, MqttConfig, TlsConfig, read_secret
+from edge.config import AppConfig, MqttConfig, read_secret
+from edge.publisher import tls_context
 
 EX_CONFIG = 78
 EX_UNAVAILABLE = 69
@@ -46,17 +47,6 @@ def ping_topic(config: AppConfig) -> str:
     """Return the appliance's diag subtopic the round trip uses (never a contract data topic)."""
     a = config.appliance
     return f"{config.mqtt.topic_prefix}/{a.site}/{a.ward}/appliance/{a.id}/diag/ping"
-
-
-def tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """Return a client context as the daemon builds it: TLS 1.2+, the broker's certificate verified."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cafile=str(tls.ca))
-    if tls.cert is not None and tls.key is not None:
-        context.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
-    context.check_hostname = not tls.insecure_skip_hostname_check
-    return context
 
 
 def check_tls(mqtt: MqttConfig, *, timeout_s: float) -> str:
