@@ -610,9 +610,9 @@ _ALLOWED_HINTS: dict[str, str] = {
 _FIELD_HINTS: dict[str, str] = {"topic_prefix": TOPIC_PREFIX_RULE}
 
 
-def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """Return the config section a location points into (for listing its keys), None if unknown."""
-    section: type[BaseModel] = AppConfig
+def _section_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """Return the section of `root` a location points into (for listing its keys), None if unknown."""
+    section: type[BaseModel] = root
     named_entry = False
     for item in loc:
         if isinstance(item, int) or named_entry:  # a list index, or the name of a table's entry
@@ -641,9 +641,9 @@ def _flatten(annotation: object) -> list[object]:
     return [annotation] if not args else [t for arg in args for t in _flatten(arg)]
 
 
-def _unknown_key(loc: tuple[str | int, ...]) -> tuple[str, str]:
+def _unknown_key(root: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[str, str]:
     """Return the message (with a did-you-mean) and the allowed keys of an unknown key's section."""
-    section = _section_at(loc[:-1])
+    section = _section_at(root, loc[:-1])
     if section is None:
         return "unknown key; remove it", ""
     keys = sorted(section.model_fields)
@@ -651,8 +651,12 @@ def _unknown_key(loc: tuple[str | int, ...]) -> tuple[str, str]:
     return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""), ", ".join(keys)
 
 
-def config_errors(exc: ValidationError) -> list[str]:
-    """Turn a validation error into one line per problem: path, what is wrong, what is allowed."""
+def config_errors(exc: ValidationError, *, root: type[BaseModel] = AppConfig) -> list[str]:
+    """Turn a validation error into one line per problem: path, what is wrong, what is allowed.
+
+    `root` is the model that was validated (the config, or another TOML document such as provision's
+    answers): an unknown key's did-you-mean and allowed keys come from its sections.
+    """
     lines: list[str] = []
     for error in exc.errors(include_url=False):
         message = re.sub(r"^Value error, ", "", error["msg"])
@@ -663,7 +667,7 @@ def config_errors(exc: ValidationError) -> list[str]:
         elif error["type"] == "missing":
             message = "required, but missing"
         elif error["type"] == "extra_forbidden":
-            message, hint = _unknown_key(error["loc"])
+            message, hint = _unknown_key(root, error["loc"])
         # A message that already quotes the value (a validator's own) does not get it again after
         # its "allowed:" list.
         quiet = (

@@ -8,9 +8,7 @@ becomes are refused with the same line.
 
 from __future__ import annotations
 
-import difflib
 import tomllib
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -121,44 +119,7 @@ def parse_answers(document: dict[str, object]) -> Answers:
     try:
         return Answers.model_validate(document)
     except ValidationError as exc:
-        raise AnswersError(_answer_lines(exc)) from exc
-
-
-def _answer_lines(exc: ValidationError) -> list[str]:
-    """One line per problem, as the config check words them; an unknown key gets the answers' keys."""
-    lines = []
-    for error, line in zip(exc.errors(include_url=False), config_errors(exc), strict=True):
-        if error["type"] != "extra_forbidden":
-            lines.append(line)
-            continue
-        where = line.partition(": ")[0]
-        section = _section_at(error["loc"][:-1])
-        keys = sorted(section.model_fields) if section is not None else []
-        close = difflib.get_close_matches(str(error["loc"][-1]), keys, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        lines.append(f"{where}: unknown key{hint}" + (f"; allowed: {', '.join(keys)}" if keys else ""))
-    return lines
-
-
-def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """Return the answers section a location points into (list indexes skipped), None if unknown."""
-    section: type[BaseModel] = Answers
-    for item in loc:
-        if isinstance(item, int):
-            continue
-        field = section.model_fields.get(item)
-        if field is None:
-            return None
-        nested = [t for t in _types(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
-        if not nested:
-            return None
-        section = nested[0]
-    return section
-
-
-def _types(annotation: object) -> list[object]:
-    args = typing.get_args(annotation)
-    return [annotation] if not args else [t for arg in args for t in _types(arg)]
+        raise AnswersError(config_errors(exc, root=Answers)) from exc
 
 
 def read_answers(path: Path) -> Answers:
