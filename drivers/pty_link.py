@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,3 +43,22 @@ def write_available(fd: int, data: bytes) -> None:
             LOGGER.debug("simulator: pty full or closed, dropped %d bytes", len(view))
             return
         view = view[written:]
+
+
+def stop_on_signals(stop: threading.Event, *, who: str) -> Callable[[], None]:
+    """Set `stop` on SIGTERM or SIGINT (a simulator's or recorder's clean end); return the undo.
+
+    The caller restores the previous handlers with the returned function (in its `finally`).
+    """
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        LOGGER.info("%s: signal %d, stopping", who, signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore

@@ -18,18 +18,16 @@ import datetime
 import logging
 import os
 import select
-import signal
 import sys
 import threading
 import time
 import tty
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import TextIO
 
 from drivers.base import SerialSettings
-from drivers.pty_link import remove_symlink, replace_symlink, write_available
+from drivers.pty_link import remove_symlink, replace_symlink, stop_on_signals, write_available
 from drivers.recording import Chunk, Direction, RecordingHeader, chunk_line, header_line
 from drivers.transport import Transport, TransportError, open_transport, port_problem
 
@@ -170,12 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note=args.note,
     )
     stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("recorder: signal %d, stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore_signals = stop_on_signals(stop, who="recorder")
     try:
         with open(args.out, "w", encoding="ascii", buffering=1) as out:
             counts, failure = record(
@@ -186,8 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_UNAVAILABLE
     finally:
         device.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
     print(
         f"recorded to {args.out}: device->host {counts.bytes['device']} bytes in {counts.chunks['device']} "
         f"chunks, host->device {counts.bytes['host']} bytes in {counts.chunks['host']} chunks"

@@ -25,7 +25,6 @@ import fcntl
 import logging
 import os
 import select
-import signal
 import struct
 import sys
 import termios
@@ -34,9 +33,8 @@ import time
 import tty
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 
-from drivers.pty_link import remove_symlink, replace_symlink, write_available
+from drivers.pty_link import remove_symlink, replace_symlink, stop_on_signals, write_available
 from drivers.recording import Recording, RecordingError, read_recording
 
 LOGGER = logging.getLogger(__name__)
@@ -162,17 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if recording.skipped_lines:
         LOGGER.warning("%s: %d unreadable line(s) skipped", args.file, recording.skipped_lines)
     stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("replay: signal %d, stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore_signals = stop_on_signals(stop, who="replay")
     try:
         counts = replay(recording=recording, link_path=args.pty, stop=stop, speed=args.speed)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
     print(
         f"replayed {args.file}: device->host {counts.device_bytes} bytes in {counts.device_chunks} chunks "
         f"({counts.skipped_bytes} bytes from before the host's first write skipped); "

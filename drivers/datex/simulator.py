@@ -18,12 +18,10 @@ import logging
 import math
 import os
 import select
-import signal
 import threading
 import time
 import tty
 from collections.abc import Sequence
-from types import FrameType
 
 from drivers.base import LinkCounters
 from drivers.datex.codec import MAX_RECORD_BYTES, DatexDecoder, Record
@@ -46,7 +44,7 @@ from drivers.datex.records import (
     wave_record,
     wave_subrecord,
 )
-from drivers.pty_link import remove_symlink, replace_symlink, write_available
+from drivers.pty_link import remove_symlink, replace_symlink, stop_on_signals, write_available
 from drivers.scenario import PATIENTS, Patient, add_patient_arguments, check_speed
 
 LOGGER = logging.getLogger(__name__)
@@ -306,12 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seconds is not None and not args.seconds > 0:
         parser.error("--seconds must be positive")
     stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("S/5 simulator: signal %d, stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore_signals = stop_on_signals(stop, who="S/5 simulator")
     try:
         run_simulator_on_pty(
             link_path=args.pty,
@@ -321,8 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_s=args.seconds,
         )
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
     return 0
 
 

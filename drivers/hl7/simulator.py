@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import threading
 import time
@@ -20,12 +19,12 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import FrameType
 
 import hl7
 
 from drivers.hl7.codes import MDC_NAMES, MDC_NUMBERS, MINDRAY_CODES
 from drivers.hl7.mllp import Block, MllpFramer, wrap
+from drivers.pty_link import stop_on_signals
 from drivers.scenario import PATIENTS, Patient, add_patient_arguments
 from drivers.vocabulary import TERMS
 
@@ -232,12 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--interval-s must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("simulator: signal %d, stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore_signals = stop_on_signals(stop, who="simulator")
     try:
         stats = run_sender(
             host=host,
@@ -249,8 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_s=args.seconds,
         )
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
     LOGGER.info(
         "sent %d, acknowledged %d, refused %d, reconnects %d",
         stats.sent,

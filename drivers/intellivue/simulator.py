@@ -20,14 +20,12 @@ import logging
 import math
 import os
 import select
-import signal
 import socket
 import threading
 import time
 import tty
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 
 import numpy as np
 
@@ -35,7 +33,7 @@ from drivers.base import AlarmPriority, LinkCounters
 from drivers.intellivue import messages as m
 from drivers.intellivue.framing import FrameDecoder, encode_frame
 from drivers.intellivue.physio import NOM_PART_SCADA, VITAL_UNITS, State, Unit
-from drivers.pty_link import remove_symlink, replace_symlink, write_available
+from drivers.pty_link import remove_symlink, replace_symlink, stop_on_signals, write_available
 from drivers.scenario import PATIENTS, Patient, add_patient_arguments, check_speed
 from drivers.vocabulary import TERMS
 
@@ -559,12 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mtu_bytes": args.mtu,
     }
     stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("simulator: signal %d, stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore_signals = stop_on_signals(stop, who="simulator")
     try:
         if args.pty:
             run_on_pty(link_path=args.pty, stop=stop, duration_s=args.seconds, **options)
@@ -575,8 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(str(exc))
             run_on_udp(host=host, port=port, stop=stop, duration_s=args.seconds, **options)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
     return 0
 
 

@@ -18,13 +18,11 @@ import logging
 import math
 import os
 import select
-import signal
 import threading
 import time
 import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +51,7 @@ from drivers.medibus.realtime import (
     realtime_part,
 )
 from drivers.medibus.sim_faults import FaultyLine, LineFaults
-from drivers.pty_link import remove_symlink, replace_symlink, write_available
+from drivers.pty_link import remove_symlink, replace_symlink, stop_on_signals, write_available
 from drivers.scenario import (
     PATIENTS,
     DeterioratingPatient,
@@ -633,12 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("simulator: signal %d, stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    restore_signals = stop_on_signals(stop, who="simulator")
     try:
         run_simulator_on_pty(
             link_path=args.pty,
@@ -649,8 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults=faults,
         )
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
     return 0
 
 
