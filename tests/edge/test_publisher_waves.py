@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,13 +78,20 @@ async def test_a_wave_burst_never_goes_ahead_of_observations(
     sub = subscribe(f"{TOPICS.root}/#")
     await asyncio.to_thread(sub.wait_subscribed)
     await until(lambda: publisher.stats().connected, timeout_s=10)
-    # Bodies built first: the 50 observations are submitted within microseconds of the waves (building
-    # them in between gave a fast worker room to send more than one wave burst while they trickled in).
+    # Bodies built first, and the submissions made under a long GIL switch interval: the 50 observations
+    # reach the worker's queue together, as a burst from the loop does. With the default 5 ms interval a
+    # loaded machine could pause this thread between two submissions and let the worker (rightly, with
+    # nothing waiting) send a second wave burst; that would test the scheduler, not the lane.
     observations = [vitals(i) for i in range(50)]
-    for i in range(WAVE_QUEUE_MAX):
-        publisher.submit_wave(topic=ECG, bed=BED, body=ecg_window(i))
-    for body in observations:
-        publisher.submit(topic=VITALS, bed=BED, body=body, priority=DeliveryPriority.OBSERVATION)
+    switch_interval_s = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        for i in range(WAVE_QUEUE_MAX):
+            publisher.submit_wave(topic=ECG, bed=BED, body=ecg_window(i))
+        for body in observations:
+            publisher.submit(topic=VITALS, bed=BED, body=body, priority=DeliveryPriority.OBSERVATION)
+    finally:
+        sys.setswitchinterval(switch_interval_s)
     messages = await received(sub, lambda m: len(on(m, VITALS)) >= 50 and len(on(m, ECG)) >= 1, timeout_s=15)
     order = [m.topic for m in messages if m.topic in (VITALS, ECG)]
     # 256 waves were queued before the 50 observations: the worker may be inside one wave burst when

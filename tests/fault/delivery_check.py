@@ -7,6 +7,12 @@ each connection reserves the pair (birth n, Will n + 1), and the Will is publish
 daemon vanishes, not when the broker does; so a missing status seq is fine right after an `online`
 birth, and nowhere else. The outbox is read after a SIGKILL to know which
 messages were committed but not yet acknowledged: each of them must arrive.
+
+A broker SIGKILL is the other exception, and only for the broker's own loss: Mosquitto sends its
+PUBACK before it writes the message anywhere durable (its persistence file is saved every
+`autosave_interval`), so what it acknowledged and had not yet written to the station when it died is
+gone, and the daemon, holding a PUBACK, rightly does not send it again. `gaps_across` names the gaps
+that straddle a kill: the seq before arrived before it and the seq after arrived after it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ class DeliveryReport:
     gaps: list[str] = field(default_factory=list)
     out_of_order: list[str] = field(default_factory=list)
     duplicates: int = 0
+    missing: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    """(topic, session) -> the seqs that never arrived (the same facts as `gaps`)."""
+    first_arrival_s: dict[Key, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -61,6 +70,7 @@ def check_delivery(messages: list[Received]) -> DeliveryReport:
             report.duplicates += 1
             continue
         report.keys.add(key)
+        report.first_arrival_s[key] = message.received_wall_s
         first_arrivals[key[:2]].append(key[2])
         if "/appliance/" in message.topic and json.loads(message.payload).get("state") == "online":
             unused_wills.add((key[0], key[1], key[2] + 1))
@@ -70,8 +80,32 @@ def check_delivery(messages: list[Received]) -> DeliveryReport:
         expected = set(range(max(seqs) + 1))
         missing = sorted(seq for seq in expected - set(seqs) if (topic, session, seq) not in unused_wills)
         if missing:
+            report.missing[(topic, session)] = missing
             report.gaps.append(f"{topic} session {session}: missing seqs {missing[:20]} of 0..{max(seqs)}")
     return report
+
+
+def gaps_across(report: DeliveryReport, kills: list[tuple[float, float]]) -> tuple[list[Key], list[Key]]:
+    """Split the missing messages into (lost in a broker kill, unexplained).
+
+    `kills` holds (wall time just before the SIGKILL, wall time the broker was started again). A missing
+    seq is the broker's loss when the nearest seqs around it that did arrive first arrived one before a
+    kill and one after it; anything else is unexplained.
+    """
+    lost: list[Key] = []
+    unexplained: list[Key] = []
+    for (topic, session), seqs in sorted(report.missing.items()):
+        for seq in seqs:
+            before = max((s for s in range(seq) if (topic, session, s) in report.keys), default=None)
+            after = min(s for t, n, s in report.keys if (t, n) == (topic, session) and s > seq)
+            before_s = report.first_arrival_s[(topic, session, before)] if before is not None else None
+            after_s = report.first_arrival_s[(topic, session, after)]
+            straddles = any(
+                (before_s is None or before_s <= killed_s) and after_s >= restarted_s
+                for killed_s, restarted_s in kills
+            )
+            (lost if straddles else unexplained).append((topic, session, seq))
+    return lost, unexplained
 
 
 def outbox_keys(path: Path) -> set[Key]:

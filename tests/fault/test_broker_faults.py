@@ -5,12 +5,16 @@ The central station is a subscriber with a persistent session (clean_start False
 Mosquitto restarts from its last save, so the station's session (its subscription and queue) survives.
 After de-duplication by (topic, session, seq), every topic must carry seqs 0, 1, 2, ... per session, in
 arrival order, and the outbox must be empty once the daemon stopped: every QoS 1 message arrived.
+The one gap allowed is the broker's own loss at a kill (`delivery_check.gaps_across`): a message
+Mosquitto acknowledged after its last save and had not yet written to the station. It is counted and
+printed, and allowed only while the daemon reports no drop of its own.
 
 The ward polls each bed at the MEDIBUS default cadence (`poll_interval_s = 1.0`, one cycle a second).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from broker import Subscriber, wait_for
-from delivery_check import check_delivery, outbox_keys
+from delivery_check import check_delivery, gaps_across, outbox_keys
 from ward import ROOT, STATUS_TOPIC, NotifySocket, Ward, WardLayout
 
 from tools.local_broker import LocalMosquitto
@@ -66,14 +70,33 @@ def _vitals_count(station: Subscriber) -> int:
     return sum(1 for m in station.messages if m.topic.endswith("/vitals"))
 
 
-def _drain_and_check(ward: Ward, station: Subscriber) -> None:
-    """Stop the daemon (it flushes), then check the outbox is empty and the station's record is whole."""
+def _drain_and_check(ward: Ward, station: Subscriber, kills: list[tuple[float, float]] | None = None) -> None:
+    """Stop the daemon (it flushes), then check the outbox is empty and the station's record is whole.
+
+    `kills`: (killed, restarted) wall times of broker SIGKILLs, across which a gap is the broker's loss.
+    """
     committed = outbox_keys(ward.outbox)
     assert ward.stop_daemon() == 0, ward.log("daemon")
     assert _outbox_rows(ward) == 0, "every QoS 1 message was acknowledged before a clean stop"
     assert wait_for(lambda: committed <= check_delivery(station.messages).keys, timeout_s=10)
     report = check_delivery(station.messages)
-    assert report.ok, "\n".join([*report.gaps, *report.out_of_order])
+    assert not report.out_of_order, "\n".join(report.out_of_order)
+    lost_by_broker, unexplained = gaps_across(report, kills or [])
+    assert not unexplained, "\n".join([f"missing {key}" for key in unexplained[:40]] + report.gaps)
+    if lost_by_broker:
+        daemon_drops = re.findall(
+            r".*(?:dropped it|: dropped \d+ messages|rejected outbox row).*", ward.log("daemon")
+        )
+        assert not daemon_drops, (
+            "a gap at a broker kill is the broker's only while the daemon dropped nothing:\n"
+            + ("\n".join(daemon_drops))
+        )
+        assert not any(
+            m.topic.endswith("/events") and b"outbox_dropped" in m.payload for m in station.messages
+        )
+        print(
+            f"{len(lost_by_broker)} messages the broker acknowledged and lost in its kills: {lost_by_broker}"
+        )
     for bed in ward.beds:
         assert any(topic.endswith(f"/bed/{bed}/vitals") for topic, _, _ in report.keys), (
             f"no vitals from {bed}:\n"
@@ -95,12 +118,14 @@ def test_broker_sigkilled_and_restarted_5_times_under_16_beds(
         ward.start_simulators()
         ward.start_daemon()
         assert station.wait_for(lambda ms: any(m.topic == STATUS_TOPIC for m in ms), timeout_s=20)
+        kills: list[tuple[float, float]] = []
         for kill in range(BROKER_KILLS):
             seen = _vitals_count(station)
             assert wait_for(lambda seen=seen: _vitals_count(station) >= seen + BEDS, timeout_s=20), (
                 f"kill {kill}: vitals stopped flowing\n{ward.log('daemon')[-3000:]}"
             )
             time.sleep(UP_S)  # let the broker serve a while: the kill lands in the middle of traffic
+            killed_s = time.time()
             persistent_broker.kill()
             buffered = _outbox_rows(ward)
             assert wait_for(lambda buffered=buffered: _outbox_rows(ward) > buffered, timeout_s=10), (
@@ -108,12 +133,13 @@ def test_broker_sigkilled_and_restarted_5_times_under_16_beds(
             )
             time.sleep(DOWN_S)
             persistent_broker.start()
+            kills.append((killed_s, time.time()))
             assert ward.daemon is not None
             assert ward.daemon.poll() is None, ward.log("daemon")
         seen = _vitals_count(station)
         assert wait_for(lambda: _vitals_count(station) >= seen + 2 * BEDS, timeout_s=20)
         assert wait_for(lambda: _outbox_rows(ward) < BEDS, timeout_s=20), "the backlog drains"
-        _drain_and_check(ward, station)
+        _drain_and_check(ward, station, kills)
         assert check_delivery(station.messages).sessions() == {1}, "the daemon never restarted"
     finally:
         station.close()
