@@ -38,6 +38,7 @@ def forecast_body(forecast: BedForecast) -> ForecastBody:
     signals: dict[str, Any] = {
         signal.key: {
             "unit": signal.unit,
+            "source": signal.source,
             "last_value": signal.last_value,
             "last_age_s": signal.last_age_s,
             "valid_minutes": signal.valid_minutes,

@@ -199,6 +199,11 @@ class SignalForecast(_Frozen):
     """One signal's forecast at every horizon, with the freshness of its input."""
 
     unit: str
+    source: str = Field(
+        description="the key whose readings the forecast was made from: the signal's own, or `pr` (pulse "
+        "rate: a pulse oximeter's or a ventilator's) for `hr` on a bed without a fresh heart rate; the "
+        "whole input window is from this one source"
+    )
     last_value: float = Field(description="the last valid value the forecast starts from")
     last_age_s: float = Field(description="age of the last valid input at forecast time")
     valid_minutes: int = Field(description="minutes of the input window with a valid value")
@@ -363,7 +368,7 @@ class News2Body(_Frozen):
 class TwinBody(_Frozen):
     """Full twin snapshot of one bed."""
 
-    SCHEMA: ClassVar[str] = "icu-edge/twin/4"
+    SCHEMA: ClassVar[str] = "icu-edge/twin/5"
     values: dict[str, TwinValue] = Field(
         description="per key, the value of its source device: the configured one, else the monitor for "
         "haemodynamics and the ventilator for respiration, else any device with a fresh value"
@@ -389,7 +394,7 @@ class ForecastBody(_Frozen):
     its inputs.
     """
 
-    SCHEMA: ClassVar[str] = "icu-edge/forecast/1"
+    SCHEMA: ClassVar[str] = "icu-edge/forecast/2"
     model: ForecastModelRef
     made_at: Timestamp
     horizons_min: list[int]

@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engines.plan_cache import write_atomic
+from engines.spec import EVENTS
 
 LOGGER = logging.getLogger(__name__)
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
 MANIFEST_FILE = "SHA256SUMS"
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+_EVENT_KEYS = frozenset(event.key for event in EVENTS)
 
 
 class MetricRow(BaseModel):
@@ -80,10 +82,23 @@ class ModelCard(BaseModel):
     event_metrics: list[EventMetricRow] = Field(default_factory=list)
     limits_of_use: str
     event_definitions: dict[str, str]
+    events_estimated: list[str] | None = Field(
+        default=None,
+        description="the events whose probability the runtime publishes: those whose estimate beat the "
+        "current-value baseline on held-out data; absent: none (the conservative reading)",
+    )
     seed: int | None = None
     onnx_sha256: str
     size_bytes: int
     created: str
+
+    @field_validator("events_estimated")
+    @classmethod
+    def _known_events(cls, events: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(events or ()) - _EVENT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown event(s) {unknown}; known: {sorted(_EVENT_KEYS)}")
+        return events
 
 
 class ModelError(Exception):
@@ -101,6 +116,11 @@ class InstalledModel:
     def ref(self) -> str:
         """Return `id@version`."""
         return f"{self.card.id}@{self.card.version}"
+
+    @property
+    def events_estimated(self) -> frozenset[str]:
+        """Return the events whose probability may be published (a card that lists none: no event)."""
+        return frozenset(self.card.events_estimated or ())
 
     def read_onnx(self) -> bytes:
         """Return the ONNX bytes after checking them against the card (the file may change after loading)."""

@@ -6,6 +6,8 @@ operations, never a rescan of history nor a loop over beds.
 For training and evaluation, `windows_from_grid` slices a per-minute grid (a WFDB numerics record, a
 synthetic patient). In both, a step's value is the mean of its valid observations; a value in an
 unknown unit or outside the signal's plausible range is counted and masked, never fed to a model.
+At run time a signal without a fresh value takes its stand-in's window (`STAND_INS`: pr for hr) when
+that is fresh, and the windows say which beds did (`FeatureWindows.stand_in`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from engines.spec import CONTEXT, FRESH_WITHIN_STEPS, SIGNALS, STEP_S, WINDOW_STEPS, Signal
+from engines.spec import (
+    CONTEXT,
+    FRESH_WITHIN_STEPS,
+    SIGNAL_KEYS,
+    SIGNALS,
+    STAND_INS,
+    STEP_S,
+    WINDOW_STEPS,
+    Signal,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -69,6 +80,8 @@ class FeatureWindows:
     context: FloatArray
     """[beds, WINDOW_STEPS, len(CONTEXT)]."""
     context_mask: FloatArray
+    stand_in: BoolArray
+    """[beds, len(SIGNALS)]: True where the signal's window holds its stand-in's readings (`STAND_INS`)."""
 
     @property
     def beds(self) -> int:
@@ -90,9 +103,13 @@ class FeatureWindows:
         return np.asarray(np.count_nonzero(self.mask, axis=1), dtype=np.int64)
 
 
-_CHANNELS: tuple[Signal, ...] = (*SIGNALS, *CONTEXT)
-"""The ring's channel axis: the forecast signals, then the ventilator context."""
+_CHANNELS: tuple[Signal, ...] = (*SIGNALS, *CONTEXT, *(stand_in.source for stand_in in STAND_INS))
+"""The ring's channel axis: the forecast signals, the ventilator context, then the stand-in sources."""
 _CHANNEL_INDEX = {signal.key: (index, signal) for index, signal in enumerate(_CHANNELS)}
+_STAND_IN_COLUMNS = tuple(
+    (SIGNAL_KEYS.index(stand_in.signal), _CHANNEL_INDEX[stand_in.source.key][0]) for stand_in in STAND_INS
+)
+"""(signal column, stand-in channel) pairs."""
 
 
 class WardHistory:
@@ -165,6 +182,16 @@ class WardHistory:
         present = (self._held[:, :, slots] == wanted) & (counts > 0)
         means = np.divide(self._sums[:, :, slots], counts, out=np.zeros(counts.shape), where=present)
         split = len(SIGNALS)
+        stand_in = np.zeros((len(self.beds), split), dtype=np.bool_)
+        recent = present[:, :, -FRESH_WITHIN_STEPS:]
+        for column, source in _STAND_IN_COLUMNS:
+            # The whole window from one source: a bed whose signal is not fresh takes the stand-in's
+            # window when that is fresh, never a mix of the two.
+            use = ~recent[:, column].any(axis=1) & recent[:, source].any(axis=1)
+            if use.any():
+                means[use, column] = means[use, source]
+                present[use, column] = present[use, source]
+                stand_in[:, column] = use
 
         def rows(grid: npt.NDArray[np.generic], channels: slice) -> FloatArray:
             """[beds, channels, steps] -> contiguous float32 [beds, steps, channels]."""
@@ -173,8 +200,9 @@ class WardHistory:
         return FeatureWindows(
             values=rows(means, slice(None, split)),
             mask=rows(present, slice(None, split)),
-            context=rows(means, slice(split, None)),
-            context_mask=rows(present, slice(split, None)),
+            context=rows(means, slice(split, split + len(CONTEXT))),
+            context_mask=rows(present, slice(split, split + len(CONTEXT))),
+            stand_in=stand_in,
         )
 
 

@@ -52,6 +52,7 @@ from engines.spec import (
     QUANTILES,
     SIGNAL_KEYS,
     SIGNALS,
+    STAND_INS,
     STEP_S,
     WINDOW_STEPS,
 )
@@ -62,6 +63,15 @@ LOGGER = logging.getLogger(__name__)
 _REPORTED_QUANTILES = [QUANTILES.index(q) for q in (0.1, 0.5, 0.9)]
 """Where p10, p50 and p90 sit on the model's quantile axis."""
 _EVENT_SIGNALS = [SIGNAL_KEYS.index(event.signal) for event in EVENTS]
+_STAND_IN_KEYS = tuple(
+    next((s.source.key for s in STAND_INS if s.signal == signal.key), signal.key) for signal in SIGNALS
+)
+"""Per signal, the key of its stand-in source (the signal's own key where it has none)."""
+_NO_STAND_IN = tuple(
+    "" if stand_in == signal.key else f"; no {stand_in} within {FRESH_WITHIN_STEPS} min to stand in either"
+    for signal, stand_in in zip(SIGNALS, _STAND_IN_KEYS, strict=True)
+)
+"""What a signal's not-fresh reason adds when it has a stand-in that was not fresh either."""
 VALUE_DECIMALS = 3
 """Forecasts and last values are reported to 0.001 of their unit (float32 carries ~7 digits, the rest
 is arithmetic noise); ages to 0.1 s, probabilities to 0.0001."""
@@ -84,6 +94,8 @@ class SignalOutlook(NamedTuple):
     """One signal's forecast for one bed (a named tuple: immutable, and cheap at 5 per bed per tick)."""
 
     key: str
+    source: str
+    """The key whose readings the window held: the signal's own, or its stand-in's (pr for hr)."""
     unit: str
     last_value: float
     last_age_s: float
@@ -104,8 +116,14 @@ class BedForecast:
     precision: str
     signals: tuple[SignalOutlook, ...]
     events: dict[str, tuple[float, ...]]
-    """Event key -> probability in [0, 1] per horizon (only events whose signal is fresh)."""
+    """Event key -> probability in [0, 1] per horizon (only events the model estimates and whose signal
+    is fresh)."""
     unavailable: dict[str, str]
+
+
+def no_event_estimate(model: InstalledModel) -> str:
+    """Return why an event the model does not estimate has no probability in its forecasts."""
+    return f"model {model.ref} has no event estimate that beats the current-value baseline"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +251,13 @@ class ForecastRuntime:
         return logging.WARNING if asked_for_tensorrt and backend.name != "tensorrt" else logging.INFO
 
     def _set_running(self, backend: EngineBackend, reason: str) -> None:
+        card = backend.model.card
+        if card.events_estimated is None:
+            self._report(
+                logging.WARNING,
+                f"{backend.model.ref}: its card lists no events_estimated: read as estimating no event, "
+                "so no event probability is published and no predictive alarm can fire",
+            )
         self.choice_reason = reason
         status = f"{backend.model.ref} on {backend.name} ({backend.precision}): {reason}"
         self.status = status if len(status) <= STATUS_MAX_CHARS else status[: STATUS_MAX_CHARS - 1] + "…"
@@ -459,13 +484,17 @@ def _outlooks(
     finite_signal_rows: list[list[bool]] = _as_lists(finite_signals)
     finite_event_rows: list[list[bool]] = _as_lists(finite_events)
     event_rows: list[list[list[float]]] = _as_lists(probabilities)
+    stand_in_rows: list[list[bool]] = _as_lists(windows.stand_in)
+    estimated = backend.model.events_estimated
+    not_estimated = no_event_estimate(backend.model)
+    events_estimated = [event.key in estimated for event in EVENTS]
     failed = outputs.failed
     forecasts: list[BedForecast] = []
     for row, bed in enumerate(beds):
         unavailable: dict[str, str] = {}
         signals: list[SignalOutlook] = []
         events: dict[str, tuple[float, ...]] = {}
-        ran, bed_fresh = ran_rows[row], fresh_rows[row]
+        ran, bed_fresh, bed_stand_in = ran_rows[row], fresh_rows[row], stand_in_rows[row]
         for index, signal in enumerate(SIGNALS):
             key = signal.key
             if bed_fresh[index] and not ran and failed is not None:
@@ -476,7 +505,7 @@ def _outlooks(
                     f"no valid {key} in the last {WINDOW_STEPS} min"
                     if age < 0
                     else f"last valid {key} is {age} min old (needs one within {FRESH_WITHIN_STEPS} min)"
-                )
+                ) + _NO_STAND_IN[index]
             elif not finite_signal_rows[row][index]:
                 # An overflowing engine (FP16) must not put NaN or Infinity on the wire: JSON has neither.
                 unavailable[key] = f"the model gave a non-finite {key} forecast"
@@ -484,6 +513,7 @@ def _outlooks(
                 signals.append(
                     SignalOutlook(
                         key=key,
+                        source=_STAND_IN_KEYS[index] if bed_stand_in[index] else key,
                         unit=signal.unit,
                         last_value=last_value_rows[row][index],
                         last_age_s=last_age_rows[row][index],
@@ -493,7 +523,9 @@ def _outlooks(
                 )
         for index, event in enumerate(EVENTS):
             signal_fresh = bed_fresh[_EVENT_SIGNALS[index]]
-            if not ran or not signal_fresh:
+            if not events_estimated[index]:
+                unavailable[event.key] = not_estimated
+            elif not ran or not signal_fresh:
                 unavailable[event.key] = (
                     f"inference failed: {failed}"
                     if signal_fresh and failed is not None

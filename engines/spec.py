@@ -48,6 +48,20 @@ CONTEXT: Final = (
     _signal("peep", "PEEP"),
 )
 SIGNAL_KEYS: Final = tuple(s.key for s in SIGNALS)
+
+
+@dataclass(frozen=True, slots=True)
+class StandIn:
+    """A second source of a forecast signal, used only while the signal itself has no fresh value."""
+
+    signal: str
+    source: Signal
+
+
+STAND_INS: Final = (StandIn("hr", _signal("pr", "pulse rate")),)
+"""A bed without a fresh heart rate (no monitor, only a ventilator's or a pulse oximeter's pulse rate)
+gets its `hr` forecast from `pr`. The window is then wholly pr, never hr and pr mixed, and the forecast
+says so (`source`); while hr is fresh (a valid value within FRESH_WITHIN_STEPS) hr is used."""
 CONTEXT_KEYS: Final = tuple(s.key for s in CONTEXT)
 
 HORIZONS_MIN: Final = (1, 5, 10, 15)

@@ -199,6 +199,9 @@ def closed_form_outputs(batch: BatchInput) -> BatchOutput:
     )
 
 
+_EVERY_EVENT = tuple(event.key for event in EVENTS)
+
+
 def build_test_model(
     root: Path,
     *,
@@ -206,8 +209,13 @@ def build_test_model(
     version: str = "1.0.0",
     default: bool = True,
     reference_beds: int = 16,
+    events_estimated: tuple[str, ...] | None = _EVERY_EVENT,
 ) -> InstalledModel:
-    """Write a tiny spec-conformant model under `root/<id>/<version>/` with its manifest, and load it."""
+    """Write a tiny spec-conformant model under `root/<id>/<version>/` with its manifest, and load it.
+
+    `events_estimated` is what its card lists (default: every event, so the runtime publishes them and
+    the event plumbing is exercised; None: a card without the key).
+    """
     import onnx  # dev dependency, only needed here
     from onnx import TensorProto, helper, numpy_helper
 
@@ -291,6 +299,7 @@ def build_test_model(
         evaluation_data="none",
         limits_of_use="Tests and field checks of the inference backends only; never for patients.",
         event_definitions={e.key: e.description for e in EVENTS},
+        events_estimated=None if events_estimated is None else list(events_estimated),
         onnx_sha256=sha256_file(onnx_path),
         size_bytes=onnx_path.stat().st_size,
         created=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -96,6 +96,7 @@ def _forecast(made_at: datetime) -> ForecastBody:
         signals={
             "hr": SignalForecast(
                 unit="/min",
+                source="hr",
                 last_value=80.0,
                 last_age_s=1.0,
                 valid_minutes=10,

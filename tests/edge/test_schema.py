@@ -31,11 +31,11 @@ def test_json_schemas_cover_config_and_every_payload(capsys: pytest.CaptureFixtu
     document = _run(capsys)
     assert set(document["payloads"]) == {
         "icu-edge/status/2",
-        "icu-edge/twin/4",
+        "icu-edge/twin/5",
         "icu-edge/vitals/3",
         "icu-edge/event/2",
         "icu-edge/device/3",
-        "icu-edge/forecast/1",
+        "icu-edge/forecast/2",
         "icu-edge/wave/1",
         "icu-edge/alarm/1",
         "icu-edge/cmd-result/1",

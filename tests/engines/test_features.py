@@ -18,7 +18,16 @@ from engines.features import (
     to_canonical,
     windows_from_grid,
 )
-from engines.spec import CONTEXT, CONTEXT_KEYS, FRESH_WITHIN_STEPS, SIGNAL_KEYS, SIGNALS, STEP_S, WINDOW_STEPS
+from engines.spec import (
+    CONTEXT,
+    CONTEXT_KEYS,
+    FRESH_WITHIN_STEPS,
+    SIGNAL_KEYS,
+    SIGNALS,
+    STAND_INS,
+    STEP_S,
+    WINDOW_STEPS,
+)
 
 HR, SPO2, MAP, RR, ETCO2 = (SIGNAL_KEYS.index(k) for k in ("hr", "spo2", "map", "rr", "etco2"))
 FIO2, PEEP = (CONTEXT_KEYS.index(k) for k in ("fio2", "peep"))
@@ -50,6 +59,7 @@ class OneBed:
             mask=windows.mask[0],
             context=windows.context[0],
             context_mask=windows.context_mask[0],
+            stand_in=windows.stand_in[0],
         )
 
 
@@ -179,6 +189,32 @@ def test_fresh_signals_and_last_valid_age() -> None:
     assert windows.valid_steps().tolist() == [[1, 1, 1, 0, 0], [0, 0, 0, 2, 0]]
 
 
+def test_pulse_rate_stands_in_for_a_missing_or_stale_heart_rate_never_mixed() -> None:
+    """hr while it is fresh; else the whole window from pr when pr is fresh; else hr (not fresh)."""
+    history = WardHistory(beds=["monitor", "ventilator", "monitor-gone", "nothing-fresh"])
+    for step in range(20, 30):
+        for bed in ("monitor", "ventilator", "monitor-gone"):
+            history.observe(bed=bed, key="pr", value=100.0 + step, unit="/min", valid=True, at_s=at(step))
+        history.observe(bed="monitor", key="hr", value=60.0 + step, unit="/min", valid=True, at_s=at(step))
+        if step < 30 - FRESH_WITHIN_STEPS:  # the monitor's hr stopped: not fresh any more
+            history.observe(
+                bed="monitor-gone", key="hr", value=60.0 + step, unit="/min", valid=True, at_s=at(step)
+            )
+    history.observe(bed="nothing-fresh", key="hr", value=70.0, unit="/min", valid=True, at_s=at(10))
+    history.observe(bed="nothing-fresh", key="pr", value=71.0, unit="/min", valid=True, at_s=at(11))
+    windows = history.windows(now_s=at(29))
+    assert windows.stand_in[:, HR].tolist() == [False, True, True, False]
+    assert not windows.stand_in[:, SPO2:].any()
+    hr = windows.values[:, -10:, HR]
+    assert hr[0].tolist() == [60.0 + step for step in range(20, 30)], "the monitor's hr, no pr in it"
+    assert hr[1].tolist() == [100.0 + step for step in range(20, 30)], "the ventilator's pr"
+    assert hr[2].tolist() == [100.0 + step for step in range(20, 30)], "all pr, not the stale hr before"
+    assert windows.values[3, :, HR].tolist().count(70.0) == 1, "neither fresh: hr's own (stale) window"
+    assert windows.values[3, :, HR].tolist().count(71.0) == 0
+    assert windows.fresh()[:, HR].tolist() == [True, True, True, False]
+    assert windows.valid_steps()[:, HR].tolist() == [10, 10, 10, 1]
+
+
 def test_beds_never_share_a_slot() -> None:
     history = WardHistory(beds=["a", "b"])
     history.observe(bed="a", key="hr", value=80.0, unit="/min", valid=True, at_s=at(3))
@@ -269,8 +305,9 @@ def test_windows_from_grid_equals_bed_history(
     np.testing.assert_array_equal(cm[0], window.context_mask)
 
 
-_KEYS = (*SIGNAL_KEYS, *CONTEXT_KEYS)
-_BY_KEY = {signal.key: signal for signal in (*SIGNALS, *CONTEXT)}
+_STAND_IN_SOURCES = tuple(stand_in.source for stand_in in STAND_INS)
+_KEYS = (*SIGNAL_KEYS, *CONTEXT_KEYS, *(source.key for source in _STAND_IN_SOURCES))
+_BY_KEY = {signal.key: signal for signal in (*SIGNALS, *CONTEXT, *_STAND_IN_SOURCES)}
 _OTHER_UNITS = {"etco2": "kPa", "peep": "cm[H2O]", "map": "mmHg", "hr": "Hz"}
 
 
@@ -288,7 +325,7 @@ def ward_feeds(draw: st.DrawFn) -> Feed:
     keys = (*_KEYS, "not-a-signal")
     feed: list[tuple[str, str, float | None, str, bool, float]] = []
     for _ in range(draw(st.sampled_from((0, 1, 5, 20, 60, 150)))):
-        key = str(rng.choice(("hr", "peep", *keys)))
+        key = str(rng.choice(("hr", "pr", "peep", *keys)))
         signal = _BY_KEY.get(key, SIGNALS[0])
         kind = rng.random()
         value: float | None = (
@@ -309,7 +346,8 @@ def ward_feeds(draw: st.DrawFn) -> Feed:
 @settings(max_examples=150, deadline=None)
 @given(ward_feeds())
 def test_the_ward_ring_equals_a_straightforward_reference(feed: Feed) -> None:
-    """Every bed's window from the one ring equals the mean of the bed's accepted observations per step.
+    """Every bed's window from the one ring equals the mean of the bed's accepted observations per step,
+    with pr's window in place of hr's where hr is not fresh and pr is.
 
     The reference keeps every accepted observation in a list; an observation is late when the same
     bed and key already accepted a newer step that shares its ring slot (a step WINDOW_STEPS apart),
@@ -345,21 +383,37 @@ def test_the_ward_ring_equals_a_straightforward_reference(feed: Feed) -> None:
 
     windows = history.windows(now_s=now_s)
     last_step = int(now_s // STEP_S)
+
+    def expected_window(bed: str, key: str) -> list[tuple[np.float32, float]]:
+        """(value, mask) per step of the window: the mean of the step's accepted observations."""
+        kept = accepted.get((bed, key), [])
+        window: list[tuple[np.float32, float]] = []
+        for step in range(last_step - WINDOW_STEPS + 1, last_step + 1):
+            same = [v for s, v in kept if s == step]
+            overwritten = any(s > step and (s - step) % WINDOW_STEPS == 0 for s, _ in kept)
+            if same and not overwritten:
+                total = 0.0
+                for v in same:
+                    total += v
+                window.append((np.float32(total / len(same)), 1.0))
+            else:
+                window.append((np.float32(0.0), 0.0))
+        return window
+
+    def fresh(window: list[tuple[np.float32, float]]) -> bool:
+        return any(mask for _, mask in window[-FRESH_WITHIN_STEPS:])
+
     for row, bed in enumerate(beds):
         for signals, values, mask in (
             (SIGNALS, windows.values, windows.mask),
             (CONTEXT, windows.context, windows.context_mask),
         ):
             for column, signal in enumerate(signals):
-                kept = accepted.get((bed, signal.key), [])
-                for index, step in enumerate(range(last_step - WINDOW_STEPS + 1, last_step + 1)):
-                    same = [v for s, v in kept if s == step]
-                    overwritten = any(s > step and (s - step) % WINDOW_STEPS == 0 for s, _ in kept)
-                    if same and not overwritten:
-                        total = 0.0
-                        for v in same:
-                            total += v
-                        expected = np.float32(total / len(same))
-                        assert (values[row, index, column], mask[row, index, column]) == (expected, 1.0)
-                    else:
-                        assert (values[row, index, column], mask[row, index, column]) == (0.0, 0.0)
+                expected = expected_window(bed, signal.key)
+                stand_in = False
+                if signal.key == "hr" and not fresh(expected) and fresh(pulse := expected_window(bed, "pr")):
+                    expected, stand_in = pulse, True
+                if signals is SIGNALS:
+                    assert windows.stand_in[row, column] == stand_in
+                for index, (value, valid) in enumerate(expected):
+                    assert (values[row, index, column], mask[row, index, column]) == (value, valid)

@@ -49,6 +49,7 @@ def _model_by_model(forecast: BedForecast) -> ForecastBody:
         signals={
             s.key: SignalForecast(
                 unit=s.unit,
+                source=s.source,
                 last_value=s.last_value,
                 last_age_s=s.last_age_s,
                 valid_minutes=s.valid_minutes,
@@ -84,6 +85,7 @@ def test_a_body_equals_the_model_by_model_build_and_encodes_to_a_valid_message(
     signals = tuple(
         SignalOutlook(
             key=s.key,
+            source=str(rng.choice(("pr", s.key))) if s.key == "hr" else s.key,
             unit=s.unit,
             last_value=round(float(rng.uniform(s.minimum, s.maximum)), 3),
             last_age_s=round(float(rng.uniform(0, 300)), 1),

@@ -28,6 +28,7 @@ from engines.spec import (
     MAX_BATCH,
     QUANTILES,
     SIGNALS,
+    STAND_INS,
     WINDOW_STEPS,
 )
 from engines.testing import build_test_model
@@ -36,10 +37,8 @@ NOW_S = 1_764_000_000.0 + 30.0
 """A wall-clock instant 30 s into a minute step."""
 
 
-def _runtime(models: Path, beds: list[str]) -> ForecastRuntime:
-    return ForecastRuntime(
-        beds=beds, backend="onnxruntime", model_ref="runtime-test", extra_models_dir=models
-    )
+def _runtime(models: Path, beds: list[str], *, model_ref: str = "runtime-test") -> ForecastRuntime:
+    return ForecastRuntime(beds=beds, backend="onnxruntime", model_ref=model_ref, extra_models_dir=models)
 
 
 def _feed(
@@ -323,7 +322,17 @@ async def test_a_non_finite_model_output_is_unavailable_never_a_number(
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_test_model(root, model_id="runtime-test", default=False)
+    for model_id, events in _ESTIMATING.items():
+        build_test_model(root, model_id=model_id, default=False, events_estimated=events)
     return root
+
+
+_ESTIMATING: dict[str, tuple[str, ...] | None] = {
+    "runtime-test-spo2": ("spo2_below_90",),
+    "runtime-test-none": (),
+    "runtime-test-unstated": None,
+}
+"""Test models whose cards list fewer events (`runtime-test` lists every one)."""
 
 
 def _reference_forecast(
@@ -334,6 +343,8 @@ def _reference_forecast(
     output: BatchOutput | None,
     failed: str | None,
     now_s: float,
+    model_ref: str,
+    estimated: tuple[str, ...],
 ) -> dict[str, object]:
     """One bed's forecast computed the straightforward way: Python loops and Python's round per value."""
     values, mask = window.values[row], window.mask[row]
@@ -352,7 +363,7 @@ def _reference_forecast(
                 if not valid_rows
                 else f"last valid {signal.key} is {WINDOW_STEPS - 1 - valid_rows[-1]} min old "
                 f"(needs one within {FRESH_WITHIN_STEPS} min)"
-            )
+            ) + (f"; no pr within {FRESH_WITHIN_STEPS} min to stand in either" if signal.key == "hr" else "")
         elif not np.isfinite(output.quantiles[index]).all():
             unavailable[signal.key] = f"the model gave a non-finite {signal.key} forecast"
         else:
@@ -360,6 +371,7 @@ def _reference_forecast(
             signals.append(
                 (
                     signal.key,
+                    "pr" if window.stand_in[row, index] else signal.key,
                     signal.unit,
                     round(float(values[last, index]), 3),
                     round((WINDOW_STEPS - 1 - last) * 60 + now_s % 60, 1),
@@ -371,7 +383,11 @@ def _reference_forecast(
                 )
             )
     for index, event in enumerate(EVENTS):
-        if output is None or not fresh[event.signal]:
+        if event.key not in estimated:
+            unavailable[event.key] = (
+                f"model {model_ref} has no event estimate that beats the current-value baseline"
+            )
+        elif output is None or not fresh[event.signal]:
             unavailable[event.key] = (
                 f"inference failed: {failed}"
                 if fresh[event.signal] and failed is not None
@@ -391,14 +407,21 @@ def _reference_forecast(
     seed=st.integers(min_value=0, max_value=2**32 - 1),
     beds=st.sampled_from((1, 3, 64, 70, 130)),
     fail_batch=st.sampled_from((None, 0, 1)),
+    model_id=st.sampled_from(("runtime-test", *_ESTIMATING)),
 )
 def test_a_tick_equals_a_per_bed_reference(
-    model_dir: Path, monkeypatch: pytest.MonkeyPatch, seed: int, beds: int, fail_batch: int | None
+    model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    seed: int,
+    beds: int,
+    fail_batch: int | None,
+    model_id: str,
 ) -> None:
     """The vectorized tick says, for every bed, what a per-bed loop with Python arithmetic says.
 
     Random histories (gaps, stale and empty beds), random model outputs with NaN and Infinity and
-    probabilities outside [0, 1], and a forward pass that may fail for one batch of MAX_BATCH beds.
+    probabilities outside [0, 1], a forward pass that may fail for one batch of MAX_BATCH beds, pulse
+    rates that stand in for heart rates, and models that estimate some events or none.
     Ages are on a 1/8 s grid, where numpy's rounding and Python's agree exactly.
     """
     rng = np.random.default_rng(seed)
@@ -406,7 +429,7 @@ def test_a_tick_equals_a_per_bed_reference(
     now_s = NOW_S + rng.integers(0, 480) / 8
     feed = []
     for name in names:
-        for signal in (*SIGNALS, *CONTEXT):
+        for signal in (*SIGNALS, *CONTEXT, *(stand_in.source for stand_in in STAND_INS)):
             present = rng.random()
             for minutes_ago in range(WINDOW_STEPS + 5):
                 if rng.random() < present * 0.7:
@@ -428,7 +451,7 @@ def test_a_tick_equals_a_per_bed_reference(
         return batches[-1]
 
     async def tick() -> list[BedForecast]:
-        runtime = _runtime(model_dir, names)
+        runtime = _runtime(model_dir, names, model_ref=model_id)
         await runtime.start()
         try:
             monkeypatch.setattr(runtime.backend, "infer", infer)
@@ -463,7 +486,14 @@ def test_a_tick_equals_a_per_bed_reference(
     assert [f.bed for f in forecasts] == names
     for row, forecast in enumerate(forecasts):
         expected = _reference_forecast(
-            bed=names[row], window=windows, row=row, output=outputs.get(row), failed=failed, now_s=now_s
+            bed=names[row],
+            window=windows,
+            row=row,
+            output=outputs.get(row),
+            failed=failed,
+            now_s=now_s,
+            model_ref=f"{model_id}@1.0.0",
+            estimated=_ESTIMATING.get(model_id, tuple(event.key for event in EVENTS)) or (),
         )
         assert {
             "bed": forecast.bed,

@@ -373,7 +373,8 @@ def test_forecast_reaches_the_broker(spine: Spine, subscribe: Callable[..., Subs
         return None if latest is None else ForecastMessage.model_validate(latest)
 
     station.wait_for(
-        lambda ms: (f := forecast(ms)) is not None and {"spo2", "rr", "etco2"} <= set(f.signals), timeout_s=30
+        lambda ms: (f := forecast(ms)) is not None and {"hr", "spo2", "rr", "etco2"} <= set(f.signals),
+        timeout_s=30,
     )
     message = forecast(station.messages)
     assert message is not None
@@ -388,7 +389,13 @@ def test_forecast_reaches_the_broker(spine: Spine, subscribe: Callable[..., Subs
     assert message.signals["etco2"].unit == "mm[Hg]"
     assert "map" in message.unavailable, "a ventilator gives no MAP: the forecast says why"
     assert "map_below_65" in message.unavailable
-    assert 0.0 <= message.events["spo2_below_90"].horizons[-1].probability <= 1.0
+    hr = message.signals["hr"]
+    assert hr.source == "pr", "a ventilator gives no HR: its SpO2 module's pulse rate stands in, and says so"
+    assert message.events == {}, "the shipped model lists no event estimate that beats the baseline"
+    assert message.unavailable["spo2_below_90"] == (
+        f"model {message.model.id}@{message.model.version} has no event estimate that beats the "
+        "current-value baseline"
+    )
     assert spine.stop_daemon() == 0
 
 

@@ -64,6 +64,7 @@ def _forecast(made_at: datetime) -> ForecastBody:
         signals={
             key: SignalForecast(
                 unit=unit,
+                source=key,
                 last_value=last,
                 last_age_s=1.0,
                 valid_minutes=10,

@@ -333,6 +333,7 @@ def forecast_body(*, model_id: str = "nlinear-q", spo2_p50: float = 97.1) -> For
         signals={
             "spo2": SignalForecast(
                 unit="%",
+                source="spo2",
                 last_value=97.0,
                 last_age_s=2.0,
                 valid_minutes=30,

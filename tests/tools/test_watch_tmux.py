@@ -162,6 +162,7 @@ def ward_forecast() -> ForecastBody:
     body = forecast_body()
     spo2 = SignalForecast(
         unit="%",
+        source="spo2",
         last_value=86.0,
         last_age_s=1.0,
         valid_minutes=30,
@@ -169,6 +170,7 @@ def ward_forecast() -> ForecastBody:
     )
     mean = SignalForecast(
         unit="mm[Hg]",
+        source="map",
         last_value=62.0,
         last_age_s=1.0,
         valid_minutes=30,

@@ -74,6 +74,7 @@ def _forecast() -> ForecastBody:
         signals={
             key: SignalForecast(
                 unit="1",
+                source=key,
                 last_value=VALUES[key],
                 last_age_s=1.0,
                 valid_minutes=30,
