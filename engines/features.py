@@ -173,24 +173,37 @@ class WardHistory:
         self._counts[slot] += 1
         return True
 
+    def _steps(
+        self, beds: slice | IntArray, channels: slice | int, wanted: IntArray, slots: IntArray
+    ) -> tuple[npt.NDArray[np.float64], BoolArray]:
+        """Return the means and presence of the wanted steps of some beds and channels (steps last)."""
+        counts = self._counts[beds, channels][..., slots]
+        present = (self._held[beds, channels][..., slots] == wanted) & (counts > 0)
+        means = np.divide(
+            self._sums[beds, channels][..., slots], counts, out=np.zeros(counts.shape), where=present
+        )
+        return means, present
+
     def windows(self, *, now_s: float) -> FeatureWindows:
         """Return every bed's window ending with the step that holds now_s."""
         last_step = math.floor(now_s / self.step_s)
         wanted = np.arange(last_step - self.steps + 1, last_step + 1, dtype=np.int64)
         slots = wanted % self.steps
-        counts = self._counts[:, :, slots]
-        present = (self._held[:, :, slots] == wanted) & (counts > 0)
-        means = np.divide(self._sums[:, :, slots], counts, out=np.zeros(counts.shape), where=present)
         split = len(SIGNALS)
+        means, present = self._steps(slice(None), slice(None, split + len(CONTEXT)), wanted, slots)
         stand_in = np.zeros((len(self.beds), split), dtype=np.bool_)
-        recent = present[:, :, -FRESH_WITHIN_STEPS:]
+        recent = slice(-FRESH_WITHIN_STEPS, None)
         for column, source in _STAND_IN_COLUMNS:
             # The whole window from one source: a bed whose signal is not fresh takes the stand-in's
-            # window when that is fresh, never a mix of the two.
-            use = ~recent[:, column].any(axis=1) & recent[:, source].any(axis=1)
+            # window when that is fresh, never a mix of the two. Only those beds read the stand-in.
+            latest = slots[recent]
+            source_fresh = (
+                (self._held[:, source, latest] == wanted[recent]) & (self._counts[:, source, latest] > 0)
+            ).any(axis=1)
+            use = source_fresh & ~present[:, column, recent].any(axis=1)
             if use.any():
-                means[use, column] = means[use, source]
-                present[use, column] = present[use, source]
+                beds = np.flatnonzero(use)
+                means[beds, column], present[beds, column] = self._steps(beds, source, wanted, slots)
                 stand_in[:, column] = use
 
         def rows(grid: npt.NDArray[np.generic], channels: slice) -> FloatArray:
@@ -200,8 +213,8 @@ class WardHistory:
         return FeatureWindows(
             values=rows(means, slice(None, split)),
             mask=rows(present, slice(None, split)),
-            context=rows(means, slice(split, split + len(CONTEXT))),
-            context_mask=rows(present, slice(split, split + len(CONTEXT))),
+            context=rows(means, slice(split, None)),
+            context_mask=rows(present, slice(split, None)),
             stand_in=stand_in,
         )
 
