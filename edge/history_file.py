@@ -121,7 +121,8 @@ def _compact(value: float) -> float | int:
 
 
 def forecast_json(body: ForecastBody) -> str:
-    """The headline: per signal [horizon_min, p10, p50, p90] rows; per event [horizon_min, p] rows."""
+    """The headline: per signal [horizon_min, p10, p50, p90] rows (and `src` when the forecast was made
+    from another key's readings: pr for hr); per event [horizon_min, p] rows."""
     return json.dumps(
         {
             "model": f"{body.model.id}@{body.model.version}",
@@ -130,6 +131,7 @@ def forecast_json(body: ForecastBody) -> str:
                     "unit": signal.unit,
                     "last": signal.last_value,
                     "h": [[h.horizon_min, h.p10, h.p50, h.p90] for h in signal.horizons],
+                    **({} if signal.source == key else {"src": signal.source}),
                 }
                 for key, signal in body.signals.items()
             },
@@ -167,6 +169,8 @@ class ForecastHeadline:
     signals: dict[str, list[tuple[int, float, float, float]]]
     last_values: dict[str, float]
     events: dict[str, list[tuple[int, float]]]
+    sources: dict[str, str]
+    """Signal -> the key its forecast was made from, where that is another key (pr for hr)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,6 +253,7 @@ class HistoryReader:
                         for key, s in signals.items()
                     },
                     last_values={key: s["last"] for key, s in signals.items()},
+                    sources={key: s["src"] for key, s in signals.items() if "src" in s},
                     events={
                         key: [(int(h), float(p)) for h, p in probabilities]
                         for key, probabilities in document["events"].items()

@@ -15,6 +15,7 @@ from typing import ClassVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from drivers.base import AlarmPriority
+from drivers.vocabulary import TERMS
 
 CONTRACT_VERSION = 1
 
@@ -208,6 +209,12 @@ class SignalForecast(_Frozen):
     last_age_s: float = Field(description="age of the last valid input at forecast time")
     valid_minutes: int = Field(description="minutes of the input window with a valid value")
     horizons: list[HorizonForecast]
+
+
+def source_name(key: str) -> str:
+    """Return how a display names a forecast's `source` (`pulse rate` for pr), in lower case."""
+    known = TERMS.get(key)
+    return key if known is None else known.label.lower()
 
 
 class EventProbability(_Frozen):

@@ -22,6 +22,7 @@ import re
 import statistics
 import sys
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.plausibility import TABLE
 from edge.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
 from edge.history_file import AlarmSpan, ForecastHeadline, HistoryReader, HistoryUnavailable
+from edge.model import source_name
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -122,6 +124,10 @@ class BedRecord:
             "forecast_points": {
                 key: sum(len(f.signals.get(key, [])) for f in self.forecasts)
                 for key in sorted({k for f in self.forecasts for k in f.signals})
+            },
+            "forecasts_from": {
+                key: dict(sorted(Counter(f.sources[key] for f in self.forecasts if key in f.sources).items()))
+                for key in sorted({k for f in self.forecasts for k in f.sources})
             },
             "alarms": [
                 {
@@ -240,31 +246,35 @@ def _time_axis(record: BedRecord) -> tuple[datetime, datetime]:
 
 
 def _draw_forecasts(axis: Any, forecasts: list[ForecastHeadline], *, key: str, colour: str) -> None:
-    """Each forecast from the time it was made: the median (dashed) and the 10-90 % band."""
-    labelled = False
+    """Each forecast from the time it was made: the median (dashed) and the 10-90 % band; one made from
+    another key's readings (hr from the pulse rate) dotted, and labelled so."""
+    labelled: set[str] = set()
     alpha = max(0.02, min(0.15, 0.4 / max(1, len(forecasts))))  # many bands: each fainter
     for headline in forecasts:
         rows = headline.signals.get(key)
         if not rows:
             continue
+        source = headline.sources.get(key, key)
+        name = key if source == key else f"{key} (from {source_name(source)})"
         made = datetime.fromtimestamp(headline.at_s, tz=UTC)
         last = headline.last_values[key]
         times = [made] + [made + timedelta(minutes=h) for h, *_ in rows]
         low = [last] + [p10 for _, p10, _, _ in rows]
         median = [last] + [p50 for _, _, p50, _ in rows]
         high = [last] + [p90 for _, _, _, p90 in rows]
+        first = name not in labelled
         axis.fill_between(
-            times, low, high, color=colour, alpha=alpha, label=None if labelled else f"{key} forecast 10-90 %"
+            times, low, high, color=colour, alpha=alpha, label=f"{name} forecast 10-90 %" if first else None
         )
         axis.plot(
             times,
             median,
             color=colour,
-            linestyle="--",
+            linestyle="--" if source == key else ":",
             linewidth=0.8,
-            label=None if labelled else f"{key} forecast median",
+            label=f"{name} forecast median" if first else None,
         )
-        labelled = True
+        labelled.add(name)
 
 
 def _span_times(span: AlarmSpan, record: BedRecord) -> tuple[datetime, datetime]:

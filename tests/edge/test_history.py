@@ -200,6 +200,19 @@ def test_forecast_headlines_at_most_once_per_period(tmp_path: Path) -> None:
         (15, 85.0, 95.0, 105.0),
     ]
     assert headlines[0].model == "baseline@1"
+    assert [h.sources for h in headlines] == [{}, {}, {}]
+
+
+def test_a_forecast_made_from_the_pulse_rate_is_stored_so(tmp_path: Path) -> None:
+    history = _history(tmp_path / "history.db", forecast_s=60.0)
+    history.start()
+    body = _forecast(T0)
+    hr = body.signals["hr"].model_copy(update={"source": "pr"})
+    history.forecast(bed="bed-01", body=body.model_copy(update={"signals": {"hr": hr}}), now_mono_s=0.0)
+    history.close()
+    (headline,) = HistoryReader(tmp_path / "history.db").forecasts(bed="bed-01", since_s=0, until_s=2e9)
+    assert headline.sources == {"hr": "pr"}
+    assert headline.last_values == {"hr": 80.0}
 
 
 def test_alarm_transitions_become_spans_with_the_highest_priority(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ def _value(value: float) -> TwinValue:
     )
 
 
-def _forecast(made_at: datetime) -> ForecastBody:
+def _forecast(made_at: datetime, *, hr_from: str = "hr") -> ForecastBody:
+    """SpO2 and MAP forecasts, and an hr one made from `hr_from` (pr: a ventilator's pulse rate)."""
     return ForecastBody(
         model=ForecastModelRef(
             id="baseline", version="1", kind="baseline", backend="onnxruntime", precision="fp32"
@@ -64,7 +65,7 @@ def _forecast(made_at: datetime) -> ForecastBody:
         signals={
             key: SignalForecast(
                 unit=unit,
-                source=key,
+                source=hr_from if key == "hr" else key,
                 last_value=last,
                 last_age_s=1.0,
                 valid_minutes=10,
@@ -73,7 +74,7 @@ def _forecast(made_at: datetime) -> ForecastBody:
                     for h in (1, 5, 15)
                 ],
             )
-            for key, unit, last in (("spo2", "%", 95.0), ("map", "mm[Hg]", 72.0))
+            for key, unit, last in (("spo2", "%", 95.0), ("map", "mm[Hg]", 72.0), ("hr", "/min", 80.0))
         },
         events={},
         unavailable={},
@@ -116,7 +117,8 @@ class Wall:
 
 @pytest.fixture(scope="module")
 def history_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 min of two beds at 5 s, a forecast a minute on bed-01, one SpO2 alarm from minute 20 to 25."""
+    """30 min of two beds at 5 s, a forecast a minute on bed-01 (its hr one from the pulse rate for the
+    first 15 min), one SpO2 alarm from minute 20 to 25."""
     path = tmp_path_factory.mktemp("history") / "history.db"
     wall = Wall()
     history = History(config=HistoryConfig(sample_s=5.0), path=path, beds=["bed-01", "bed-02"], wall=wall)
@@ -133,9 +135,9 @@ def history_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         history.tick(now_mono_s=i * 5.0, values_of=lambda bed, v=values: v)
         history.tick(now_mono_s=i * 5.0 + 2.5, values_of=lambda bed, v=values: v)
         if i % 12 == 0:
-            history.forecast(
-                bed="bed-01", body=_forecast(datetime.fromtimestamp(wall.now_s, tz=UTC)), now_mono_s=i * 5.0
-            )
+            made_at = datetime.fromtimestamp(wall.now_s, tz=UTC)
+            hr_from = "pr" if i < 180 else "hr"  # the monitor joins at minute 15
+            history.forecast(bed="bed-01", body=_forecast(made_at, hr_from=hr_from), now_mono_s=i * 5.0)
         onset = START + timedelta(minutes=20)
         if i == 242:
             history.alarm("bed-01", "alarm_raised", _alarm(onset=onset, state=AlarmState.ACTIVE))
@@ -172,7 +174,8 @@ def test_a_png_with_a_panel_per_vital_group_and_the_alarm(
     ]
     assert summary["points"] == {"hr": 360, "map": 360, "rr": 360, "spo2": 360, "vt": 360}
     assert summary["forecasts"] == 30
-    assert summary["forecast_points"] == {"map": 90, "spo2": 90}
+    assert summary["forecast_points"] == {"hr": 90, "map": 90, "spo2": 90}
+    assert summary["forecasts_from"] == {"hr": {"pr": 15}}, "the hr forecasts made from the pulse rate"
     (alarm,) = summary["alarms"]
     assert (alarm["id"], alarm["priority"], alarm["state"]) == ("bed-01-spo2_low-1", "high", "ended")
     assert alarm["onset"] == (START + timedelta(minutes=20)).isoformat().replace("+00:00", "Z")

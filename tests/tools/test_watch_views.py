@@ -18,7 +18,18 @@ from test_watch import (
     twin_value,
 )
 
-from edge.model import AlarmKind, DeviceStatusBody, EventBody, EventKind, TwinBody
+from edge.model import (
+    AlarmKind,
+    DeviceStatusBody,
+    EventBody,
+    EventKind,
+    ForecastBody,
+    HorizonForecast,
+    SignalForecast,
+    TwinBody,
+)
+from tools.watch import render_plain
+from tools.watch.detail import render_detail
 from tools.watch.fmt import display_unit, display_value, sparkline
 from tools.watch.keys import parse_keys
 from tools.watch.plain import ChangeLog
@@ -209,3 +220,45 @@ def test_a_device_alarm_the_appliance_manages_is_shown_once_with_its_state() -> 
     assert "Filter check" in text  # a device alarm the appliance does not carry is still shown
     lines = ChangeLog().changes(state)
     assert sum("Airway pressure high" in line for line in lines) == 1, lines
+
+
+def _pulse_rate_forecast(source: str) -> ForecastBody:
+    """The test forecast plus an hr forecast made from `source` (a ventilator's pulse rate: `pr`)."""
+    body = forecast_body()
+    hr = SignalForecast(
+        unit="/min",
+        source=source,
+        last_value=106.0,
+        last_age_s=1.0,
+        valid_minutes=30,
+        horizons=[HorizonForecast(horizon_min=h, p10=100.0, p50=108.0, p90=116.0) for h in (1, 5, 10, 15)],
+    )
+    return body.model_copy(update={"signals": {**body.signals, "hr": hr}})
+
+
+@pytest.mark.parametrize("source", ["pr", "hr"])
+def test_an_hr_forecast_from_the_pulse_rate_says_so_in_every_view(source: str) -> None:
+    state = make_state()
+    values = {**twin_body().values, "pr": twin_value(106.0, "/min")}
+    state.apply(
+        TOPICS.twin("bed-1"),
+        encode(twin_body().model_copy(update={"values": values}), bed="bed-1", seq=0),
+        retained=True,
+    )
+    state.apply(
+        TOPICS.forecast("bed-1"), encode(_pulse_rate_forecast(source), bed="bed-1", seq=0), retained=True
+    )
+    note = "(from pulse rate)"
+    snapshot = next(line for line in render_plain(state).splitlines() if line.strip().startswith("hr "))
+    headline = next(line for line in ChangeLog().changes(state) if "forecast hr" in line)
+    tiles, _ = screen(state, width=80, height=24)
+    tile = next(line for line in tiles.splitlines() if "HR " in line)
+    detail = io.StringIO()
+    Console(file=detail, width=160).print(render_detail(state, ("st-mary", "icu-3", "bed-1")))
+    shown = [snapshot, headline, tile, next(line for line in detail.getvalue().splitlines() if " hr" in line)]
+    assert state.violations == 0
+    if source == "pr":
+        assert all(note in line for line in shown), shown
+        assert "forecast hr (from pulse rate) 106 \u2192 108 [100\u2013116] /min in 15m" in headline
+    else:
+        assert not any("(from" in line for line in shown), shown

@@ -213,7 +213,7 @@ def _render_forecast(forecast: ForecastBody, source: str) -> RenderableType:
         table.add_column(f"{horizon_min}m", justify="right")
     for key, signal in sorted(forecast.signals.items()):
         table.add_row(
-            key,
+            f"{key} {fmt.forecast_source(forecast, key)}".rstrip(),
             fmt.display_unit(signal.unit),
             fmt.number(signal.last_value),
             *(fmt.interval(forecast, key, horizon_min) for horizon_min in horizons),

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Final
 
-from edge.model import AlarmBody, AlarmState, DeviceState, ForecastBody, News2Body
+from edge.model import AlarmBody, AlarmState, DeviceState, ForecastBody, News2Body, source_name
 from tools.watch.state import BedKey, BedView, WardState
 
 PRIORITY_STYLE: Final[dict[str, str]] = {"high": "bold red", "medium": "yellow", "low": "cyan"}
@@ -186,6 +186,12 @@ def forecast_horizons(forecast: ForecastBody) -> list[int]:
     horizons = list(dict.fromkeys(forecast.horizons_min))
     extra = {h.horizon_min for signal in forecast.signals.values() for h in signal.horizons}
     return horizons + sorted(extra - set(horizons))
+
+
+def forecast_source(forecast: ForecastBody, key: str) -> str:
+    """Return `(from pulse rate)` when a signal's forecast was made from another key's readings, else ''."""
+    source = forecast.signals[key].source
+    return "" if source == key else f"(from {source_name(source)})"
 
 
 def interval(forecast: ForecastBody, key: str, horizon_min: int) -> str:

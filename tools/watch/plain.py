@@ -70,9 +70,10 @@ def _forecast_headlines(forecast: ForecastBody | None) -> dict[str, tuple[str, s
             if horizon.horizon_min == horizon_min:
                 unit = signal.unit
                 p50 = fmt.display_value(horizon.p50, unit)
+                source = fmt.forecast_source(forecast, key)
                 headlines[key] = (
-                    p50,
-                    f"forecast {key} {fmt.display_value(signal.last_value, unit)} \u2192 {p50}"
+                    f"{p50} {signal.source}",
+                    f"forecast {key} {source} {fmt.display_value(signal.last_value, unit)} \u2192 {p50}"
                     f" [{fmt.display_value(horizon.p10, unit)}\u2013{fmt.display_value(horizon.p90, unit)}]"
                     f" {fmt.display_unit(unit)} in {horizon_min}m".replace("  ", " "),
                 )

@@ -108,7 +108,11 @@ def _plain_forecast(forecast: ForecastBody, source: str) -> list[str]:
     for key, signal in sorted(forecast.signals.items()):
         intervals = "  ".join(f"{h}m {fmt.interval(forecast, key, h)}" for h in horizons)
         unit = fmt.display_unit(signal.unit)
-        lines.append(f"    {key:<8} {unit:<10} now {fmt.number(signal.last_value):>8}  {intervals}")
+        source = fmt.forecast_source(forecast, key)
+        lines.append(
+            f"    {key:<8} {unit:<10} now {fmt.number(signal.last_value):>8}  {intervals}"
+            + (f"  {source}" if source else "")
+        )
     if not forecast.signals:
         lines.append("    no signal forecast")
     for key, event in sorted(forecast.events.items()):

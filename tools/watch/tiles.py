@@ -269,6 +269,9 @@ def _vital_line(
         horizon = _horizon(forecast)
         if signal_key is not None and horizon is not None:
             line.append(_forecast_text(forecast, signal_key, horizon))
+            source = fmt.forecast_source(forecast, signal_key)
+            if source:
+                line.append(f" {source}", style="dim")
             for event_key, event in sorted(forecast.events.items()):
                 match = EVENT_KEY.match(event_key)
                 if match is None or match["signal"] != signal_key:
