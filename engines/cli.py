@@ -258,6 +258,7 @@ def _list(args: argparse.Namespace) -> int:
                     "size_bytes": m.card.size_bytes,
                     "sha256": m.card.onnx_sha256,
                     "summary": m.card.summary,
+                    "events_estimated": sorted(m.events_estimated),
                     "reference": (m.onnx_path.parent / REFERENCE_FILE).is_file(),
                 }
                 for m in models
@@ -287,6 +288,7 @@ def _list(args: argparse.Namespace) -> int:
             f"  {m.ref:<28} {m.card.kind:<8} {flag} {m.card.size_bytes / 1024:8.1f} KiB "
             f"sha256 {m.card.onnx_sha256[:12]}  {m.card.summary[:80]}"
         )
+        print(f"    event probabilities published: {', '.join(sorted(m.events_estimated)) or 'none'}")
     for problem in refused:
         print(f"  REFUSED {problem}")
     print(f"TensorRT plans in {args.cache_dir}:")

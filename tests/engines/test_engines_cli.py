@@ -59,6 +59,7 @@ def test_list_json_shows_models_and_cached_plans(
     assert listed["sha256"] == model.card.onnx_sha256
     assert listed["size_bytes"] == model.onnx_path.stat().st_size
     assert listed["summary"].startswith("Test model")
+    assert listed["events_estimated"] == ["map_below_65", "spo2_below_90"]
     [plan] = document["plans"]
     assert plan["key"] == key.to_dict()
     assert plan["problem"] is None
@@ -71,6 +72,7 @@ def test_list_text(
     out = capsys.readouterr().out
     assert "test-model@1.0.0" in out
     assert model.card.onnx_sha256[:12] in out
+    assert "event probabilities published: map_below_65, spo2_below_90" in out
     assert "TensorRT plans" in out
 
 
