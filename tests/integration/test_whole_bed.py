@@ -4,7 +4,8 @@ Two beds, each with a MEDIBUS ventilator and an IntelliVue monitor on their own 
 real processes, against a real Mosquitto. The ventilator and the monitor both report SpO2 and pulse:
 the twin shows the monitor's (haemodynamics), the ventilator's etCO2 (respiration), `map` derived from
 the monitor's arterial mean, and waves from both devices (the monitor's arrays, the ventilator's
-MEDIBUS.X curves) arrive as equal one-second windows on their topics.
+MEDIBUS.X curves) arrive as equal one-second windows on their topics. The forecast's heart rate is
+the monitor's `hr`, not the ventilator's pulse rate (which a bed with only a ventilator would use).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from broker import MosquittoBroker, Subscriber, wait_for
 from ward import ROOT, Ward, WardLayout, bed_topic
 
-from edge.model import TwinMessage, WaveMessage
+from edge.model import ForecastMessage, TwinMessage, WaveMessage
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +31,7 @@ LAYOUT = WardLayout(
     monitor="intellivue",
     monitor_options_toml="waves = true",
     extra_toml="[waves]\nenabled = true\nwindow_s = 1.0",
+    engines_toml='[engines]\nenabled = true\nbackend = "onnxruntime"',
 )
 
 
@@ -45,6 +47,11 @@ def ward(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Ward]:
 def _latest_twin(station: Subscriber, bed: str) -> dict[str, Any] | None:
     twins = [m for m in station.on_topic(f"{bed_topic(bed)}/twin") if m.payload]
     return json.loads(twins[-1].payload) if twins else None
+
+
+def _latest_forecast(station: Subscriber, bed: str) -> ForecastMessage | None:
+    forecasts = [m for m in station.on_topic(f"{bed_topic(bed)}/forecast") if m.payload]
+    return ForecastMessage.model_validate_json(forecasts[-1].payload) if forecasts else None
 
 
 def _whole(twin: dict[str, Any] | None) -> bool:
@@ -77,6 +84,20 @@ def test_a_bed_with_ventilator_and_monitor_shows_one_source_per_key_and_both_wav
             if o["key"] == "spo2" and o["device"] == "vent-1"
         ]
         assert vent_spo2
+        vent_pr = [
+            m
+            for m in station.on_topic(f"{bed_topic(bed)}/vitals")
+            if any(
+                o["key"] == "pr" and o["device"] == "vent-1" for o in json.loads(m.payload)["observations"]
+            )
+        ]
+        assert vent_pr, "the ventilator sends a pulse rate too"
+        assert wait_for(
+            lambda b=bed: (f := _latest_forecast(station, b)) is not None and "hr" in f.signals, timeout_s=20
+        ), ward.log("daemon")
+        forecast = _latest_forecast(station, bed)
+        assert forecast is not None
+        assert forecast.signals["hr"].source == "hr", "the monitor's heart rate, not the ventilator's pulse"
     for bed in ward.beds:
         for signal, device in (("ecg", "mon-1"), ("pleth", "mon-1"), ("paw", "vent-1"), ("flow", "vent-1")):
             topic = f"{bed_topic(bed)}/wave/{signal}"
