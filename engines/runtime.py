@@ -121,11 +121,6 @@ class BedForecast:
     unavailable: dict[str, str]
 
 
-def no_event_estimate(model: InstalledModel) -> str:
-    """Return why an event the model does not estimate has no probability in its forecasts."""
-    return f"model {model.ref} has no event estimate that beats the current-value baseline"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TickPhases:
     """How long the phases of the last tick took, in nanoseconds (for the benchmark and diagnostics)."""
@@ -486,7 +481,7 @@ def _outlooks(
     event_rows: list[list[list[float]]] = _as_lists(probabilities)
     stand_in_rows: list[list[bool]] = _as_lists(windows.stand_in)
     estimated = backend.model.events_estimated
-    not_estimated = no_event_estimate(backend.model)
+    not_estimated = f"model {backend.model.ref} has no event estimate that beats the current-value baseline"
     events_estimated = [event.key in estimated for event in EVENTS]
     failed = outputs.failed
     forecasts: list[BedForecast] = []
