@@ -170,7 +170,8 @@ def _scored(forecasts: Sequence[GridForecast], signal: int, h_index: int) -> _Sc
             )
         )
     if not parts:
-        return _Scored(*[np.zeros(0)] * 5, np.zeros((0, len(SMOOTHER_MINUTES))))
+        empty = np.zeros(0)
+        return _Scored(empty, empty, empty, empty, empty, np.zeros((0, len(SMOOTHER_MINUTES))))
     return _Scored(*[np.concatenate([p[i] for p in parts]) for i in range(6)])
 
 

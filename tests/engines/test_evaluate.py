@@ -167,9 +167,9 @@ def test_eval_json_on_a_real_record(capsys: pytest.CaptureFixture[str]) -> None:
 def test_eval_table_and_baseline(capsys: pytest.CaptureFixture[str]) -> None:
     from engines.evaluate import eval_main
 
-    assert eval_main([str(S25047), "--model", "persistence@1.0.0"]) == 0
+    assert eval_main([str(S25047), "--model", "persistence@2.0.0"]) == 0
     out = capsys.readouterr().out
-    assert "persistence@1.0.0" in out
+    assert "persistence@2.0.0" in out
     for line in out.splitlines()[2:]:
         assert line.split()[6] == "1.000"  # the ratio column: the baseline is persistence
 
