@@ -947,7 +947,7 @@ def run(config: Config) -> int:
         REAL_WEIGHT,
         synthetic_windows.values.shape[0],
     )
-    command = f"python -m engines.train --seed {config.seed} --out engines/models" + (
+    command = f"python -m engines.train --seed {config.seed} --out engines/models --data DIR" + (
         " --quick" if config.quick else ""
     )
     created = datetime.now(tz=UTC).strftime("%Y-%m-%d")
@@ -955,7 +955,8 @@ def run(config: Config) -> int:
     named_train = [g for g in split.train_real if not (split.pap and g in split.pap.train)]
     pap_text = split.pap.description if split.pap else f"{PAP_RECORD}: not in the data folder, not used."
     held_text = (
-        f"Held-out patients, never trained on and never used to choose anything: {pap_text} Named real: "
+        "Held-out patients, never trained on or calibrated on; used to report, to pick the mix over the GRU, "
+        f"and (once, see the summary) to fix the 1-min median to the last value: {pap_text} Named real: "
         f"{_describe_grids(named_held)}. Synthetic: {len(split.held_synthetic)} patients x "
         f"{split.held_synthetic[0].minutes} min (seed {config.seed + 1000}). Calibration patients (gate and "
         f"interval scaling, not trained on): the {PAP_RECORD} calibration block for hr, "
