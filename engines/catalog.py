@@ -46,6 +46,10 @@ class MetricRow(BaseModel):
     mae_ratio: float = Field(description="mae / mae_persistence; < 1 beats persistence")
     coverage_10_90: float | None = None
     pinball: float | None = None
+    mae_smoother: float | None = Field(
+        default=None, description="MAE of the best fixed smoother (mean of the last k valid minutes)"
+    )
+    smoother_min: int | None = Field(default=None, description="k of that best smoother, in minutes")
 
 
 class EventMetricRow(BaseModel):

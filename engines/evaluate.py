@@ -4,7 +4,10 @@ The model forecasts at every minute t of a patient grid from the window ending a
 the runtime builds, via `windows_from_grid`). A signal is scored at horizon h only where the target
 minute t+h has a valid value and the signal was fresh at t (valid within spec.FRESH_WITHIN_STEPS steps):
 the rule the runtime uses before it publishes a forecast. Persistence is the last valid value in the
-window. Event probabilities are scored in a forward design (engines.metrics): every labeled minute
+window; the fixed smoothers are the means of the last k valid values in the window (SMOOTHER_MINUTES),
+and each row names the best of them on the evaluated data (chosen after the fact: a bar the model has
+to clear, not a forecaster that could have been run).
+Event probabilities are scored in a forward design (engines.metrics): every labeled minute
 where the event's signal is fresh, next to the "current value" baseline (minus the last valid value).
 """
 
@@ -34,6 +37,8 @@ F64 = npt.NDArray[np.float64]
 
 ALARM_SENSITIVITY = 0.8
 """Without given thresholds, an event alarm fires at the probability reaching 80 % sensitivity."""
+SMOOTHER_MINUTES = (3, 5, 10, 15, 30)
+"""The fixed smoothers every model is compared with: the mean of the last k valid minutes."""
 EVAL_SIGNALS = ("hr", "rr", "spo2", "map")
 """Signals `engines eval` reports: our keys present in MIMIC numerics (`pr` is not forecast; see help)."""
 
@@ -57,6 +62,8 @@ class GridForecast:
     """[M, signals]: persistence, the last valid value in the window (0 where none)."""
     fresh: npt.NDArray[np.bool_]
     """[M, signals]: valid within FRESH_WITHIN_STEPS steps of t."""
+    smoothed: F32
+    """[M, len(SMOOTHER_MINUTES), signals]: the fixed smoothers' forecasts (0 where no valid value)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +83,30 @@ def last_valid(values: F32, mask: F32) -> F32:
     return np.where(index >= 0, taken, 0.0).astype(np.float32)
 
 
+def smoothed_means(values: F32, mask: F32, minutes: Sequence[int] = SMOOTHER_MINUTES) -> F32:
+    """Return [B, len(minutes), S]: per window and signal the mean of its last k valid values (0 if none).
+
+    "Last k valid minutes": a gap does not shorten the average, it reaches further back in the window
+    (fewer than k values when the window holds fewer).
+    """
+    present = mask > 0
+    valid_from_here = np.cumsum(present[:, ::-1, :], axis=1)[:, ::-1, :]
+    means = []
+    for k in minutes:
+        use = present & (valid_from_here <= k)
+        count = use.sum(axis=1)
+        total = np.where(use, values, 0.0).astype(np.float64).sum(axis=1)
+        means.append(np.where(count > 0, total / np.maximum(count, 1), 0.0))
+    return np.stack(means, axis=1).astype(np.float32)
+
+
 def forecast_grid(predict: Predict, grid: PatientGrid, *, batch_size: int = 64) -> GridForecast:
     """Run the model at every minute t (window ending at t) that has at least one minute after it."""
     ends = np.arange(max(grid.minutes - 1, 0), dtype=np.int64)
     quantiles: list[F32] = []
     events: list[F32] = []
     lasts: list[F32] = []
+    smoothed: list[F32] = []
     fresh: list[npt.NDArray[np.bool_]] = []
     for start in range(0, ends.size, batch_size):
         chunk = ends[start : start + batch_size]
@@ -96,6 +121,7 @@ def forecast_grid(predict: Predict, grid: PatientGrid, *, batch_size: int = 64) 
         quantiles.append(np.asarray(output.quantiles, dtype=np.float32))
         events.append(np.asarray(output.event_probability, dtype=np.float32))
         lasts.append(last_valid(values, mask))
+        smoothed.append(smoothed_means(values, mask))
         fresh.append(mask[:, -FRESH_WITHIN_STEPS:, :].max(axis=1) > 0)
     signals, horizons, n_q, n_e = len(SIGNAL_KEYS), len(HORIZONS_MIN), len(QUANTILES), len(EVENTS)
     return GridForecast(
@@ -107,6 +133,9 @@ def forecast_grid(predict: Predict, grid: PatientGrid, *, batch_size: int = 64) 
         event_probability=np.concatenate(events) if events else np.zeros((0, n_e, horizons), np.float32),
         last_value=np.concatenate(lasts) if lasts else np.zeros((0, signals), np.float32),
         fresh=np.concatenate(fresh) if fresh else np.zeros((0, signals), bool),
+        smoothed=np.concatenate(smoothed)
+        if smoothed
+        else np.zeros((0, len(SMOOTHER_MINUTES), signals), np.float32),
     )
 
 
@@ -117,11 +146,13 @@ class _Scored:
     upper: F64
     persistence: F64
     target: F64
+    smoothed: F64
+    """[n, len(SMOOTHER_MINUTES)]"""
 
 
 def _scored(forecasts: Sequence[GridForecast], signal: int, h_index: int) -> _Scored:
     horizon = HORIZONS_MIN[h_index] * 60 // STEP_S
-    parts: list[tuple[F64, F64, F64, F64, F64]] = []
+    parts: list[tuple[F64, F64, F64, F64, F64, F64]] = []
     for fc in forecasts:
         target_steps = fc.end_steps + horizon
         inside = target_steps < fc.grid.minutes
@@ -135,10 +166,20 @@ def _scored(forecasts: Sequence[GridForecast], signal: int, h_index: int) -> _Sc
                 q[:, 2],
                 fc.last_value[use, signal].astype(np.float64),
                 fc.grid.values[safe[use], signal].astype(np.float64),
+                fc.smoothed[use, :, signal].astype(np.float64),
             )
         )
-    stacked = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(5)]
-    return _Scored(*stacked)
+    if not parts:
+        empty = np.zeros(0)
+        return _Scored(empty, empty, empty, empty, empty, np.zeros((0, len(SMOOTHER_MINUTES))))
+    return _Scored(*[np.concatenate([p[i] for p in parts]) for i in range(6)])
+
+
+def best_smoother(smoothed: F64, target: F64) -> tuple[float, int]:
+    """Return (MAE, k) of the fixed smoother with the lowest MAE (the shorter k on a tie)."""
+    errors = [metrics.mae(smoothed[:, i], target) for i in range(len(SMOOTHER_MINUTES))]
+    best = int(np.argmin(errors))
+    return errors[best], SMOOTHER_MINUTES[best]
 
 
 def _ratio(mae: float, mae_persistence: float) -> float:
@@ -148,7 +189,7 @@ def _ratio(mae: float, mae_persistence: float) -> float:
 def accuracy_rows(
     forecasts: Sequence[GridForecast], *, signals: Sequence[str] = SIGNAL_KEYS
 ) -> list[MetricRow]:
-    """Return MAE, MAE of persistence, their ratio, 10-90 coverage and mean pinball per signal/horizon."""
+    """Return MAE, MAE of persistence and of the best fixed smoother, 10-90 coverage and mean pinball."""
     rows: list[MetricRow] = []
     for key in signals:
         signal = SIGNAL_KEYS.index(key)
@@ -161,6 +202,7 @@ def accuracy_rows(
             ratio = _ratio(mae, mae_p)
             if not math.isfinite(ratio):
                 continue
+            mae_s, smoother_min = best_smoother(s.smoothed, s.target)
             pinball = float(
                 np.mean(
                     [
@@ -179,6 +221,8 @@ def accuracy_rows(
                     mae_ratio=round(ratio, 4),
                     coverage_10_90=round(metrics.coverage(s.lower, s.upper, s.target), 4),
                     pinball=round(pinball, 4),
+                    mae_smoother=round(mae_s, 4),
+                    smoother_min=smoother_min,
                 )
             )
     return rows
@@ -374,6 +418,9 @@ def eval_main(argv: list[str]) -> int:
                     "n": row.n,
                     "mae": row.mae,
                     "mae_persistence": row.mae_persistence,
+                    "mae_smoother": row.mae_smoother,
+                    "smoother_min": row.smoother_min,
+                    "coverage_10_90": row.coverage_10_90,
                 }
                 for row in result.metrics
             ],
@@ -381,11 +428,15 @@ def eval_main(argv: list[str]) -> int:
         print(json.dumps(document, indent=2))
         return EX_OK
     print(f"model {model.ref} on {backend.name} ({reason}); record {grid.patient_id}, {grid.minutes} min")
-    print(f"{'signal':<7}{'horizon':>8}{'n':>7}{'MAE':>10}{'MAE pers.':>11}{'ratio':>8}")
+    print(
+        f"{'signal':<7}{'horizon':>8}{'n':>7}{'MAE':>10}{'MAE pers.':>11}{'ratio':>8}"
+        f"{'MAE smoother':>14}{'k':>4}{'cov 10-90':>11}"
+    )
     for row in result.metrics:
         print(
             f"{row.signal:<7}{row.horizon_min:>6} m{row.n:>7}{row.mae:>10.3f}"
             f"{row.mae_persistence:>11.3f}{row.mae_ratio:>8.3f}"
+            f"{row.mae_smoother or 0.0:>14.3f}{row.smoother_min or 0:>4}{row.coverage_10_90 or 0.0:>11.3f}"
         )
     if not result.metrics:
         print("no scorable minutes (no signal with valid values before and after a forecast time)")

@@ -172,3 +172,40 @@ def read_numerics_record(path: Path) -> PatientGrid:
         extra=extra,
         step_s=STEP_S,
     )
+
+
+def read_concatenated_records(
+    path: Path, *, record_minutes: int, separator_minutes: int
+) -> list[PatientGrid]:
+    """Split a WFDB record of equal-length records joined by "no value" separators into one grid each.
+
+    The layout must hold exactly (N x (record + separator) rows, every separator row without a value):
+    anything else means the file is not what its description says, and the read stops with an error.
+    Grid ids are `<record name>#<index>` (0-based, in file order).
+    """
+    whole = read_numerics_record(path)
+    period = record_minutes + separator_minutes
+    if whole.minutes % period:
+        raise RecordError(
+            f"{path}: {whole.minutes} rows is not a multiple of {record_minutes}+{separator_minutes}"
+        )
+    count = whole.minutes // period
+    is_separator = (np.arange(whole.minutes) % period) >= record_minutes
+    if whole.mask[is_separator].any():
+        raise RecordError(
+            f"{path}: a separator row holds a value: the records are not {record_minutes} min each"
+        )
+    grids: list[PatientGrid] = []
+    for index in range(count):
+        rows = slice(index * period, index * period + record_minutes)
+        grids.append(
+            PatientGrid(
+                patient_id=f"{whole.patient_id}#{index:03d}",
+                values=whole.values[rows].copy(),
+                mask=whole.mask[rows].copy(),
+                context=whole.context[rows].copy(),
+                context_mask=whole.context_mask[rows].copy(),
+                step_s=whole.step_s,
+            )
+        )
+    return grids

@@ -107,7 +107,7 @@ def test_installed_wheel_lists_the_shipped_default_model(installed: Path, tmp_pa
     assert models_dir.is_relative_to(installed), f"models found outside the installed copy: {models_dir}"
     assert listing["refused"] == []
     defaults = [m for m in listing["models"] if m["default"]]
-    assert [f"{m['id']}@{m['version']}" for m in defaults] == ["nlinear-q@1.0.0"]
+    assert [f"{m['id']}@{m['version']}" for m in defaults] == ["nlinear-q@2.0.0"]
     assert {m["id"] for m in listing["models"]} >= {"nlinear-q", "persistence"}
     assert all(m["reference"] for m in listing["models"])
 
@@ -132,7 +132,7 @@ def test_installed_wheel_runs_the_default_model_on_onnxruntime(installed: Path, 
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "nlinear-q@1.0.0 on onnxruntime" in result.stdout, result.stdout
+    assert "nlinear-q@2.0.0 on onnxruntime" in result.stdout, result.stdout
 
 
 def test_installed_wheel_carries_the_systemd_files_provision_installs(

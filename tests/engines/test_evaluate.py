@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from engines.backend import BatchInput, BatchOutput
-from engines.evaluate import EVAL_SIGNALS, evaluate, last_valid
+from engines.evaluate import (
+    EVAL_SIGNALS,
+    SMOOTHER_MINUTES,
+    best_smoother,
+    evaluate,
+    last_valid,
+    smoothed_means,
+)
 from engines.records import PatientGrid
 from engines.spec import CONTEXT, EVENTS, HORIZONS_MIN, QUANTILES, SIGNAL_KEYS, SIGNALS
 
@@ -23,6 +30,19 @@ def _constant(value: float) -> object:
         shape = (batch.beds, len(SIGNALS), len(HORIZONS_MIN), len(QUANTILES))
         return BatchOutput(
             quantiles=np.full(shape, value, np.float32),
+            event_probability=np.full((batch.beds, len(EVENTS), len(HORIZONS_MIN)), 0.5, np.float32),
+        )
+
+    return predict
+
+
+def _interval(lower: float, median: float, upper: float) -> object:
+    def predict(batch: BatchInput) -> BatchOutput:
+        shape = (batch.beds, len(SIGNALS), len(HORIZONS_MIN), len(QUANTILES))
+        quantiles = np.empty(shape, np.float32)
+        quantiles[..., 0], quantiles[..., 1], quantiles[..., 2] = lower, median, upper
+        return BatchOutput(
+            quantiles=quantiles,
             event_probability=np.full((batch.beds, len(EVENTS), len(HORIZONS_MIN)), 0.5, np.float32),
         )
 
@@ -63,6 +83,44 @@ def test_persistence_mae_on_a_hand_made_grid() -> None:
     assert rows[1].coverage_10_90 == 0.0
 
 
+def test_fixed_smoothers_and_coverage_on_the_hand_made_grid() -> None:
+    # Same scored minutes as above. The smoothers average the last k valid values of the window:
+    # horizon 1: from 0 -> 60 (target 62), from 2 -> 61 (65), from 3 -> 62.33 (70) for every k;
+    # from 8 -> k=3: (62+65+70)/3 = 65.67, k>=5: 64.25 (target 75). k=3: (2+4+7.67+9.33)/4 = 5.75.
+    # Horizon 5: from 4 -> k=3: 65.67, k>=5: 64.25 (target 75); from 10 -> k=3: (65+70+75)/3 = 70,
+    # k>=5: 66.4 (target 90). k=3: (9.33+20)/2 = 14.67, the best.
+    # The interval [63, 80] holds the targets 65, 70, 75 of 62, 65, 70, 75 (horizon 1): 0.75;
+    # 75 of 75, 90 (horizon 5): 0.5.
+    result = evaluate(_interval(63.0, 70.0, 80.0), [_hand_grid()], signals=("hr",))  # type: ignore[arg-type]
+    rows = {r.horizon_min: r for r in result.metrics}
+    assert rows[1].smoother_min == 3
+    assert rows[1].mae_smoother == pytest.approx(5.75, abs=1e-4)
+    assert rows[5].smoother_min == 3
+    assert rows[5].mae_smoother == pytest.approx(44.0 / 3.0, abs=1e-4)
+    assert rows[1].coverage_10_90 == pytest.approx(0.75)
+    assert rows[5].coverage_10_90 == pytest.approx(0.5)
+
+
+def test_smoothed_means_count_valid_minutes_back_across_gaps() -> None:
+    values = np.zeros((1, 8, 1), np.float32)
+    mask = np.zeros_like(values)
+    for step, value in ((0, 10.0), (2, 20.0), (5, 30.0), (7, 60.0)):
+        values[0, step, 0], mask[0, step, 0] = value, 1.0
+    means = smoothed_means(values, mask, minutes=(1, 2, 3, 30))
+    assert means[0, :, 0].tolist() == pytest.approx([60.0, 45.0, 110.0 / 3.0, 30.0])
+    assert smoothed_means(values, np.zeros_like(mask)).tolist() == [[[0.0]] * len(SMOOTHER_MINUTES)]
+
+
+def test_best_smoother_prefers_the_long_mean_on_an_alternating_signal() -> None:
+    # 60, 70, 60, 70 ...: a mean of an even number of minutes says 65 (error 5), an odd one 66.7 or
+    # 63.3 (error 6.7 for k=3), persistence is off by 10.
+    series = np.tile([60.0, 70.0], 20)
+    windows = series[:30][None, :, None].astype(np.float32)
+    smoothed = smoothed_means(windows, np.ones_like(windows))[:, :, 0].astype(np.float64)
+    mae, k = best_smoother(smoothed, np.array([60.0]))
+    assert (mae, k) == (pytest.approx(5.0), 10)
+
+
 def test_batch_size_does_not_change_the_result() -> None:
     grid = _hand_grid()
     one = evaluate(_constant(70.0), [grid], batch_size=1)  # type: ignore[arg-type]
@@ -87,7 +145,19 @@ def test_eval_json_on_a_real_record(capsys: pytest.CaptureFixture[str]) -> None:
     assert document["model"] == select_model(find_models()).ref
     assert document["results"]
     for result in document["results"]:
-        assert set(result) == {"signal", "horizon_min", "n", "mae", "mae_persistence"}
+        assert set(result) == {
+            "signal",
+            "horizon_min",
+            "n",
+            "mae",
+            "mae_persistence",
+            "mae_smoother",
+            "smoother_min",
+            "coverage_10_90",
+        }
+        assert result["smoother_min"] in SMOOTHER_MINUTES
+        assert result["mae_smoother"] >= 0.0
+        assert 0.0 <= result["coverage_10_90"] <= 1.0
         assert result["signal"] in {"hr", "pr", "rr", "spo2", "map"}
         assert result["horizon_min"] in HORIZONS_MIN
         assert result["n"] > 0
@@ -97,11 +167,11 @@ def test_eval_json_on_a_real_record(capsys: pytest.CaptureFixture[str]) -> None:
 def test_eval_table_and_baseline(capsys: pytest.CaptureFixture[str]) -> None:
     from engines.evaluate import eval_main
 
-    assert eval_main([str(S25047), "--model", "persistence@1.0.0"]) == 0
+    assert eval_main([str(S25047), "--model", "persistence@2.0.0"]) == 0
     out = capsys.readouterr().out
-    assert "persistence@1.0.0" in out
+    assert "persistence@2.0.0" in out
     for line in out.splitlines()[2:]:
-        assert line.split()[-1] == "1.000"  # the baseline is persistence
+        assert line.split()[6] == "1.000"  # the ratio column: the baseline is persistence
 
 
 def test_eval_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engines.records import RecordError, import_wfdb, read_numerics_record
+from engines.records import RecordError, import_wfdb, read_concatenated_records, read_numerics_record
 from engines.spec import SIGNAL_KEYS
 
 VITALS = Path(__file__).resolve().parents[1] / "data" / "vitals"
@@ -88,3 +89,45 @@ def test_garbage_header_is_a_record_error(tmp_path: Path) -> None:
     (tmp_path / "bad.hea").write_text("this is not a header\n")
     with pytest.raises(RecordError, match="bad"):
         read_numerics_record(tmp_path / "bad")
+
+
+def _write_hr_record(directory: Path, hr: np.ndarray) -> Path:
+    wfdb = import_wfdb()
+    with warnings.catch_warnings():  # wfdb's writer calls pandas with an argument pandas deprecates
+        warnings.simplefilter("ignore")
+        wfdb.wrsamp(
+            "joined",
+            fs=1 / 60,
+            units=["bpm"],
+            sig_name=["HR"],
+            p_signal=hr.reshape(-1, 1),
+            fmt=["16"],
+            adc_gain=[10.0],
+            baseline=[0],
+            write_dir=str(directory),
+        )
+    return directory / "joined"
+
+
+def test_concatenated_records_split_into_one_grid_each(tmp_path: Path) -> None:
+    # Three records of 4 min, each followed by 3 min without a value.
+    hr = np.zeros(21)
+    for index, start in enumerate((0, 7, 14)):
+        hr[start : start + 4] = [60.0 + index, 0.0, 70.0 + index, 80.0 + index]
+    grids = read_concatenated_records(_write_hr_record(tmp_path, hr), record_minutes=4, separator_minutes=3)
+    assert [g.patient_id for g in grids] == ["joined#000", "joined#001", "joined#002"]
+    hr_column = SIGNAL_KEYS.index("hr")
+    assert grids[2].values[:, hr_column].tolist() == [62.0, 0.0, 72.0, 82.0]
+    assert grids[2].mask[:, hr_column].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert all(g.mask[:, [i for i in range(len(SIGNAL_KEYS)) if i != hr_column]].sum() == 0 for g in grids)
+
+
+def test_concatenated_records_refuse_a_value_in_a_separator(tmp_path: Path) -> None:
+    hr = np.zeros(14)
+    hr[:4] = 60.0
+    hr[5] = 61.0  # inside the first separator
+    path = _write_hr_record(tmp_path, hr)
+    with pytest.raises(RecordError, match="separator"):
+        read_concatenated_records(path, record_minutes=4, separator_minutes=3)
+    with pytest.raises(RecordError, match="multiple"):
+        read_concatenated_records(path, record_minutes=5, separator_minutes=3)
