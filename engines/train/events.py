@@ -247,13 +247,18 @@ def fit_event_head(
 # --- held-out scenario deteriorations -----------------------------------------------------------------
 
 NOISELESS_EVERY = 2
+NOISE_SCALES = (0.5, 2.0)
 _NOISE_SD = {"hr": 2.0, "spo2": 0.7, "map": 2.5, "rr": 1.0, "etco2": 1.0}
 """Per-minute measurement noise added to the scenario engine's (noiseless) values."""
 _SCENARIO_KEYS = {"hr": "hr", "spo2": "spo2", "map": "abp_mean", "rr": "rr", "etco2": "etco2"}
 
 
-def scenario_grid(patient: Patient, *, minutes: int, patient_id: str, noise_seed: int | None) -> PatientGrid:
+def scenario_grid(
+    patient: Patient, *, minutes: int, patient_id: str, noise_seed: int | None, noise_scale: float = 1.0
+) -> PatientGrid:
     """Return a scenario patient sampled at mid-minute as a grid, with AR(1) measurement noise if seeded.
+
+    `noise_scale` multiplies the per-signal noise SD (patients and sensors differ).
 
     The scenario engine's times are seconds; build the patient with minute-scale durations.
     SpO2 is rounded to whole percent, as a monitor shows it.
@@ -266,8 +271,9 @@ def scenario_grid(patient: Patient, *, minutes: int, patient_id: str, noise_seed
         rng = np.random.default_rng(noise_seed)
         phi = np.exp(-1.0 / 2.0)
         for column, signal in enumerate(SIGNALS):
-            shocks = rng.normal(0.0, _NOISE_SD[signal.key] * np.sqrt(1.0 - phi * phi), minutes)
-            level = rng.normal(0.0, _NOISE_SD[signal.key])
+            sd = _NOISE_SD[signal.key] * noise_scale
+            shocks = rng.normal(0.0, sd * np.sqrt(1.0 - phi * phi), minutes)
+            level = rng.normal(0.0, sd)
             for t in range(minutes):
                 level = phi * level + shocks[t]
                 values[t, column] += level
@@ -286,7 +292,7 @@ def scenario_grids(*, seed: int, count: int = 24, minutes: int = 240) -> list[Pa
 
     Drawn from drivers.scenario with durations in minutes chosen by seed. Every NOISELESS_EVERY-th
     round of three is exactly as the simulators play it (no noise: what a demo bed shows); the others
-    carry measurement noise.
+    carry measurement noise, its SD scaled per patient by NOISE_SCALES (0.5-2x the typical).
     """
     rng = np.random.default_rng(seed)
     grids: list[PatientGrid] = []
@@ -312,6 +318,7 @@ def scenario_grids(*, seed: int, count: int = 24, minutes: int = 240) -> list[Pa
                 minutes=minutes,
                 patient_id=f"scenario-{seed}-{index:03d}-{patient.name}",
                 noise_seed=None if (index // 3) % NOISELESS_EVERY == 0 else int(rng.integers(2**31)),
+                noise_scale=float(rng.uniform(*NOISE_SCALES)),
             )
         )
     return grids
