@@ -8,19 +8,26 @@ signal (physical units in, engines.spec; masks respected; the other signals neve
 - `slope`: a robust slope over the last SLOPE_STEPS minutes (least squares on the deviations from the
   last value, clipped, then two Huber re-weightings, so one artefact minute cannot make a trend), and
   the least-squares slope over the whole window;
-- `noise`: the mean absolute second difference over the window's first 20 minutes (the patient's own
-  variability before now; a trend does not count as noise);
+- `drop`: the robust level now minus the mean of the window's first 20 minutes (the patient's own
+  recent baseline);
+- `noise`: the mean absolute second difference over those first 20 minutes (the patient's own
+  variability before now; a trend does not count as noise).
 
 A small per-event MLP maps these smooth features to the 1-minute logit plus non-negative increments per
 longer horizon, so P(within 15 min) >= P(within 10) >= ... by construction. Every operation is
 elementwise or a masked sum, so the probability moves continuously with the values and the graph exports
 to ONNX (the pipeline's opset).
 
+The trade-off measured (BENCHMARKS.md, "Event warnings"): trained on clean scenario ramps, it warns
+early of a clean fall, and also of a fast fall from a flat line that stops by itself.
+
 API for the training pipeline (`pipeline.run` wires these in):
-- `fit_event_head(train_grids, *, seed) -> EventHead`: train on the training patients only;
+- `fit_event_head(train_grids, *, seed) -> EventHead`: train on the training patients only (the
+  scenario-engine training patients are added inside, seed `seed`);
 - `WithEvents(forecaster, head, estimated=...)`: the exported module (forecaster's quantiles, head's
   probabilities);
-- `scenario_grids(*, seed) -> list[PatientGrid]`: held-out deteriorations from drivers.scenario;
+- `scenario_grids(*, seed) -> list[PatientGrid]`: held-out deteriorations from drivers.scenario
+  (use seed + HELD_OUT_SEED_OFFSET);
 - `gate_events(head, sources, *, alarm_threshold) -> EventGate`: per event, ship the head only where it
   beats the current-value baseline's lead time at <= 0.1 false alarms per bed-hour on the held-out
   beds; `EventGate.estimated` goes into card.json as `events_estimated`.
