@@ -1,4 +1,4 @@
-"""`python -m engines.train --seed 7 --out engines/models [--data DIR] [--holdout NAME] [--quick]`."""
+"""`python -m engines.train --seed 7 --out DIR [--data DIR] [--holdout NAME] [--calibrate NAME] [--quick]`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="record name prefix held out for evaluation (repeatable; default s25047)",
     )
+    parser.add_argument(
+        "--calibrate",
+        action="append",
+        default=None,
+        help="record name prefix kept for calibration, never trained on (repeatable; default none)",
+    )
     parser.add_argument("--quick", action="store_true", help="few patients and epochs (tests, smoke runs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             data=args.data,
             holdout=tuple(args.holdout or ["s25047"]),
             quick=args.quick,
+            calibrate=tuple(args.calibrate or ()),
         )
     )
 

@@ -1,7 +1,11 @@
 """Train, calibrate, gate, export and document the shipped models (torch on CPU, seeded, deterministic).
 
 Split by patient, never by minute:
-- the named WFDB records are split by name (`--holdout`, default s25047; the others train);
+- the named WFDB records are split by name: held out (`--holdout`, default s25047), calibration
+  (`--calibrate`, none by default), the others train. A calibration record never trains: a patient
+  that both fitted the model and calibrated its intervals gives intervals too narrow on new patients.
+  `--calibrate p000020` (the only real SpO2, RR, arterial MAP outside the held-out record) was tried
+  and not shipped: engines/models/README.md says why;
 - `pap-train-hr` (216 records of 101 min, 189 patients, ids in file order in its `.patients.txt`) is
   split into contiguous blocks of records: calibration (first block), training, held out (last
   block), with a buffer of (records - patients) records dropped between neighbouring blocks. Which
@@ -120,6 +124,7 @@ class Config:
     data: Path
     holdout: tuple[str, ...]
     quick: bool
+    calibrate: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +136,12 @@ class Split:
     held_real: list[PatientGrid]
     held_synthetic: list[PatientGrid]
     calibration_real: list[PatientGrid]
+    """The pap-train-hr calibration block (real HR)."""
+    calibration_named: list[PatientGrid]
+    """Named multi-signal records kept for calibration (never trained on)."""
     calibration_synthetic: list[PatientGrid]
     named_real: list[PatientGrid]
-    """The named multi-signal records (p000020, s25047: the only real MAP, SpO2, RR), train and held."""
+    """The named multi-signal records (p000020, s25047: the only real MAP, SpO2, RR), every role."""
     pap: PapSplit | None
 
     @property
@@ -219,7 +227,10 @@ def load_split(config: Config) -> Split:
     records = sorted({p.with_suffix("") for p in config.data.glob("*.hea")} - {config.data / PAP_RECORD})
     named = [read_numerics_record(path) for path in records]
     held_named = [g for g in named if any(g.patient_id.startswith(h) for h in config.holdout)]
-    train_named = [g for g in named if g not in held_named]
+    calibration_named = [
+        g for g in named if g not in held_named and any(g.patient_id.startswith(c) for c in config.calibrate)
+    ]
+    train_named = [g for g in named if g not in held_named and g not in calibration_named]
     pap = load_pap(config.data, quick=config.quick)
     count, minutes = (6, 360) if config.quick else (32, 720)
     held_count = 4 if config.quick else 12
@@ -229,6 +240,7 @@ def load_split(config: Config) -> Split:
         held_real=[*(pap.held if pap else []), *held_named],
         held_synthetic=synthetic_patients(count=held_count, minutes=minutes, seed=config.seed + 1000),
         calibration_real=pap.calibration if pap else [],
+        calibration_named=calibration_named,
         calibration_synthetic=synthetic_patients(count=held_count, minutes=minutes, seed=config.seed + 2000),
         named_real=named,
         pap=pap,
@@ -439,10 +451,30 @@ def train_learned(
 
 
 def _calibration_sources(split: Split, key: str) -> list[PatientGrid]:
-    """Return one signal's calibration patients: real where they score enough minutes, else synthetic."""
+    """Return one signal's calibration patients: the first real source scoring enough minutes, else synthetic.
+
+    The pap-train-hr block comes first (for hr: the same source as the held-out block the hr bar is
+    judged on), then the named calibration records (`--calibrate`), then the synthetic patients.
+    """
     signal = SIGNAL_KEYS.index(key)
-    real_minutes = sum(int(g.mask[:, signal].sum()) for g in split.calibration_real)
-    return split.calibration_real if real_minutes >= CALIBRATION_MIN_N else split.calibration_synthetic
+    for source in (split.calibration_real, split.calibration_named):
+        if sum(int(g.mask[:, signal].sum()) for g in source) >= CALIBRATION_MIN_N:
+            return source
+    return split.calibration_synthetic
+
+
+def calibration_source_names(split: Split) -> dict[str, str]:
+    """Return per signal which patients calibrate it (gate and interval scaling), in words."""
+    names: dict[str, str] = {}
+    for key in SIGNAL_KEYS:
+        source = _calibration_sources(split, key)
+        if source is split.calibration_real:
+            names[key] = f"{PAP_RECORD} calibration block (real)"
+        elif source is split.calibration_named:
+            names[key] = f"{_describe_grids(source)} (real)"
+        else:
+            names[key] = f"{len(source)} synthetic patients"
+    return names
 
 
 def calibrate_intervals(module: Forecaster, split: Split) -> None:
@@ -736,6 +768,17 @@ def _describe_grids(grids: Sequence[PatientGrid]) -> str:
     return ", ".join(f"{g.patient_id} ({g.minutes} min)" for g in grids)
 
 
+def _training_sources(split: Split, key: str) -> str:
+    """Return which real training patients carry one signal, in words (synthetic always trains)."""
+    signal = SIGNAL_KEYS.index(key)
+    real = [
+        g for g in split.train_real if not (split.pap and g in split.pap.train) and g.mask[:, signal].any()
+    ]
+    names = [f"{PAP_RECORD} training block"] if key == "hr" and split.pap and split.pap.train else []
+    names += [g.patient_id.split("-")[0] for g in real]
+    return f"real: {', '.join(names)}; synthetic" if names else "synthetic only"
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -953,15 +996,16 @@ def run(config: Config) -> int:
     created = datetime.now(tz=UTC).strftime("%Y-%m-%d")
     named_held = [g for g in split.held_real if not (split.pap and g in split.pap.held)]
     named_train = [g for g in split.train_real if not (split.pap and g in split.pap.train)]
+    calibration = calibration_source_names(split)
     pap_text = split.pap.description if split.pap else f"{PAP_RECORD}: not in the data folder, not used."
     held_text = (
         "Held-out patients, never trained on or calibrated on; used to report, to pick the mix over the GRU, "
         f"and (once, see the summary) to fix the 1-min median to the last value: {pap_text} Named real: "
         f"{_describe_grids(named_held)}. Synthetic: {len(split.held_synthetic)} patients x "
         f"{split.held_synthetic[0].minutes} min (seed {config.seed + 1000}). Calibration patients (gate and "
-        f"interval scaling, not trained on): the {PAP_RECORD} calibration block for hr, "
-        f"{len(split.calibration_synthetic)} synthetic patients (seed {config.seed + 2000}) for the other "
-        "signals (no other real record has them). "
+        "interval scaling, never trained on), per signal: "
+        + "; ".join(f"{key}: {name}" for key, name in calibration.items())
+        + f" (synthetic: seed {config.seed + 2000}). "
         "Every minute with a valid target and a fresh signal is scored (forecast from the window ending at "
         "that minute), next to persistence and the best of the fixed smoothers (mean of the last "
         f"{', '.join(map(str, SMOOTHER_MINUTES))} valid minutes), the best chosen on the held-out data "
@@ -979,20 +1023,15 @@ def run(config: Config) -> int:
         f"{PAP_RECORD} training block ({len(split.pap.train)} records, HR only)" if split.pap else "no pap"
     )
     train_text = (
-        f"Real first: {pap_train}; "
-        f"{_describe_grids(named_train)} (all MIMIC-III waveform database matched subset, PhysioNet; real "
+        f"Real first: {', '.join(filter(None, (pap_train, _describe_grids(named_train))))} "
+        f"(MIMIC-III waveform database matched subset, PhysioNet; real "
         f"windows repeated x{REAL_WEIGHT}). Synthetic augmentation: {len(split.train_synthetic)} patients x "
         f"{split.train_synthetic[0].minutes} min from engines.synthetic (seed {config.seed}): correlated "
         "drifts, AR noise, hypotension and desaturation episodes with clinician FiO2 response, gaps and "
         "artefacts."
     )
-    hr_data = f"{PAP_RECORD} training block + p000020" if split.pap else "p000020"
     sources = {
-        "hr": f"real: {hr_data}; synthetic",
-        "spo2": "real: p000020; synthetic",
-        "map": "real: p000020 (arterial); synthetic",
-        "rr": "real: p000020; synthetic",
-        "etco2": "synthetic only",
+        key: _training_sources(split, key) + f"; calibrated on {calibration[key]}" for key in SIGNAL_KEYS
     }
     # Baseline.
     baseline = fit_baseline(train)
@@ -1090,10 +1129,17 @@ def run(config: Config) -> int:
             )
             limits = (
                 f"Real training data: heart rate of the {PAP_RECORD} training block (cardiac and "
-                "cardiac-surgery patients, already smoothed minute values) and one multi-signal patient "
-                "(p000020); SpO2, RR and MAP behaviour is learned mostly from synthetic physiology, and "
-                "their gate and interval scaling come from synthetic calibration patients: their held-out "
-                "real figures (one 72-min record) are few minutes. Not enough to claim clinical accuracy. "
+                "cardiac-surgery patients, already smoothed minute values)"
+                + (
+                    f" and {', '.join(g.patient_id.split('-')[0] for g in named_train)}"
+                    if named_train
+                    else ""
+                )
+                + "; SpO2, RR and MAP behaviour is learned mostly from synthetic physiology; each signal's "
+                "gate and interval scaling come from the calibration patients named in the per-signal "
+                "table (for SpO2, RR, MAP at most one real patient: one patient's variability, not a "
+                "ward's). Their held-out real figures (one 72-min record) are few minutes. "
+                "Not enough to claim clinical accuracy. "
                 "Events are rare in the real data; event probabilities are not calibrated for alarm use "
                 "without local validation. Adults only; per-minute numerics only. Validate on your unit's "
                 "data (`icu-edge engines eval RECORD`) before enabling."
