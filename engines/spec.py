@@ -83,6 +83,10 @@ EVENTS: Final = (
     EventDefinition("spo2_below_90", "spo2", 90.0, "SpO2 < 90 % at any minute within the horizon"),
 )
 
+EVENT_ALARM_THRESHOLD: Final = 0.7
+"""The default probability at which a predictive alarm is raised (edge's `[alarms.predictive] threshold`):
+the operating point the training gate judges an event head at."""
+
 # ONNX I/O names and shapes (B = beds in the batch, dynamic).
 INPUT_VALUES: Final = "values"
 """float32 [B, WINDOW_STEPS, len(SIGNALS)]: physical units, 0 where missing; the last step is 'now'."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from drivers.base import AlarmPriority
 from drivers.plausibility import TABLE
 from edge.model import AlarmLimit
+from engines.spec import EVENT_ALARM_THRESHOLD
 
 DELAY_CAP_S = 15.0
 """Longest condition delay without a written reason (Mindray/Philips-class monitors cap theirs here)."""
@@ -185,7 +186,9 @@ class PredictiveConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     enabled: bool = True
-    threshold: float = Field(default=0.7, ge=0.5, le=0.99, description="raise at this probability or above")
+    threshold: float = Field(
+        default=EVENT_ALARM_THRESHOLD, ge=0.5, le=0.99, description="raise at this probability or above"
+    )
     hysteresis: float = Field(default=0.1, ge=0, le=0.4, description="end below threshold minus this")
     horizon_max_min: int = Field(default=15, ge=1, le=60, description="only horizons up to this count")
     priority: AlarmPriority = Field(default=AlarmPriority.LOW)

@@ -50,7 +50,7 @@ from engines import lead_time
 from engines.features import clean_grid, windows_from_grid
 from engines.records import PatientGrid
 from engines.spec import CONTEXT, EVENTS, FRESH_WITHIN_STEPS, HORIZONS_MIN, SIGNAL_KEYS, SIGNALS, WINDOW_STEPS
-from engines.train.pipeline import build_windows
+from engines.train.windows import build_windows
 
 LOGGER = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class EventHead(nn.Module):
     def features(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ([B, E, FEATURES] trend features in signal scales, [B, E] has a valid value)."""
         m = (mask[:, :, self.event_index] > 0.5).to(values.dtype)
-        v = values[:, :, self.event_index] * m
+        # where, not a product: a masked step may hold anything (NaN, inf), and inf * 0 is NaN
+        v = torch.where(m > 0.5, values[:, :, self.event_index], torch.zeros_like(m))
         is_last = m * torch.relu(1.0 - torch.matmul(self.later, m))
         last = (v * is_last).sum(dim=1)
         has = is_last.sum(dim=1)

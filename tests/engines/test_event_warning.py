@@ -85,6 +85,7 @@ def fitted_model(tmp_path_factory: pytest.TempPathFactory) -> ModelUnderTest:
         evaluation_data="none",
         limits_of_use="Tests only; never for patients.",
         event_definitions={e.key: e.description for e in EVENTS},
+        events_estimated=[e.key for e in EVENTS],
         seed=7,
         onnx_sha256=sha256_file(directory / "model.onnx"),
         size_bytes=(directory / "model.onnx").stat().st_size,

@@ -3,7 +3,7 @@
 Real onnxruntime and the shipped models (the default one and persistence): a bed with only a
 ventilator's pulse rate gets an hr forecast marked `source: pr`; a bed with a monitor's hr and a
 ventilator's pr uses hr. A model publishes only the event probabilities its card lists in
-`events_estimated` (none where the card lists none: the shipped cards today), says why for the others,
+`events_estimated` (the default estimates spo2_below_90 only, persistence none), says why for the others,
 and the predictive alarms never fire from them (a test model that does estimate the event makes the
 same bed alarm, so the check can fail).
 """
@@ -123,7 +123,7 @@ SHIPPED = scan_models(SHIPPED_MODELS_DIR)[0]
 
 @pytest.mark.parametrize("model", SHIPPED, ids=[model.ref for model in SHIPPED])
 async def test_a_shipped_model_publishes_only_the_events_its_card_estimates(model: InstalledModel) -> None:
-    """Today no shipped card lists `events_estimated` (their event head reacts after the fact): none."""
+    """Exactly the card's `events_estimated` (the shipped default: SpO2 only; persistence: none)."""
     runtime = ForecastRuntime(beds=["bed-07"], backend="onnxruntime", model_ref=model.ref)
     (forecast,) = (
         await _tick(
@@ -204,13 +204,13 @@ def _alarms() -> AlarmManager:
 
 
 async def test_no_predictive_alarm_from_a_model_without_the_event_estimate(tmp_path: Path) -> None:
-    """The same desaturating bed: a model that estimates the event alarms, the shipped default does not."""
+    """The same desaturating bed: a model that estimates the event alarms, the shipped baseline does not."""
     desaturating = [("bed-07", "spo2", "%", [96.0, 94.0, 92.0, 90.0, 88.0, 86.0, 84.0], NOW_S)]
     build_test_model(tmp_path, model_id="estimates-events", default=False)
     estimating = ForecastRuntime(
         beds=["bed-07"], backend="onnxruntime", model_ref="estimates-events", extra_models_dir=tmp_path
     )
-    shipped = ForecastRuntime(beds=["bed-07"], backend="onnxruntime")
+    shipped = ForecastRuntime(beds=["bed-07"], backend="onnxruntime", model_ref="persistence")
     with_estimate: ForecastBody = forecast_body((await _tick(estimating, desaturating))["bed-07"])
     without: ForecastBody = forecast_body((await _tick(shipped, desaturating))["bed-07"])
     assert set(with_estimate.events) == {"spo2_below_90"}

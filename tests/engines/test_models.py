@@ -113,7 +113,7 @@ def test_default_learned_model_beats_persistence_where_learned() -> None:
         assert all("met the bar for no signal" in m.card.summary for m in learned)
         return
     with np.load(default.onnx_path.parent / "state.npz") as state:
-        gate = state["gate"]
+        gate = state["forecaster.gate"]
     assert gate.shape == (len(SIGNALS), len(HORIZONS_MIN))
     assert (gate[:, HORIZONS_MIN.index(1)] == 0.0).all(), "the 1-min median is persistence by design"
     assert gate.any()
@@ -151,9 +151,14 @@ def test_onnxruntime_equals_pytorch_reference(model: InstalledModel) -> None:
 @pytest.mark.parametrize("model", MODELS, ids=IDS)
 def test_onnxruntime_equals_live_pytorch(model: InstalledModel) -> None:
     torch = pytest.importorskip("torch", reason="torch is a dev-time extra (pip install 'icu-edge[train]')")
+    from engines.train.events import EventHead, WithEvents
     from engines.train.modules import NLinearQuantile, PersistenceBaseline
 
-    module = PersistenceBaseline() if model.card.kind == "baseline" else NLinearQuantile()
+    module: torch.nn.Module = (
+        PersistenceBaseline()
+        if model.card.kind == "baseline"
+        else WithEvents(NLinearQuantile(), EventHead(), estimated=set(model.card.events_estimated or []))
+    )
     with np.load(model.onnx_path.parent / "state.npz") as state:
         module.load_state_dict({k: torch.from_numpy(state[k]) for k in state.files})
     module.eval()
@@ -228,7 +233,7 @@ def _fixed_baselines(model: InstalledModel) -> list[tuple[int, int, int]]:
     if model.card.kind == "baseline":
         return [(s, h, 0) for s in range(len(SIGNALS)) for h in range(len(HORIZONS_MIN))]
     with np.load(model.onnx_path.parent / "state.npz") as state:
-        gate, fixed = state["gate"], state["fixed_weight"]
+        gate, fixed = state["forecaster.gate"], state["forecaster.fixed_weight"]
     return [
         (s, h, int(fixed[s, h].argmax()))
         for s in range(len(SIGNALS))

@@ -391,8 +391,9 @@ def test_forecast_reaches_the_broker(spine: Spine, subscribe: Callable[..., Subs
     assert "map_below_65" in message.unavailable
     hr = message.signals["hr"]
     assert hr.source == "pr", "a ventilator gives no HR: its SpO2 module's pulse rate stands in, and says so"
-    assert message.events == {}, "the shipped model lists no event estimate that beats the baseline"
-    assert message.unavailable["spo2_below_90"] == (
+    assert set(message.events) == {"spo2_below_90"}, "the shipped default estimates desaturation only"
+    assert [h.horizon_min for h in message.events["spo2_below_90"].horizons] == [1, 5, 10, 15]
+    assert message.unavailable["map_below_65"] == (
         f"model {message.model.id}@{message.model.version} has no event estimate that beats the "
         "current-value baseline"
     )
