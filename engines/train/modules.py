@@ -37,6 +37,11 @@ MIX_HIDDEN = 24
 GRU_HIDDEN = 16
 DELTA_CLIP = 6.0
 """Normalized deltas are clipped to +-6 scales: a plausible-but-wild jump (artefact) cannot dominate."""
+NOISE_MINUTES = 15
+"""The shipped interval's width follows the mean absolute minute-to-minute change over the window's last
+15 minutes (pairs of consecutive valid minutes)."""
+NOISE_FLOOR = 0.05
+"""That noise scale is floored at 5 % of SIGNAL_SCALE: a flat or sparsely read stretch keeps an interval."""
 
 
 class LastValid(nn.Module):
@@ -128,14 +133,18 @@ class NLinearQuantile(nn.Module):
     valid minutes. A small network shared by all signals reads the window's own noise (mean absolute
     minute-to-minute change, spread around the 30-min mean, gaps between the last value and each mean,
     the fraction of valid minutes, the signal) and returns, per horizon, the mixture weights (softmax)
-    and the p10/p90 spreads: a noisy window is averaged, a smooth or trending one follows the last value.
+    and p10/p90 spreads: a noisy window is averaged, a smooth or trending one follows the last value.
+    The spreads are trained with the medians (pinball loss on all three quantiles shapes the shared
+    layer) but not shipped: calibration sets `normalized_spread` to 1, and from then on the interval is the
+    window's own noise scale (`noise_scale`) x `interval_scale` (normalized split conformal), so a
+    jumpy, artefact-laden window gets a wide interval and a smooth one a narrow interval.
     Version 1's NLinear correction (a linear layer over the window minus its last value) is gone: on the
     calibration patients it made the 1-min forecast worse than persistence for every signal.
 
     `gate` [S, H] (baked in after evaluation on the calibration patients): 1 keeps the learned mix and
     for that signal and horizon; 0 replaces it with the fixed baseline in `fixed_weight`
     (one-hot: the last value or one k-minute mean), the better baseline there. `interval_scale`
-    [S, H, 2] stretches the lower/upper spreads so the 10-90 % interval covers 80 % on the calibration
+    [S, H, 2] multiplies the lower/upper spreads so the 10-90 % interval covers 80 % on the calibration
     patients (split conformal). Event probabilities: a sigmoid over a small head on the window features,
     the predicted median and the last value relative to the threshold.
     """
@@ -146,6 +155,7 @@ class NLinearQuantile(nn.Module):
     gate: torch.Tensor
     fixed_weight: torch.Tensor
     interval_scale: torch.Tensor
+    normalized_spread: torch.Tensor
     signal_code: torch.Tensor
     event_threshold: torch.Tensor
     event_scale: torch.Tensor
@@ -171,6 +181,7 @@ class NLinearQuantile(nn.Module):
         self.register_buffer("event_scale", torch.tensor([SIGNAL_SCALE[i] for i in EVENT_SIGNAL_INDEX]))
         self.register_buffer("event_prior", torch.zeros(E, H))
         self.event_index = list(EVENT_SIGNAL_INDEX)
+        self.register_buffer("normalized_spread", torch.zeros(()))
         self.mix = nn.Sequential(
             nn.Linear(NOISE_FEATURES + S, MIX_HIDDEN), nn.Tanh(), nn.Linear(MIX_HIDDEN, H * (CANDIDATES + 2))
         )
@@ -210,6 +221,15 @@ class NLinearQuantile(nn.Module):
             dim=-1,
         )
 
+    def noise_scale(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Return [B, S]: mean |minute-to-minute change| over the last NOISE_MINUTES, floored."""
+        recent_values = values[:, -NOISE_MINUTES:, :]
+        recent_mask = mask[:, -NOISE_MINUTES:, :]
+        pairs = recent_mask[:, 1:, :] * recent_mask[:, :-1, :]
+        step = torch.abs(recent_values[:, 1:, :] - recent_values[:, :-1, :]) * pairs
+        mean_step = step.sum(dim=1) / torch.clamp(pairs.sum(dim=1), min=1.0)
+        return torch.maximum(mean_step, NOISE_FLOOR * self.scale.reshape(1, S))
+
     def forward(
         self, values: torch.Tensor, mask: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,8 +250,11 @@ class NLinearQuantile(nn.Module):
         features = torch.cat(
             [delta.flatten(1), mask.flatten(1), ctx.flatten(1), context_mask.flatten(1)], dim=1
         )
-        spread = nn.functional.softplus(mixed[..., CANDIDATES:] + 0.5) * self.scale.reshape(1, S, 1, 1)
-        spread = spread * self.interval_scale
+        learned_spread = nn.functional.softplus(mixed[..., CANDIDATES:] + 0.5) * self.scale.reshape(
+            1, S, 1, 1
+        )
+        noise_spread = self.noise_scale(values, mask).reshape(-1, S, 1, 1).expand_as(learned_spread)
+        spread = torch.where(self.normalized_spread > 0.5, noise_spread, learned_spread) * self.interval_scale
         quantiles = torch.stack([median - spread[..., 0], median, median + spread[..., 1]], dim=-1)
 
         hidden = torch.relu(self.hidden(features))

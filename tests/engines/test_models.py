@@ -282,6 +282,40 @@ def test_in_graph_recent_means_equal_the_evaluation_smoothers() -> None:
     )
 
 
+def test_learned_interval_width_follows_the_window_noise() -> None:
+    """p10/p90 = median -/+ the mean |1-min change| over the last 15 min (floored) x the calibrated factor.
+
+    Checked on the shipped graph against hand-built windows: flat (the floor), steps of 3 (noise 3),
+    a gap (only consecutive valid minutes count), and random windows against a numpy re-computation.
+    """
+    model = select_model(MODELS)
+    with np.load(model.onnx_path.parent / "state.npz") as state:
+        assert float(state["forecaster.normalized_spread"]) == 1.0
+        factor = state["forecaster.interval_scale"]
+        scale = state["forecaster.scale"]
+    feeds = _random_inputs(32, seed=21)
+    hr = SIGNAL_KEYS.index("hr")
+    feeds["mask"][:3, :, hr] = 1.0
+    feeds["values"][0, :, hr] = 80.0
+    feeds["values"][1, :, hr] = 80.0 + 3.0 * (np.arange(WINDOW_STEPS) % 2)
+    feeds["values"][2, :, hr] = 80.0 + 3.0 * (np.arange(WINDOW_STEPS) % 2)
+    feeds["values"][2, -15:-10, hr] = 200.0
+    feeds["mask"][2, -15:-10, hr] = 0.0
+    feeds["values"] = feeds["values"] * feeds["mask"]
+    recent, valid = feeds["values"][:, -15:, :], feeds["mask"][:, -15:, :]
+    pairs = valid[:, 1:] * valid[:, :-1]
+    change = (np.abs(np.diff(recent, axis=1)) * pairs).sum(axis=1) / np.maximum(pairs.sum(axis=1), 1.0)
+    noise = np.maximum(change, 0.05 * scale)
+    assert noise[0, hr] == pytest.approx(0.05 * scale[hr])
+    assert noise[1, hr] == pytest.approx(3.0)
+    assert noise[2, hr] == pytest.approx(3.0)
+    quantiles, _ = _run(_session(model), feeds)
+    lower = quantiles[..., 1] - quantiles[..., 0]
+    upper = quantiles[..., 2] - quantiles[..., 1]
+    np.testing.assert_allclose(lower, noise[:, :, None] * factor[None, :, :, 0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(upper, noise[:, :, None] * factor[None, :, :, 1], rtol=1e-4, atol=1e-3)
+
+
 def test_models_readme_lists_every_model() -> None:
     readme = (SHIPPED_MODELS_DIR / "README.md").read_text(encoding="utf-8")
     assert "python -m engines.train" in readme
