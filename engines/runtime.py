@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
+from drivers.plausibility import TABLE
 from engines.backend import BackendName, BatchInput, EngineBackend
 from engines.backends import abandon, close_quietly, in_daemon_thread, open_backend
 from engines.catalog import SHIPPED_MODELS_DIR, InstalledModel, ModelError, scan_models, select_model
@@ -63,6 +64,10 @@ LOGGER = logging.getLogger(__name__)
 _REPORTED_QUANTILES = [QUANTILES.index(q) for q in (0.1, 0.5, 0.9)]
 """Where p10, p50 and p90 sit on the model's quantile axis."""
 _EVENT_SIGNALS = [SIGNAL_KEYS.index(event.signal) for event in EVENTS]
+_POSSIBLE_LOW = np.array([TABLE[s.key].minimum for s in SIGNALS], dtype=np.float64).reshape(1, -1, 1, 1)
+_POSSIBLE_HIGH = np.array([TABLE[s.key].maximum for s in SIGNALS], dtype=np.float64).reshape(1, -1, 1, 1)
+"""What a signal can physically be (the plausibility table): a forecast quantile is clipped into it, so an
+interval that a noisy window widens never says SpO2 109 % or a negative rate, whatever the model."""
 _STAND_IN_KEYS = tuple(
     next((s.source.key for s in STAND_INS if s.signal == signal.key), signal.key) for signal in SIGNALS
 )
@@ -466,7 +471,9 @@ def _outlooks(
     last_ages_s = np.round(steps_ago * STEP_S + now_s % STEP_S, AGE_DECIMALS)
     finite_signals = np.asarray(np.isfinite(outputs.quantiles).all(axis=(2, 3)))
     finite_events = np.asarray(np.isfinite(outputs.events).all(axis=2))
-    quantiles = np.round(outputs.quantiles.astype(np.float64), VALUE_DECIMALS)
+    quantiles = np.round(
+        np.clip(outputs.quantiles.astype(np.float64), _POSSIBLE_LOW, _POSSIBLE_HIGH), VALUE_DECIMALS
+    )
     probabilities = np.round(np.clip(outputs.events.astype(np.float64), 0.0, 1.0), PROBABILITY_DECIMALS)
     # One conversion to Python objects per array, never one per scalar in the loop below.
     fresh_rows: list[list[bool]] = _as_lists(fresh)

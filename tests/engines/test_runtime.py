@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers.plausibility import TABLE
 from engines.backend import BatchInput, BatchOutput
 from engines.catalog import ModelError, sha256_file, write_manifest
 from engines.features import FeatureWindows, WardHistory
@@ -79,6 +80,23 @@ async def test_fresh_stale_and_empty_beds(tmp_path: Path) -> None:
     assert stale.unavailable["spo2"] == "last valid spo2 is 10 min old (needs one within 5 min)"
     assert forecasts["empty"].signals == ()
     assert forecasts["empty"].events == {}
+
+
+async def test_a_quantile_beyond_what_the_signal_can_be_is_clipped(tmp_path: Path) -> None:
+    """The test model's 15-min p90 is last + 3 % for SpO2: from 99 % it says 102 %, published as 100 %."""
+    build_test_model(tmp_path, model_id="runtime-test", default=False)
+    runtime = _runtime(tmp_path, ["bed"])
+    await runtime.start()
+    try:
+        _feed(runtime, "bed", key="spo2", unit="%", values=[99, 99, 99], end_s=NOW_S)
+        (forecast,) = await runtime.tick(now_s=NOW_S)
+    finally:
+        await runtime.close()
+    (spo2,) = forecast.signals
+    raw = [p90 for _, _, p90 in spo2.quantiles]
+    assert raw[0] < 100.0 < 99.0 + 3.0, "the first horizon stays inside; the test model's last one would not"
+    assert max(raw) == 100.0
+    assert all(p10 <= p50 <= p90 <= 100.0 for p10, p50, p90 in spo2.quantiles)
 
 
 async def test_batched_tick_equals_each_bed_alone(tmp_path: Path) -> None:
@@ -354,6 +372,7 @@ def _reference_forecast(
     unavailable: dict[str, str] = {}
     p10, p50, p90 = (QUANTILES.index(q) for q in (0.1, 0.5, 0.9))
     for index, signal in enumerate(SIGNALS):
+        low, high = TABLE[signal.key].minimum, TABLE[signal.key].maximum  # what the signal can be
         valid_rows = [r for r in range(WINDOW_STEPS) if mask[r, index]]
         if fresh[signal.key] and output is None and failed is not None:
             unavailable[signal.key] = f"inference failed: {failed}"
@@ -377,7 +396,7 @@ def _reference_forecast(
                     round((WINDOW_STEPS - 1 - last) * 60 + now_s % 60, 1),
                     len(valid_rows),
                     tuple(
-                        (round(float(q[p10]), 3), round(float(q[p50]), 3), round(float(q[p90]), 3))
+                        tuple(round(min(max(float(q[i]), low), high), 3) for i in (p10, p50, p90))
                         for q in output.quantiles[index]
                     ),
                 )
