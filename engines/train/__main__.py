@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vitals"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "vitals"
+"""The repository's copy of the real records (tests/data/vitals/README.md says where they come from)."""
 
 
 def main(argv: list[str] | None = None) -> int:

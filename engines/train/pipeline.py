@@ -980,7 +980,7 @@ def run(config: Config) -> int:
         REAL_WEIGHT,
         synthetic_windows.values.shape[0],
     )
-    command = f"python -m engines.train --seed {config.seed} --out engines/models --data DIR" + (
+    command = f"python -m engines.train --seed {config.seed} --out engines/models" + (
         " --quick" if config.quick else ""
     )
     created = datetime.now(tz=UTC).strftime("%Y-%m-%d")
