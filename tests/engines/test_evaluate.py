@@ -333,3 +333,19 @@ def test_eval_event_warnings_on_p000020(capsys: pytest.CaptureFixture[str]) -> N
         assert f"\n{event.key}: " in text
     assert "(alarm threshold)" in text
     assert "baseline @ spo2 <= " in text
+
+
+def test_eval_runs_without_torch() -> None:
+    """A field engineer's appliance has no torch: eval (events included) must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from engines.evaluate import eval_main\n"
+        f"sys.exit(eval_main([{str(S25047)!r}, '--json']))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert [e["event"] for e in json.loads(done.stdout)["events"]] == [e.key for e in EVENTS]
