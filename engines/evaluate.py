@@ -8,7 +8,11 @@ window; the fixed smoothers are the means of the last k valid values in the wind
 and each row names the best of them on the evaluated data (chosen after the fact: a bar the model has
 to clear, not a forecaster that could have been run).
 Event probabilities are scored in a forward design (engines.metrics): every labeled minute
-where the event's signal is fresh, next to the "current value" baseline (minus the last valid value).
+where the event's signal is fresh, next to the "current value" baseline (minus the last valid value)
+(`event_rows`, per horizon: the training cards' tables). `engines eval` reports event warnings the way
+the daemon raises them instead (`event_warnings`, definitions in engines.lead_time): lead time and
+false alarms per bed-hour at the daemon's alarm threshold and at <= 0.1 false alarms per bed-hour,
+next to the current-value baseline at its margin for the same rate.
 """
 
 from __future__ import annotations
@@ -17,19 +21,28 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from engines import metrics
+from engines import lead_time, metrics
 from engines.backend import BatchInput, BatchOutput
 from engines.catalog import EventMetricRow, MetricRow
 from engines.features import windows_from_grid
 from engines.records import PatientGrid
-from engines.spec import EVENTS, FRESH_WITHIN_STEPS, HORIZONS_MIN, QUANTILES, SIGNAL_KEYS, STEP_S
+from engines.spec import (
+    EVENT_ALARM_THRESHOLD,
+    EVENTS,
+    FRESH_WITHIN_STEPS,
+    HORIZONS_MIN,
+    QUANTILES,
+    SIGNAL_KEYS,
+    STEP_S,
+    EventDefinition,
+)
 
 Predict = Callable[[BatchInput], BatchOutput]
 F32 = npt.NDArray[np.float32]
@@ -333,6 +346,101 @@ def event_rows(
     return rows
 
 
+def alarm_score(fc: GridForecast, e_index: int) -> F64:
+    """Return the model's alarm score per minute of the grid, as the daemon reads it.
+
+    The highest probability over the horizons (all <= 15 min, the daemon's default `horizon_max_min`),
+    NaN where the event's signal is not fresh (the runtime publishes nothing then) and at the last
+    minute (no minute after it to forecast from there).
+    """
+    signal = SIGNAL_KEYS.index(EVENTS[e_index].signal)
+    score = np.full(fc.grid.minutes, np.nan)
+    highest = fc.event_probability[:, e_index, :].max(axis=1, initial=0.0).astype(np.float64)
+    score[fc.end_steps] = np.where(fc.fresh[:, signal], highest, np.nan)
+    return score
+
+
+@dataclass(frozen=True, slots=True)
+class EventWarning:
+    """One event's warnings over the evaluated records (definitions in engines.lead_time)."""
+
+    event: EventDefinition
+    estimated: bool
+    """The model publishes this event (its card's `events_estimated`); False: no model figures."""
+    episodes: int
+    model_at_alarm_threshold: lead_time.LeadTimes | None
+    model: lead_time.LeadTimes | None
+    """At the lowest probability threshold with <= 0.1 false alarms per bed-hour on these records."""
+    baseline: lead_time.LeadTimes | None
+    """At the largest margin (the most sensitive) with <= 0.1 false alarms per bed-hour on these records."""
+    bed_hours: float
+    """Minutes at risk (not in an event) with the signal fresh, / 60."""
+
+    @property
+    def too_few_bed_hours(self) -> bool:
+        """Return whether one false alarm already exceeds the rate: "<= 0.1 per bed-hour" then means none."""
+        return self.bed_hours * lead_time.MAX_FALSE_ALARMS_PER_BED_HOUR < 1.0
+
+
+def event_warnings(
+    forecasts: Sequence[GridForecast],
+    *,
+    estimated: Collection[str],
+    alarm_threshold: float = EVENT_ALARM_THRESHOLD,
+) -> list[EventWarning]:
+    """Return per event the model's and the current-value baseline's lead times and false alarms.
+
+    Both operating points are chosen on the evaluated records themselves (pooled), after the fact:
+    they say what each method could reach on this unit's data, not a setting chosen beforehand. An
+    event the model does not estimate gets the baseline only.
+    """
+    warnings: list[EventWarning] = []
+    for e_index, event in enumerate(EVENTS):
+        signal = SIGNAL_KEYS.index(event.signal)
+        values = [fc.grid.values[:, signal].astype(np.float64) for fc in forecasts]
+        valid = [fc.grid.mask[:, signal] > 0 for fc in forecasts]
+        largest, step = lead_time.BASELINE_MARGINS[event.signal]
+        baseline_beds = [
+            lead_time.BedSeries(lead_time.baseline_score(v, m, below=event.below), v, m)
+            for v, m in zip(values, valid, strict=True)
+        ]
+        baseline = lead_time.operating_point(
+            baseline_beds,
+            below=event.below,
+            candidates=lead_time.margin_candidates(largest=largest, step=step),
+        )
+        model: lead_time.LeadTimes | None = None
+        at_alarm: lead_time.LeadTimes | None = None
+        if event.key in estimated:
+            model_beds = [
+                lead_time.BedSeries(alarm_score(fc, e_index), v, m)
+                for fc, v, m in zip(forecasts, values, valid, strict=True)
+            ]
+            model = lead_time.operating_point(
+                model_beds, below=event.below, candidates=lead_time.PROBABILITY_CANDIDATES
+            )
+            at_alarm = lead_time.lead_times(model_beds, below=event.below, threshold=alarm_threshold)
+        warnings.append(
+            EventWarning(
+                event=event,
+                estimated=event.key in estimated,
+                episodes=sum(
+                    len(metrics.event_onsets(v, m, below=event.below))
+                    for v, m in zip(values, valid, strict=True)
+                ),
+                model_at_alarm_threshold=at_alarm,
+                model=model,
+                baseline=baseline,
+                bed_hours=sum(
+                    int(np.sum(np.isfinite(bed.score) & ~lead_time.in_event(v, m, below=event.below)))
+                    for bed, v, m in zip(baseline_beds, values, valid, strict=True)
+                )
+                / 60.0,
+            )
+        )
+    return warnings
+
+
 def evaluate(
     predict: Predict,
     grids: list[PatientGrid],
@@ -349,14 +457,26 @@ def evaluate(
     )
 
 
-_EVAL_HELP = """\
-Run a shipped model over a PhysioNet WFDB minute-numerics record (MIMIC-III waveform database matched
+_EVAL_HELP = f"""\
+Run a shipped model over PhysioNet WFDB minute-numerics records (MIMIC-III waveform database matched
 subset: HR, PULSE, RESP, SpO2, ABPMean or NBPMean...) and print its MAE per signal and horizon next to
-persistence's. The model forecasts at every minute from the 30 min window before it; a signal is scored
+persistence's, then its event warnings next to the current-value baseline's.
+The model forecasts at every minute from the 30 min window before it; a signal is scored
 where the target minute is valid and the signal was fresh (valid within 5 min) at the forecast time.
 Signals: hr, rr, spo2, map (ABPMean; NBPMean only where the record has no arterial mean). `pr` (PULSE) is
 read but not reported: no model forecasts pulse rate, and scoring the hr forecast against it would
-measure something else. Exit status: 0 ok, 2 usage, 66 record unreadable, 69 no model (or no wfdb).
+measure something else.
+Event warnings, per event the model publishes (its card's events_estimated; "no event estimate" for
+the others, which get the baseline only), over all given records pooled: episodes (first minute below
+the event threshold after >= 10 min not below), lead time (onset minus the first alarming minute in
+the 15 min before it; a miss counts 0), share warned >= {lead_time.EARLY_MIN} min early, and false
+alarms per bed-hour (an alarm is raised at most once per {lead_time.REFRACTORY_MIN} min; false when
+raised outside every warning window and not in an event), for the model at the alarm threshold and
+at the lowest threshold giving <= {lead_time.MAX_FALSE_ALARMS_PER_BED_HOUR:g} false alarms per
+bed-hour, and for the baseline "current value <= event threshold + margin" at the largest margin
+giving that rate. Both rate-matched thresholds are chosen on the given records themselves; with fewer
+than 10 bed-hours one false alarm exceeds the rate (a note says so).
+Exit status: 0 ok, 2 usage, 66 record unreadable, 69 no model (or no wfdb).
 """
 
 
@@ -366,9 +486,21 @@ def _parser() -> argparse.ArgumentParser:
         description=_EVAL_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("record", type=Path, help="WFDB record path without extension (…n.hea next to it)")
+    parser.add_argument(
+        "record",
+        type=Path,
+        nargs="+",
+        help="WFDB record path without extension (…n.hea next to it); several are pooled",
+    )
     parser.add_argument(
         "--model", metavar="ID[@VERSION]", help="model to evaluate (default: the default model)"
+    )
+    parser.add_argument(
+        "--alarm-threshold",
+        type=float,
+        default=EVENT_ALARM_THRESHOLD,
+        metavar="P",
+        help=f"the daemon's predictive alarm threshold (default {EVENT_ALARM_THRESHOLD:g})",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--models-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -376,8 +508,96 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lead_json(figures: lead_time.LeadTimes | None) -> dict[str, float | int | None] | None:
+    if figures is None:
+        return None
+    return {
+        "threshold": round(figures.threshold, 4),
+        "episodes": figures.episodes,
+        "median_lead_min": _round(figures.median_lead_min),
+        "mean_lead_min": _round(figures.mean_lead_min),
+        "fraction_warned_early": _round(figures.fraction_early),
+        "false_alarms": figures.false_alarms,
+        "bed_hours": round(figures.bed_hours, 3),
+        "false_alarms_per_bed_hour": round(figures.false_alarms_per_bed_hour, 4),
+    }
+
+
+def event_warning_json(warning: EventWarning) -> dict[str, object]:
+    """Return one event's warnings as a JSON object (the baseline's threshold is minus its margin)."""
+    baseline = _lead_json(warning.baseline)
+    if baseline is not None and warning.baseline is not None:
+        baseline["margin"] = round(-warning.baseline.threshold, 4)
+    return {
+        "event": warning.event.key,
+        "signal": warning.event.signal,
+        "below": warning.event.below,
+        "estimated": warning.estimated,
+        "note": None if warning.estimated else "no event estimate",
+        "episodes": warning.episodes,
+        "bed_hours": round(warning.bed_hours, 3),
+        "too_few_bed_hours": warning.too_few_bed_hours,
+        "early_min": lead_time.EARLY_MIN,
+        "max_false_alarms_per_bed_hour": lead_time.MAX_FALSE_ALARMS_PER_BED_HOUR,
+        "model_at_alarm_threshold": _lead_json(warning.model_at_alarm_threshold),
+        "model_at_max_rate": _lead_json(warning.model),
+        "baseline_at_max_rate": baseline,
+    }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _lead_text(figures: lead_time.LeadTimes) -> str:
+    rate = (
+        f"{_count(figures.false_alarms, 'false alarm')} in {figures.bed_hours:.1f} bed-h "
+        f"({figures.false_alarms_per_bed_hour:.3f}/bed-h)"
+    )
+    if figures.mean_lead_min is None:
+        return f"no episode; {rate}"
+    return (
+        f"mean lead {figures.mean_lead_min:.1f} min, median {figures.median_lead_min:g}, "
+        f"{figures.fraction_early:.0%} warned >= {lead_time.EARLY_MIN} min; {rate}"
+    )
+
+
+def event_warning_lines(warning: EventWarning, *, alarm_threshold: float) -> list[str]:
+    """Return the text lines of one event's warnings."""
+    event, rate = warning.event, f"<= {lead_time.MAX_FALSE_ALARMS_PER_BED_HOUR:g} FA/bed-h"
+    lines = [f"{event.key}: {_count(warning.episodes, 'episode')}, {warning.bed_hours:.1f} bed-h at risk"]
+    if warning.too_few_bed_hours:
+        lines.append(
+            f"  note: under {1 / lead_time.MAX_FALSE_ALARMS_PER_BED_HOUR:g} bed-h, one false alarm exceeds "
+            f"{rate}: the rate-matched thresholds below mean no false alarm at all (too few to judge)"
+        )
+    if not warning.estimated:
+        lines[0] += ": no event estimate (the model does not publish it)"
+    else:
+        assert warning.model_at_alarm_threshold is not None  # estimated events always have it
+        lines.append(
+            f"  model    @ p >= {alarm_threshold:.2f} (alarm threshold): "
+            + _lead_text(warning.model_at_alarm_threshold)
+        )
+        lines.append(
+            f"  model    @ p >= {warning.model.threshold:.2f} (lowest with {rate}): "
+            + _lead_text(warning.model)
+            if warning.model is not None
+            else f"  model: no threshold gives {rate}"
+        )
+    if warning.baseline is None:
+        lines.append(f"  baseline: no margin gives {rate}")
+    else:
+        margin = -warning.baseline.threshold
+        lines.append(
+            f"  baseline @ {event.signal} <= {event.below + margin:g} (margin {margin:g}, largest with "
+            f"{rate}): " + _lead_text(warning.baseline)
+        )
+    return lines
+
+
 def eval_main(argv: list[str]) -> int:
-    """Run `icu-edge engines eval RECORD [--model ID[@VERSION]] [--json]`; return the exit status."""
+    """Run `icu-edge engines eval RECORD... [--model ID[@VERSION]] [--json]`; return the exit status."""
     from engines.catalog import SHIPPED_MODELS_DIR, ModelError, find_models, select_model
     from engines.records import RecordError, read_numerics_record
 
@@ -386,7 +606,7 @@ def eval_main(argv: list[str]) -> int:
     except SystemExit as exc:
         return EX_OK if exc.code in (0, None) else EX_USAGE
     try:
-        grid = read_numerics_record(args.record)
+        grids = [read_numerics_record(record) for record in args.record]
     except RecordError as exc:
         print(f"icu-edge engines eval: {exc}", file=sys.stderr)
         return EX_NOINPUT
@@ -405,9 +625,13 @@ def eval_main(argv: list[str]) -> int:
 
     backend, reason = open_backend(model=model, backend="onnxruntime")
     try:
-        result = evaluate(backend.infer, [grid], batch_size=args.batch_size, signals=EVAL_SIGNALS)
+        forecasts = [forecast_grid(backend.infer, grid, batch_size=args.batch_size) for grid in grids]
     finally:
         backend.close()
+    rows = accuracy_rows(forecasts, signals=EVAL_SIGNALS)
+    warnings = event_warnings(
+        forecasts, estimated=model.card.events_estimated or (), alarm_threshold=args.alarm_threshold
+    )
     if args.json:
         document = {
             "model": model.ref,
@@ -422,22 +646,33 @@ def eval_main(argv: list[str]) -> int:
                     "smoother_min": row.smoother_min,
                     "coverage_10_90": row.coverage_10_90,
                 }
-                for row in result.metrics
+                for row in rows
             ],
+            "alarm_threshold": args.alarm_threshold,
+            "events": [event_warning_json(w) for w in warnings],
         }
         print(json.dumps(document, indent=2))
         return EX_OK
-    print(f"model {model.ref} on {backend.name} ({reason}); record {grid.patient_id}, {grid.minutes} min")
+    records = ", ".join(f"{g.patient_id} ({g.minutes} min)" for g in grids)
+    print(f"model {model.ref} on {backend.name} ({reason}); records {records}")
     print(
         f"{'signal':<7}{'horizon':>8}{'n':>7}{'MAE':>10}{'MAE pers.':>11}{'ratio':>8}"
         f"{'MAE smoother':>14}{'k':>4}{'cov 10-90':>11}"
     )
-    for row in result.metrics:
+    for row in rows:
         print(
             f"{row.signal:<7}{row.horizon_min:>6} m{row.n:>7}{row.mae:>10.3f}"
             f"{row.mae_persistence:>11.3f}{row.mae_ratio:>8.3f}"
             f"{row.mae_smoother or 0.0:>14.3f}{row.smoother_min or 0:>4}{row.coverage_10_90 or 0.0:>11.3f}"
         )
-    if not result.metrics:
+    if not rows:
         print("no scorable minutes (no signal with valid values before and after a forecast time)")
+    print()
+    print(
+        "event warnings (lead time: onset minus the first alarm in the 15 min before it, a miss counts 0; "
+        "rate-matched thresholds chosen on these records)"
+    )
+    for warning in warnings:
+        for line in event_warning_lines(warning, alarm_threshold=args.alarm_threshold):
+            print(line)
     return EX_OK

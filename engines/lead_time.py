@@ -53,6 +53,8 @@ EARLY_MIN = 2
 """An episode is warned early when its lead time is at least 2 min."""
 PROBABILITY_CANDIDATES: F64 = np.round(np.arange(0.02, 0.995, 0.01), 2)
 """Model thresholds tried: 0.02 .. 0.99 in steps of 0.01."""
+BASELINE_MARGINS = {"spo2": (10.0, 0.5), "map": (20.0, 1.0)}
+"""The baseline's candidate margins per signal (largest, step) in physical units: 0 .. largest."""
 
 
 @dataclass(frozen=True, slots=True)

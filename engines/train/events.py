@@ -80,8 +80,6 @@ HELD_OUT_SEED_OFFSET = 1000
 """Held-out synthetic and scenario patients use seed + 1000, as the pipeline's split does."""
 BATCH = 1024
 LEARNING_RATE = 1e-2
-MARGINS = {"spo2": (10.0, 0.5), "map": (20.0, 1.0)}
-"""The baseline's candidate margins per signal: 0 .. largest in steps (physical units)."""
 
 
 def _masked_fit(d: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -427,7 +425,7 @@ def gate_events(
     scores = {name: [alarm_scores(head, g) for g in grids] for name, grids in sources.items()}
     for e_index, event in enumerate(EVENTS):
         column = SIGNAL_KEYS.index(event.signal)
-        largest, step = MARGINS[event.signal]
+        largest, step = lead_time.BASELINE_MARGINS[event.signal]
         beds: dict[str, tuple[list[F64], list[F64], list[npt.NDArray[np.bool_]]]] = {
             name: (
                 [s[:, e_index] for s in scores[name]],

@@ -636,7 +636,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def _event_table(rows: Sequence[EventMetricRow]) -> str:
     lines = [
         "| event | horizon | n | positives | AUROC | AUROC current value | AUPRC | AUPRC current value | "
-        "threshold | lead time (min) | false alarms / bed-hour |",
+        "threshold | detected-onset lead (min) | false-alarm runs / bed-hour |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
@@ -1004,10 +1004,13 @@ def run(config: Config) -> int:
         "cuff readings; MAP and EtCO2 figures are from synthetic held-out patients and labelled so. "
         "`metrics` in card.json pools all held-out patients; card.md also shows each source and each "
         f"held-out {PAP_RECORD} record. Alarm thresholds (events): the probability reaching "
-        f"{ALARM_SENSITIVITY:.0%} sensitivity on the training patients; lead time = mean minutes from the "
-        "first alarm within h minutes before an onset (first valid minute below the threshold after >= 10 "
-        "min not below) to that onset, over detected onsets; false alarms = episodes of consecutive "
-        "alarming minutes whose label was negative, per bed-hour of scored minutes."
+        f"{ALARM_SENSITIVITY:.0%} sensitivity on the training patients. The per-horizon event "
+        "tables are detection figures, not the lead time of 'Event warnings' (there and in "
+        "`icu-edge engines eval`, a missed onset counts 0 and an alarm is raised at most once per "
+        "30 min): detected-onset lead = mean minutes from the first alarm within h minutes before an "
+        "onset (first valid minute below the threshold after >= 10 min not below) to that onset, over "
+        "detected onsets only; false-alarm runs = runs of consecutive alarming minutes whose label was "
+        "negative, per bed-hour of scored minutes."
     )
     pap_train = (
         f"{PAP_RECORD} training block ({len(split.pap.train)} records, HR only)" if split.pap else "no pap"
