@@ -205,9 +205,8 @@ async def test_spo2_warning_comes_two_minutes_before_the_crossing(model: ModelUn
         f"alarm at {alarm / 60:.1f} min, SpO2 below 90 % at {crossing / 60:.1f} min: {probabilities}"
     )
     assert alarm >= patient.stable_s, "no alarm while the patient was stable"
-    print(
-        f"{model.ref or 'shipped default'}: P(SpO2 < 90 %) >= {PREDICTIVE.threshold} {crossing - alarm:.1f} s early"
-    )
+    who = model.ref or "shipped default"
+    print(f"{who}: P(SpO2 < 90 %) >= {PREDICTIVE.threshold} {crossing - alarm:.1f} s early")
 
 
 async def test_map_warning_comes_two_minutes_before_the_crossing(model: ModelUnderTest) -> None:
