@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
+
 from drivers.base import WaveformChunk
 from drivers.vocabulary import WAVES
 from edge.model import WaveBody
@@ -24,6 +26,19 @@ CONTINUITY_TOLERANCE_S = 0.5
 """A chunk whose first sample is further than this from where the stream expects it starts a new stream."""
 SAMPLE_DECIMALS = 4
 """Samples are rounded to this many decimals (below any device's resolution) to keep payloads small."""
+
+
+def round_samples(samples: tuple[float | None, ...]) -> list[float | None]:
+    """Return the samples rounded to SAMPLE_DECIMALS, None kept; numpy for the usual chunk without a gap.
+
+    A 64-bed ward sends ~150,000 samples a second: one Python `round` per sample was 7 % of the daemon's
+    GIL time. numpy returns a correctly rounded k / 10**4 too, the same value (and JSON) as Python's
+    `round` except where the sample lies within a rounding error of a decimal tie (one 1e-4 step apart).
+    """
+    if None in samples:
+        return [None if v is None else round(v, SAMPLE_DECIMALS) for v in samples]
+    rounded: list[float | None] = np.round(np.asarray(samples, dtype=np.float64), SAMPLE_DECIMALS).tolist()
+    return rounded
 
 
 @dataclass(slots=True, kw_only=True)
@@ -101,7 +116,7 @@ class WaveWindows:
                 gap_before=stream is not None,
             )
             self._streams[key] = stream
-        stream.samples.extend(None if v is None else round(v, SAMPLE_DECIMALS) for v in chunk.samples)
+        stream.samples.extend(round_samples(chunk.samples))
         stream.next_mono_s += period_s * len(chunk.samples)
         per_window = max(1, round(self._window_s / period_s))
         while len(stream.samples) >= per_window:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from drivers.base import WaveformChunk
-from edge.waves import WaveWindows
+from edge.waves import SAMPLE_DECIMALS, WaveWindows, round_samples
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -106,3 +109,13 @@ def test_invalid_samples_stay_null_and_values_are_rounded() -> None:
     )
     (window,) = _feed(windows, chunk, last_sample_s=0.03)
     assert window.body.samples == [80.1235, None, 81.0, 82.5]
+
+
+@given(st.lists(st.floats(min_value=-1e4, max_value=1e4, allow_nan=False), min_size=1, max_size=64))
+def test_chunk_rounding_is_pythons_round_but_within_an_error_of_a_tie(samples: list[float]) -> None:
+    rounded = round_samples(tuple(samples))
+    for value, got in zip(samples, rounded, strict=True):
+        expected = round(value, SAMPLE_DECIMALS)
+        assert got is not None
+        near_tie = abs(abs(value * 10**SAMPLE_DECIMALS) % 1.0 - 0.5) < 1e-6
+        assert got == expected or (near_tie and abs(got - expected) <= 1.0001e-4), (value, got, expected)
