@@ -49,7 +49,8 @@ from drivers.scenario import DesaturationPatient, DeterioratingPatient, Patient,
 from engines import lead_time
 from engines.features import clean_grid, windows_from_grid
 from engines.records import PatientGrid
-from engines.spec import CONTEXT, EVENTS, FRESH_WITHIN_STEPS, HORIZONS_MIN, SIGNAL_KEYS, SIGNALS, WINDOW_STEPS
+from engines.spec import CONTEXT, EVENTS, FRESH_WITHIN_STEPS, SIGNAL_KEYS, SIGNALS
+from engines.train.modules import EVENT_SIGNAL_INDEX, E, H, T
 from engines.train.windows import build_windows
 
 LOGGER = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ LOGGER = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-E = len(EVENTS)
-H = len(HORIZONS_MIN)
-T = WINDOW_STEPS
-EVENT_SIGNAL_INDEX = tuple(SIGNAL_KEYS.index(e.signal) for e in EVENTS)
 EVENT_SCALE = {"spo2": 2.0, "map": 8.0}
 """Signal scale (about a 15-min change) in physical units: features are in these units."""
 SLOPE_STEPS = 10
